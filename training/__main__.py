@@ -1,0 +1,144 @@
+"""``python -m training``: run a spec locally, list the backbones, print the spec's JSON schema.
+
+Exit codes: 0 success, 1 the run failed (the message says why), 2 a bad spec or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from training.catalog import backbone_names, describe, get_backbone
+from training.spec import Spec, format_validation_error, load_spec, spec_json_schema
+
+console = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="fine-tune a backbone as a spec file says")
+    run.add_argument("spec", type=Path, help="a YAML or JSON spec")
+    run.add_argument("--out", type=Path, required=True, help="the run folder (weights, card, checkpoints)")
+    run.add_argument("--resume", type=Path, help="a checkpoint of this run to continue from")
+    run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    listing = commands.add_parser("backbones", help="list the backbones, their sizes and cached weights")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("schema", help="print the spec's JSON schema")
+    args = parser.parse_args(argv)
+    if args.command == "backbones":
+        return list_backbones(as_json=args.json)
+    if args.command == "schema":
+        print(json.dumps(spec_json_schema(), indent=2))
+        return 0
+    return run_spec(args.spec, args.out, resume=args.resume, max_steps=args.max_steps)
+
+
+def read_spec(path: Path, max_steps: int | None) -> Spec | None:
+    try:
+        spec = load_spec(path)
+        if max_steps is not None:
+            spec = Spec.model_validate(
+                {
+                    **spec.model_dump(mode="json"),
+                    "training": {**spec.training.model_dump(mode="json"), "max_steps": max_steps},
+                }
+            )
+    except FileNotFoundError:
+        console.print(f"[red]error:[/] spec file {path} does not exist")
+        return None
+    except ValidationError as error:
+        console.print(f"[red]error:[/] {path} is not a valid spec:")
+        for line in format_validation_error(error):
+            console.print(f"  {line}", highlight=False)
+        return None
+    except ValueError as error:  # YAML syntax and a top level that is not a mapping
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        return None
+    return spec
+
+
+def run_spec(path: Path, out: Path, *, resume: Path | None, max_steps: int | None) -> int:
+    spec = read_spec(path, max_steps)
+    if spec is None:
+        return 2
+    from training.engine import Trainer  # torch is imported only for a run
+    from training.errors import TrainingError
+    from training.progress import ConsoleProgress
+
+    with ConsoleProgress(console) as progress:
+        try:
+            result = Trainer(spec, out, callbacks=progress).fit(resume_from=resume)
+        except TrainingError as error:
+            progress.stop()
+            console.print(f"[red]error ({error.code}):[/] {error}", highlight=False)
+            return 1
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print("[yellow]interrupted[/]: the last epoch's checkpoint is in", out / "checkpoints")
+            return 130
+    console.print(summary_table(result.history, result.final, result.test))
+    console.print(f"{result.status}: weights {result.weights_path}, model card {result.card_path}")
+    return 0
+
+
+def summary_table(history: list[dict[str, Any]], final: dict[str, Any] | None, test: dict[str, Any] | None) -> Table:
+    table = Table(title="epochs")
+    columns = [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "grad_norm_mean",
+        "epoch_seconds",
+    ]
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in history:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    if final:
+        table.caption = "published weights: " + ", ".join(
+            f"{k} {_cell(v)}" for k, v in {**final, **(test or {})}.items()
+        )
+    return table
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def list_backbones(*, as_json: bool) -> int:
+    rows = [describe(get_backbone(name)) for name in backbone_names()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="torchvision backbones")
+    for column in ("name", "params (M)", "native", "min", "stages", "weights (cached*)"):
+        table.add_column(column)
+    for row in rows:
+        weights = ", ".join(w["name"] + ("*" if w["cached"] else "") for w in row["weights"])  # type: ignore[attr-defined]
+        table.add_row(
+            str(row["name"]),
+            f"{row['num_params'] / 1e6:.1f}",  # type: ignore[operator]
+            str(row["native_size"]),
+            str(row["min_size"]),
+            str(row["num_stages"]),
+            weights,
+        )
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

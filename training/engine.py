@@ -1,0 +1,701 @@
+"""The fit loop: one fine-tuning run from a spec, on its own.
+
+``Trainer(spec, out_dir).fit()`` sets up the device, data, model and optimization in small named
+steps, trains and evaluates every epoch, writes an atomic checkpoint of the whole state each
+epoch, and publishes ``model.safetensors``, ``model.json`` and ``metrics.json`` in ``out_dir``.
+It knows nothing of the service: the caller plugs in ``Callbacks``.
+
+The hot loop does not wait on the device: losses, accuracies and gradient norms accumulate in
+device tensors and the host reads them every ``log_every_steps`` steps and at epoch end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.backbones import BuiltModel, build_model
+from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
+from training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_atomic
+from training.clipping import GradientClipper
+from training.data import DataBundle, load_data, normalize
+from training.errors import CheckpointError, DeviceUnavailable, NonFiniteLoss, TrainingError
+from training.export import export_state_dict, model_card, save_weights, write_card
+from training.freezing import FreezePlan
+from training.optim import apply_decoupled_weight_decay, build_optimizer, plan_param_groups
+from training.regularization import EarlyStopping, Mixer, classification_loss, make_ema
+from training.schedule import LRSchedule
+from training.settings import EngineSettings, engine_settings
+from training.spec import Spec, monitor_mode
+
+Status = Literal["completed", "early_stopped", "max_steps", "cancelled", "preempted"]
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: full fp32
+    channels_last: bool
+    grad_scaler: bool  # fp16 on CUDA
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+
+def resolve_runtime(spec: Spec) -> Runtime:
+    """The device and numerics a spec asks for, checked against what this machine has."""
+    t = spec.training
+    cuda = torch.cuda.is_available()
+    if t.device == "cuda" and not cuda:
+        raise DeviceUnavailable("training.device: cuda was asked for, and this machine has no CUDA device")
+    device = torch.device("cuda" if t.device != "cpu" and cuda else "cpu")
+    on_cuda = device.type == "cuda"
+    if t.precision == "fp16" and not on_cuda:
+        raise TrainingError("training.precision: fp16 needs a CUDA device; use bf16 or fp32", code="invalid_spec")
+    dtype: torch.dtype | None = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+    if t.precision == "auto":
+        dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else None
+    family_is_conv = spec.backbone.name.split("_")[0] not in ("vit", "swin")
+    channels_last = on_cuda and family_is_conv if t.channels_last == "auto" else bool(t.channels_last)
+    return Runtime(device, dtype, channels_last, grad_scaler=dtype is torch.float16)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' condition for determinism
+        # warn_only: a few CUDA kernels (adaptive pooling's backward) have no deterministic version.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+        torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """A seed for one batch's random draws (mixup), the same on any device and after a resume."""
+    return (seed * 1_000_003 + epoch * 10_007 + batch) % 2**63
+
+
+@dataclass
+class EpochSums:
+    """Training sums of the epoch in progress, host-side values (read at epoch end or on preemption)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainState:
+    """The loop's position and record; with the modules' state dicts it is everything a checkpoint holds."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps since the start
+    batches_done: int = 0  # micro-batches done in the unfinished epoch (a mid-epoch checkpoint)
+    sums: EpochSums = field(default_factory=EpochSums)
+    best: dict[str, Any] | None = None  # {"epoch", "source": "model"|"ema", "value", "checkpoint"}
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)  # file names on disk, oldest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        data = dict(data)
+        data["sums"] = EpochSums(**data["sums"])
+        return cls(**data)
+
+
+@dataclass
+class FitResult:
+    status: Status
+    epochs_completed: int
+    steps: int
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    final: dict[str, Any] | None  # validation metrics of the published weights
+    test: dict[str, float] | None
+    weights_path: Path | None
+    card_path: Path | None
+    checkpoint_path: Path | None  # the last checkpoint written
+
+
+class Trainer:
+    """One fine-tuning run. ``data_path`` overrides ``spec.data.path`` (the service resolves ``data.dataset``)."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        out_dir: Path,
+        *,
+        data_path: Path | None = None,
+        callbacks: Callbacks | None = None,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        source = data_path or (Path(spec.data.path) if spec.data.path else None)
+        if source is None:
+            raise TrainingError(
+                "data.dataset names an uploaded data set: run it through the service", code="invalid_spec"
+            )
+        self.spec = spec
+        self.out_dir = Path(out_dir)
+        self.data_source = source
+        self.callbacks = callbacks or Callbacks()
+        self.settings = settings or engine_settings()
+        self.state = TrainState()
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _setup_runtime(self) -> None:
+        self.runtime = resolve_runtime(self.spec)
+        configure_determinism(self.spec.training.deterministic, self.runtime.device)
+        seed_everything(self.spec.training.seed)
+
+    def _setup_data(self, normalization: Normalization | None) -> None:
+        spec = self.spec
+        self.data: DataBundle = load_data(
+            spec.data,
+            spec.image_size,
+            source=self.data_source,
+            work_dir=self.out_dir / "data",
+            seed=spec.training.seed,
+            device=self.runtime.device,
+            settings=self.settings,
+            normalization=normalization,
+        )
+        self.num_classes = len(self.data.class_names)
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(self.data.mean, device=self.runtime.device).view(shape)
+        self.std = torch.tensor(self.data.std, device=self.runtime.device).view(shape)
+        accum = spec.training.grad_accum_steps
+        self.steps_per_epoch = math.ceil(len(self.data.train) / accum)
+        self.total_steps = spec.training.epochs * self.steps_per_epoch
+        if spec.training.max_steps is not None:
+            self.total_steps = min(self.total_steps, spec.training.max_steps)
+        self._check_monitors()
+
+    def _check_monitors(self) -> None:
+        spec = self.spec
+        monitors = {"training.monitor": spec.training.monitor}
+        if spec.regularization.early_stopping is not None:
+            monitors["regularization.early_stopping.monitor"] = spec.regularization.early_stopping.monitor
+        if spec.scheduler.name == "plateau":
+            monitors["scheduler.monitor"] = spec.scheduler.monitor
+        for where, metric in monitors.items():
+            if metric == "val_acc_top5" and self.num_classes <= 5:
+                raise TrainingError(
+                    f"{where}: val_acc_top5 needs more than five classes; this data set has {self.num_classes}",
+                    code="invalid_spec",
+                )
+
+    def _setup_model(self) -> None:
+        spec = self.spec
+        self.built: BuiltModel = build_model(spec.backbone, self.num_classes, spec.image_size, settings=self.settings)
+        memory_format = torch.channels_last if self.runtime.channels_last else torch.preserve_format
+        self.model: nn.Module = self.built.model.to(self.runtime.device).to(memory_format=memory_format)
+        self.freeze = FreezePlan(self.built, spec.backbone.freeze)
+
+    def _setup_optimization(self) -> None:
+        spec = self.spec
+        self.params = dict(self.model.named_parameters())
+        self.group_plans = plan_param_groups(self.built, spec)
+        self.optimizer = build_optimizer(self.group_plans, self.params, spec)
+        self.schedule = LRSchedule(self.optimizer, spec, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda") if self.runtime.grad_scaler else None
+        self.clipper = GradientClipper(spec.clipping, self.runtime.device, self.total_steps)
+        reg = spec.regularization
+        self.mixer = Mixer(reg.mixup) if reg.mixup is not None else None
+        self.ema = make_ema(self.model, reg.ema.decay) if reg.ema is not None else None
+        self.early_stopping = EarlyStopping(reg.early_stopping) if reg.early_stopping is not None else None
+        classifiers = {self.built.family.head, *self.built.family.aux_heads}
+        self.agc_excluded = {
+            name for name in self.params if any(name.startswith(self._final_layer(path)) for path in classifiers)
+        }
+        device = self.runtime.device
+        # The first step whose loss was not finite, found without a host sync: -1 while all is well.
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.step_counter = torch.zeros((), dtype=torch.long, device=device)
+
+    def _final_layer(self, path: str) -> str:
+        """The prefix of the last layer of a classifier (the whole of a plain head)."""
+        try:
+            module = self.model.get_submodule(path)
+        except AttributeError:
+            return path + "."
+        if isinstance(module, nn.Sequential):
+            return f"{path}.{len(module) - 1}."
+        return path + "."
+
+    def _normalization(self, checkpoint: dict[str, Any] | None) -> Normalization | None:
+        """Where the input statistics come from: a resumed run's own, the pretrained weights', the
+        weights ``init_from`` names (their checkpoint or the model card beside them), or else the data set's."""
+        if checkpoint is not None:
+            return as_normalization(checkpoint["normalization"])
+        backbone = self.spec.backbone
+        if backbone.weights is not None:
+            from training.catalog import get_backbone
+
+            weights = get_backbone(backbone.name).find_weights(backbone.weights)
+            assert weights is not None
+            return weights.mean, weights.std
+        if backbone.init_from is not None:
+            return init_from_normalization(Path(backbone.init_from))
+        return None
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def fit(self, resume_from: Path | None = None) -> FitResult:
+        started = time.monotonic()
+        self.deadline = started + self.spec.training.max_runtime.total_seconds()
+        self._setup_runtime()
+        checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+        self._setup_data(self._normalization(checkpoint))
+        self._setup_model()
+        self._setup_optimization()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.callbacks.on_start(self._run_info())
+        status = self._train()
+        if status in ("cancelled", "preempted"):
+            return self._result(status)
+        return self._finish(status)
+
+    def _run_info(self) -> RunInfo:
+        self.freeze.apply(self.state.epoch)
+        return RunInfo(
+            class_names=self.data.class_names,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            epochs=self.spec.training.epochs,
+            start_epoch=self.state.epoch,
+            start_step=self.state.step,
+            num_params=sum(p.numel() for p in self.model.parameters()),
+            trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            device=str(self.runtime.device),
+            precision=self.runtime.precision,
+            in_memory=self.data.in_memory,
+            images=self.data.counts,
+            notes=self.built.notes,
+        )
+
+    def _train(self) -> Status:
+        for epoch in range(self.state.epoch, self.spec.training.epochs):
+            self.freeze.apply(epoch)
+            outcome = self._train_epoch(epoch)
+            if isinstance(outcome, Stop):
+                if outcome is Stop.PREEMPT:
+                    self._write_checkpoint(mid_epoch=True)
+                    return "preempted"
+                return "cancelled"
+            stop_early = self._end_epoch(epoch)
+            if outcome == "max_steps":
+                return "max_steps"
+            if stop_early:
+                return "early_stopped"
+        return "completed"
+
+    def _train_epoch(self, epoch: int) -> Literal["done", "max_steps"] | Stop:
+        t = self.spec.training
+        self.freeze.set_train_mode(epoch)
+        trainable = [(n, p) for n, p in self.params.items() if p.requires_grad]
+        self.trainable = [p for _, p in trainable]
+        self.agc_params = [p for n, p in trainable if n not in self.agc_excluded]
+        total_batches = len(self.data.train)
+        accum = t.grad_accum_steps
+        sums = self.state.sums
+        self.loss_sum = torch.zeros((), device=self.runtime.device)
+        self.correct_sum = torch.zeros((), device=self.runtime.device)
+        self.window_loss = torch.zeros((), device=self.runtime.device)
+        self.window_batches = 0
+        self.window_images = 0
+        self.window_start = time.perf_counter()
+        epoch_start = time.perf_counter()
+        batch_index = self.state.batches_done
+        for batch_index, (images, labels) in enumerate(
+            self.data.train.batches(epoch, start=self.state.batches_done), start=self.state.batches_done
+        ):
+            window_start = batch_index - batch_index % accum
+            window_len = min(accum, total_batches - window_start)
+            self._forward_backward(images, labels, epoch, batch_index, 1.0 / window_len)
+            sums.seen += labels.shape[0]
+            if batch_index + 1 < window_start + window_len:
+                continue  # accumulate gradients over the window
+            self._optimizer_step()
+            self.state.step += 1
+            self.state.batches_done = batch_index + 1
+            step_in_epoch = math.ceil(self.state.batches_done / accum)
+            if self.state.step % t.log_every_steps == 0:
+                self._report_step(epoch, step_in_epoch)
+            stop = self.callbacks.should_stop()
+            if stop is not None or self._past_deadline() or (t.max_steps and self.state.step >= t.max_steps):
+                self._close_epoch_sums(epoch_start)
+                if stop is not None:
+                    return stop
+                return "max_steps"
+        self._close_epoch_sums(epoch_start)
+        return "done"
+
+    def _past_deadline(self) -> bool:
+        if time.monotonic() > self.deadline:
+            limit = self.spec.training.max_runtime
+            raise TrainingError(f"the run exceeded training.max_runtime ({limit})", code="timeout")
+        return False
+
+    def _close_epoch_sums(self, epoch_start: float) -> None:
+        """Move the device sums into the host-side state (one sync) and check the loss stayed finite."""
+        loss, correct = torch.stack([self.loss_sum, self.correct_sum]).tolist()
+        self._check_finite()
+        sums = self.state.sums
+        sums.loss += loss
+        sums.correct += correct
+        sums.seconds += time.perf_counter() - epoch_start
+
+    def _forward_backward(
+        self, images: torch.Tensor, labels: torch.Tensor, epoch: int, batch_index: int, weight: float
+    ) -> None:
+        reg = self.spec.regularization
+        x = normalize(images, self.mean, self.std, channels_last=self.runtime.channels_last)
+        targets: Any = labels
+        if self.mixer is not None:
+            generator = torch.Generator().manual_seed(batch_seed(self.spec.training.seed, epoch, batch_index))
+            x, targets = self.mixer(x, labels, generator)
+        with self._autocast():
+            outputs = self.model(x)
+        logits, aux = self.built.split_outputs(outputs)
+        loss = classification_loss(logits, targets, reg.label_smoothing)
+        total = loss
+        for aux_weight, aux_logits in aux:
+            total = total + aux_weight * classification_loss(aux_logits, targets, reg.label_smoothing)
+        scaled = total * weight
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        with torch.no_grad():
+            loss = loss.detach()
+            self.loss_sum += loss * labels.shape[0]
+            self.correct_sum += (logits.detach().argmax(dim=1) == labels).sum()
+            self.window_loss += loss
+            self.window_batches += 1
+            self.window_images += labels.shape[0]
+            bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+            self.first_bad_step = torch.where(bad, self.step_counter + 1, self.first_bad_step)
+
+    def _autocast(self) -> torch.autocast:
+        dtype = self.runtime.autocast_dtype
+        return torch.autocast(self.runtime.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        self.clipper(self.trainable, self.agc_params)
+        apply_decoupled_weight_decay(self.optimizer)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.schedule.after_step()
+        self.step_counter += 1
+
+    def _check_finite(self) -> None:
+        bad = int(self.first_bad_step.item())
+        if bad >= 0:
+            raise NonFiniteLoss(step=bad, epoch=(bad - 1) // self.steps_per_epoch + 1)
+
+    def _report_step(self, epoch: int, step_in_epoch: int) -> None:
+        # A host sync: only every log_every_steps steps.
+        loss, grad_norm = torch.stack([self.window_loss / max(self.window_batches, 1), self.clipper.last_norm]).tolist()
+        self._check_finite()
+        now = time.perf_counter()
+        metrics = StepMetrics(
+            epoch=epoch + 1,
+            step=self.state.step,
+            step_in_epoch=step_in_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            loss=loss,
+            lr=self.optimizer.param_groups[0]["lr"],
+            grad_norm=grad_norm,
+            images_per_second=self.window_images / max(now - self.window_start, 1e-9),
+            elapsed_seconds=now - self.window_start,
+        )
+        self.window_loss.zero_()
+        self.window_batches = self.window_images = 0
+        self.window_start = now
+        self.callbacks.on_step(metrics)
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, source: Any) -> dict[str, float]:
+        """Loss (plain cross entropy), accuracy and top-5 accuracy (more than five classes) on a split."""
+        model.eval()
+        device = self.runtime.device
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        correct5 = torch.zeros((), device=device)
+        top5 = self.num_classes > 5
+        seen = 0
+        for images, labels in source.batches(0):
+            x = normalize(images, self.mean, self.std, channels_last=self.runtime.channels_last)
+            with self._autocast():
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            correct += (logits.argmax(dim=1) == labels).sum()
+            if top5:
+                correct5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
+            seen += labels.shape[0]
+        loss, acc, acc5 = (torch.stack([loss_sum, correct, correct5]) / max(seen, 1)).tolist()
+        metrics = {"loss": loss, "acc": acc}
+        if top5:
+            metrics["acc_top5"] = acc5
+        return metrics
+
+    def _end_epoch(self, epoch: int) -> bool:
+        """Evaluate, record, checkpoint and report an epoch. True when early stopping says stop."""
+        eval_start = time.perf_counter()
+        state = self.state
+        sums = state.sums
+        val = self.evaluate(self.model, self.data.val)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": state.step,
+            "train_loss": sums.loss / max(sums.seen, 1),
+            "train_acc": sums.correct / max(sums.seen, 1),
+            **{f"val_{k}": v for k, v in val.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **self.clipper.epoch_metrics(),
+            "trainable_params": sum(p.numel() for p in self.trainable),
+            "images_per_second": sums.seen / max(sums.seconds, 1e-9),
+        }
+        if self.ema is not None:
+            ema = self.evaluate(self.ema.module, self.data.val)
+            metrics.update({f"ema_val_{k}": v for k, v in ema.items()})
+        metrics["epoch_seconds"] = sums.seconds + (time.perf_counter() - eval_start)
+        is_best = self._update_best(metrics)
+        self.schedule.after_epoch(metrics)
+        stop_early = self.early_stopping.update(metrics) if self.early_stopping is not None else False
+        state.epoch = epoch + 1
+        state.batches_done = 0
+        state.sums = EpochSums()
+        state.history.append(metrics)
+        self.clipper.reset_epoch()
+        self._write_checkpoint(mid_epoch=False, is_best=is_best, metrics=metrics)
+        self.callbacks.on_epoch(metrics)
+        return stop_early
+
+    def _update_best(self, metrics: dict[str, Any]) -> bool:
+        """Track the best epoch by ``training.monitor``, the EMA weights competing with the model's."""
+        monitor = self.spec.training.monitor
+        better = (lambda a, b: a < b) if monitor_mode(monitor) == "min" else (lambda a, b: a > b)
+        candidates = [("model", metrics[monitor])]
+        if self.ema is not None and f"ema_{monitor}" in metrics:
+            candidates.append(("ema", metrics[f"ema_{monitor}"]))
+        source, value = candidates[0]
+        for other, other_value in candidates[1:]:
+            if better(other_value, value):
+                source, value = other, other_value
+        best = self.state.best
+        if best is None or better(value, best["value"]):
+            self.state.best = {
+                "epoch": metrics["epoch"],
+                "source": source,
+                "value": value,
+                "checkpoint": None,
+            }
+            return True
+        return False
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def _write_checkpoint(
+        self, *, mid_epoch: bool, is_best: bool = False, metrics: dict[str, Any] | None = None
+    ) -> Path:
+        state = self.state
+        folder = self.out_dir / "checkpoints"
+        name = f"epoch-{state.epoch:03d}.pt" if not mid_epoch else f"epoch-{state.epoch:03d}-step-{state.step:07d}.pt"
+        path = folder / name
+        if is_best and state.best is not None:
+            state.best["checkpoint"] = name
+        state.checkpoints = [*(c for c in state.checkpoints if c != name), name]
+        save_checkpoint(path, self._checkpoint_state())
+        removed = self._apply_retention(folder)
+        self.last_checkpoint = path
+        self.callbacks.on_checkpoint(
+            CheckpointInfo(
+                path=path,
+                epoch=state.epoch,
+                step=state.step,
+                is_best=is_best,
+                mid_epoch=mid_epoch,
+                metrics=metrics or {},
+                removed=tuple(removed),
+            )
+        )
+        return path
+
+    def _apply_retention(self, folder: Path) -> list[Path]:
+        """Delete checkpoints the retention rule does not keep: all but the best and the last, by default."""
+        if self.spec.training.keep_checkpoints == "all":
+            return []
+        best = self.state.best["checkpoint"] if self.state.best else None
+        keep = {self.state.checkpoints[-1], best}
+        removed = [folder / name for name in self.state.checkpoints if name not in keep]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        self.state.checkpoints = [name for name in self.state.checkpoints if name in keep]
+        return removed
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "class_names": self.data.class_names,
+            "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)},
+            "state": self.state.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "clipper": self.clipper.state_dict(),
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping is not None else None,
+            "rng": capture_rng(),
+        }
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint["class_names"] != self.data.class_names:
+            raise CheckpointError("the checkpoint was trained on other classes than this data set has")
+        if checkpoint["spec"]["backbone"]["name"] != self.spec.backbone.name:
+            theirs = checkpoint["spec"]["backbone"]["name"]
+            raise CheckpointError(f"the checkpoint is of {theirs}, the spec asks for {self.spec.backbone.name}")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.schedule.load_state_dict(checkpoint["schedule"])
+        if self.scaler is not None and checkpoint["scaler"] is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None and checkpoint["ema"] is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.clipper.load_state_dict(checkpoint["clipper"])
+        if self.early_stopping is not None and checkpoint["early_stopping"] is not None:
+            self.early_stopping.load_state_dict(checkpoint["early_stopping"])
+        self.state = TrainState.from_dict(checkpoint["state"])
+        self.step_counter.fill_(self.state.step)
+        restore_rng(checkpoint["rng"])
+
+    # --- the end ----------------------------------------------------------------------------
+
+    def _published_model(self) -> tuple[nn.Module, str, int]:
+        """The weights to publish: the best epoch's (model or EMA), or the last epoch's better of the two."""
+        best = self.state.best
+        last_epoch = self.state.epoch
+        if self.spec.training.final_weights == "best" and best is not None:
+            if best["epoch"] != last_epoch:
+                checkpoint = load_checkpoint(self.out_dir / "checkpoints" / best["checkpoint"])
+                self.model.load_state_dict(checkpoint["model"])
+                if self.ema is not None and checkpoint["ema"] is not None:
+                    self.ema.load_state_dict(checkpoint["ema"])
+            source, epoch = best["source"], best["epoch"]
+        else:
+            last = self.state.history[-1]
+            monitor = self.spec.training.monitor
+            ema_value = last.get(f"ema_{monitor}")
+            source = "model"
+            if ema_value is not None:
+                better = ema_value < last[monitor] if monitor_mode(monitor) == "min" else ema_value > last[monitor]
+                source = "ema" if better else "model"
+            epoch = last_epoch
+        module = self.ema.module if source == "ema" and self.ema is not None else self.model
+        return module, source, epoch
+
+    def _finish(self, status: Status) -> FitResult:
+        module, source, epoch = self._published_model()
+        final = {f"val_{k}": v for k, v in self.evaluate(module, self.data.val).items()}
+        test = None
+        if self.data.test is not None:
+            test = {f"test_{k}": v for k, v in self.evaluate(module, self.data.test).items()}
+        metrics = {"epoch": epoch, "source": source, **final, **(test or {})}
+        spec_json = self.spec.model_dump(mode="json")
+        weights_path = self.out_dir / "model.safetensors"
+        card_path = self.out_dir / "model.json"
+        save_weights(weights_path, export_state_dict(module), {"backbone": self.built.info.name})
+        card = model_card(
+            self.built,
+            class_names=self.data.class_names,
+            image_size=self.spec.image_size,
+            mean=self.data.mean,
+            std=self.data.std,
+            metrics={"published": metrics, "best": self.state.best, "last": self.state.history[-1]},
+            spec=spec_json,
+        )
+        write_card(card_path, card)
+        record = {"status": status, "epochs": self.state.history, "published": metrics}
+        write_atomic(self.out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        result = self._result(status)
+        result.final, result.test = final, test
+        result.weights_path, result.card_path = weights_path, card_path
+        return result
+
+    def _result(self, status: Status) -> FitResult:
+        return FitResult(
+            status=status,
+            epochs_completed=self.state.epoch,
+            steps=self.state.step,
+            history=self.state.history,
+            best=self.state.best,
+            final=None,
+            test=None,
+            weights_path=None,
+            card_path=None,
+            checkpoint_path=getattr(self, "last_checkpoint", None),
+        )
+
+
+def init_from_normalization(path: Path) -> Normalization | None:
+    """The input statistics that weights in ``path`` were trained with, where they are recorded."""
+    card = path.with_name("model.json")
+    if path.suffix == ".pt":
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError:
+            checkpoint = None
+        if checkpoint is not None:
+            return as_normalization(checkpoint["normalization"])
+    if card.is_file():
+        preprocessing = json.loads(card.read_text()).get("preprocessing", {})
+        if "mean" in preprocessing and "std" in preprocessing:
+            return as_normalization(preprocessing)
+    return None
+
+
+def as_normalization(record: dict[str, Any]) -> Normalization:
+    """(mean, std) from a record with "mean" and "std" lists of three numbers."""
+    mean, std = ([float(v) for v in record[key]] for key in ("mean", "std"))
+    return (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
+
+
+def fit(spec: Spec, out_dir: Path, **kwargs: Any) -> FitResult:
+    """Run ``spec`` to the end; see ``Trainer``."""
+    resume_from = kwargs.pop("resume_from", None)
+    return Trainer(spec, out_dir, **kwargs).fit(resume_from=resume_from)

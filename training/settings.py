@@ -1,0 +1,34 @@
+"""Engine settings, from the environment (prefix ``FT_``). No torch here."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettings(BaseSettings):
+    """Limits and switches of the training engine that are the operator's, not the spec's."""
+
+    model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore")
+
+    allow_weight_downloads: bool = Field(
+        False, description="Let torchvision download pretrained weights missing from $TORCH_HOME's cache."
+    )
+    in_memory_max_mb: int = Field(
+        2048,
+        ge=0,
+        description="Data sets whose decoded images fit in this many MiB are decoded once into memory.",
+    )
+    extract_max_mb: int = Field(20480, ge=1, description="Largest total size an archive may extract to, in MiB.")
+    extract_max_files: int = Field(2_000_000, ge=1, description="Most entries an archive may hold.")
+    extract_max_ratio: int = Field(
+        200, ge=1, description="Largest compression ratio of an archive entry (zip bombs exceed it)."
+    )
+    image_max_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted, in pixels (width x height).")
+
+
+@cache
+def engine_settings() -> EngineSettings:
+    return EngineSettings()

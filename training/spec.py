@@ -1,0 +1,715 @@
+"""The fine-tuning spec: the full, validated description of one run.
+
+Pydantic v2 models, no torch. The same model is the CLI's input, the API's job spec and what a
+checkpoint records. Every model forbids unknown keys; variants are discriminated unions on
+``name``/``mode``/``strategy``; rules that span fields are checked in ``Spec`` and reported at the
+path of the field to change (``data.image_size``, ``scheduler.milestones``).
+
+Units: durations in the scheduler, early stopping and freezing are in epochs; ``warmup_steps``
+is in optimizer steps; learning rates are per optimizer step at the spec's batch size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from training.catalog import get_backbone
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+UnitInterval = Annotated[float, Field(gt=0.0, le=1.0)]
+
+MonitorMetric = Literal["val_loss", "val_acc", "val_acc_top5", "train_loss", "train_acc"]
+DATASET_ID = re.compile(r"^ds_[0-9A-Za-z]+$")
+
+
+def monitor_mode(metric: MonitorMetric) -> Literal["min", "max"]:
+    """Whether a smaller or a larger value of ``metric`` is better."""
+    return "min" if metric.endswith("loss") else "max"
+
+
+Problem = tuple[tuple[str | int, ...], str, Any]  # (location below the model, message, offending value)
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors; rules that span fields report at the path of the field to change."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        model = handler(data)
+        problems = model._rule_problems()
+        if problems:
+            # Raised from a wrap validator, a ValidationError keeps its locations, nested under the parent's.
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(type=PydanticCustomError("spec_rule", message), loc=loc, input=value)
+                    for loc, message, value in problems
+                ],
+            )
+        model._resolve_defaults()
+        return model
+
+    def _rule_problems(self) -> list[Problem]:
+        """Cross-field rules; each problem names the field, relative to this model."""
+        return []
+
+    def _resolve_defaults(self) -> None:
+        """Fill defaults that depend on other fields, so the stored spec says what runs."""
+
+
+# --- backbone -------------------------------------------------------------------------------
+
+
+class HeadSpec(StrictModel):
+    """The new classification head, placed where the backbone's family keeps its classifier."""
+
+    dropout: Fraction = Field(0.0, description="Dropout before each linear layer of the new head.")
+    hidden: list[PositiveInt] = Field(
+        default_factory=list, max_length=4, description="Widths of hidden layers between features and logits."
+    )
+    activation: Literal["relu", "gelu"] = Field("relu", description="Activation after each hidden layer.")
+
+    @property
+    def is_plain(self) -> bool:
+        """A single linear layer, as torchvision builds it: the weights load into torchvision as they are."""
+        return not self.hidden and self.dropout == 0.0
+
+
+class _FreezeBase(StrictModel):
+    freeze_bn: bool = Field(False, description="Batch-norm layers keep their running statistics and affine weights.")
+
+
+class FreezeNone(_FreezeBase):
+    """Full fine-tune: every parameter trains."""
+
+    strategy: Literal["none"] = "none"
+
+
+class FreezeLinearProbe(_FreezeBase):
+    """Only the new head trains; the backbone is frozen, in eval mode."""
+
+    strategy: Literal["linear_probe"] = "linear_probe"
+
+
+class FreezeStages(_FreezeBase):
+    """The first ``frozen_stages`` stages (from the stem) are frozen for the whole run."""
+
+    strategy: Literal["stages"] = "stages"
+    frozen_stages: PositiveInt = 1
+
+
+class FreezeGradual(_FreezeBase):
+    """Start with the head only; unfreeze one more stage, from the head down, at each listed epoch."""
+
+    strategy: Literal["gradual"] = "gradual"
+    unfreeze_at: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 2, 3],
+        min_length=1,
+        description="Epochs (0-based) at which a stage unfreezes.",
+    )
+
+    @field_validator("unfreeze_at")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("must be strictly increasing")
+        return value
+
+
+Freeze = Annotated[FreezeNone | FreezeLinearProbe | FreezeStages | FreezeGradual, Field(discriminator="strategy")]
+
+
+class BackboneSpec(StrictModel):
+    name: str = Field("resnet18", description="A torchvision classification model name.")
+    weights: str | None = Field(
+        None,
+        description="Pretrained weights: 'DEFAULT' or a torchvision enum member such as 'IMAGENET1K_V1'.",
+    )
+    init_from: str | None = Field(
+        None,
+        description="Start from these weights instead: a safetensors or torch file for local runs; "
+        "an earlier job (ftjob_...) or checkpoint (ckpt_...) over the API.",
+    )
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    freeze: Freeze = Field(default_factory=FreezeNone)
+    dropout: Fraction | None = Field(
+        None,
+        description="Rate of the dropout layers the backbone already has (VGG, EfficientNet, MobileNet...).",
+    )
+    stochastic_depth: Fraction | None = Field(
+        None, description="Stochastic depth rate, for backbones whose torchvision builder takes one."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        try:
+            get_backbone(value)
+        except KeyError as error:
+            raise PydanticCustomError("unknown_backbone", str(error.args[0])) from None
+        return value
+
+    def _rule_problems(self) -> list[Problem]:
+        info = get_backbone(self.name)
+        problems: list[Problem] = []
+        if self.weights is not None and info.find_weights(self.weights) is None:
+            choices = ", ".join(info.weights_names())
+            problems.append(
+                (
+                    ("weights",),
+                    f"{self.name} has no weights '{self.weights}'; choose one of {choices}",
+                    self.weights,
+                )
+            )
+        if self.weights is not None and self.init_from is not None:
+            problems.append((("init_from",), "give backbone.weights or backbone.init_from, not both", self.init_from))
+        if self.dropout is not None and info.dropout_kwarg is None:
+            message = f"{self.name} has no dropout layers of its own; use backbone.head.dropout"
+            problems.append((("dropout",), message, self.dropout))
+        if self.stochastic_depth is not None and info.stochastic_depth_kwarg is None:
+            message = f"the torchvision builder of {self.name} takes no stochastic depth"
+            problems.append((("stochastic_depth",), message, self.stochastic_depth))
+        return problems
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+class AugmentSpec(StrictModel):
+    """Train-time augmentation. Evaluation always sees the plain resized image."""
+
+    hflip: bool = Field(True, description="Random horizontal flip.")
+    random_crop: bool = Field(
+        True,
+        description="Random crop with padding for small images (up to 64 px), random resized crop for larger ones.",
+    )
+    crop_padding: int | None = Field(
+        None, ge=0, description="Padding of the small-image random crop, in pixels (default: image_size / 8)."
+    )
+    min_crop_scale: UnitInterval = Field(0.35, description="Smallest area fraction of a random resized crop.")
+
+
+class DataSpec(StrictModel):
+    path: str | None = Field(None, description="A folder or archive in ImageFolder layout (local runs).")
+    dataset: str | None = Field(None, description="An uploaded data set, by id (ds_...), over the API.")
+    image_size: PositiveInt | Literal["native"] = Field(
+        32, description="Square input size in pixels, or 'native' for the backbone's own."
+    )
+    val_split: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        0.1, description="Fraction of train/ held out (stratified, seeded) when there is no val/."
+    )
+    batch_size: PositiveInt = 64
+    eval_batch_size: PositiveInt | None = Field(None, description="Default: twice batch_size.")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    subset_per_class: PositiveInt | None = Field(
+        None, description="Train on at most this many images per class (seeded): a quick run on a big set."
+    )
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="Loader processes when the set streams from disk; 'auto' uses the CPUs there are."
+    )
+    in_memory: bool | Literal["auto"] = Field(
+        "auto", description="Decode the set once into memory; 'auto' does so below the engine's size limit."
+    )
+
+    @field_validator("num_workers")
+    @classmethod
+    def _non_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be 0 or more, or 'auto'")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_id(cls, value: str | None) -> str | None:
+        if value is not None and not DATASET_ID.match(value):
+            raise ValueError("must be a data set id such as ds_01J...")
+        return value
+
+    def _rule_problems(self) -> list[Problem]:
+        if (self.path is None) == (self.dataset is None):
+            message = "give exactly one of data.path (a local folder or archive) or data.dataset (ds_...)"
+            return [(("path",), message, self.path)]
+        return []
+
+
+# --- optimizer ------------------------------------------------------------------------------
+
+
+class _OptimizerBase(StrictModel):
+    lr: PositiveFloat = Field(0.01, description="Learning rate of the new head.")
+    backbone_lr_mult: NonNegativeFloat = Field(1.0, description="Backbone learning rate relative to the head's.")
+    layer_decay: UnitInterval | None = Field(
+        None,
+        description="Each stage, from the head down, gets this factor more of decay: lr * layer_decay**depth.",
+    )
+
+
+class SGDOptimizer(_OptimizerBase):
+    name: Literal["sgd"] = "sgd"
+    momentum: Fraction = 0.9
+    dampening: Fraction = 0.0
+    nesterov: bool = False
+
+    def _rule_problems(self) -> list[Problem]:
+        if self.nesterov and (self.momentum == 0.0 or self.dampening != 0.0):
+            return [(("nesterov",), "nesterov needs momentum above 0 and dampening 0", True)]
+        return []
+
+
+class AdamOptimizer(_OptimizerBase):
+    name: Literal["adam"] = "adam"
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    amsgrad: bool = False
+
+
+class AdamWOptimizer(_OptimizerBase):
+    name: Literal["adamw"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    amsgrad: bool = False
+
+
+class RMSpropOptimizer(_OptimizerBase):
+    name: Literal["rmsprop"] = "rmsprop"
+    alpha: Fraction = 0.99
+    eps: PositiveFloat = 1e-8
+    momentum: Fraction = 0.0
+    centered: bool = False
+
+
+Optimizer = Annotated[SGDOptimizer | AdamOptimizer | AdamWOptimizer | RMSpropOptimizer, Field(discriminator="name")]
+
+
+# --- regularization -------------------------------------------------------------------------
+
+
+class MixupSpec(StrictModel):
+    """Mixup and CutMix with soft targets (one of them per batch, chosen by ``switch_prob``)."""
+
+    mixup_alpha: NonNegativeFloat = Field(0.2, description="Beta(alpha, alpha) of mixup; 0 turns mixup off.")
+    cutmix_alpha: NonNegativeFloat = Field(0.0, description="Beta(alpha, alpha) of CutMix; 0 turns CutMix off.")
+    prob: Probability = Field(1.0, description="Probability that a batch is mixed at all.")
+    switch_prob: Probability = Field(0.5, description="With both on: probability of CutMix rather than mixup.")
+
+    def _rule_problems(self) -> list[Problem]:
+        if self.mixup_alpha == 0.0 and self.cutmix_alpha == 0.0:
+            return [(("mixup_alpha",), "set mixup_alpha or cutmix_alpha above 0, or leave mixup out", 0.0)]
+        return []
+
+
+class EMASpec(StrictModel):
+    """An exponential moving average of the weights, evaluated alongside the model every epoch."""
+
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
+
+
+class EarlyStoppingSpec(StrictModel):
+    monitor: MonitorMetric = "val_loss"
+    mode: Literal["min", "max"] | None = Field(None, description="Default: min for losses, max for accuracies.")
+    patience: PositiveInt = 3
+    min_delta: NonNegativeFloat = 0.0
+
+    def _resolve_defaults(self) -> None:
+        if self.mode is None:
+            self.mode = monitor_mode(self.monitor)
+
+
+class RegularizationSpec(StrictModel):
+    weight_decay: NonNegativeFloat = 5.0e-4
+    weight_decay_mode: Literal["l2", "decoupled"] | None = Field(
+        None,
+        description="l2: added to the gradient (classic SGD); decoupled: applied to the weights (AdamW). "
+        "Default: decoupled for adamw, l2 otherwise.",
+    )
+    decay_norm_and_bias: bool = Field(False, description="Also decay biases and normalization weights.")
+    label_smoothing: Fraction = 0.0
+    mixup: MixupSpec | None = None
+    ema: EMASpec | None = None
+    early_stopping: EarlyStoppingSpec | None = None
+
+
+# --- gradient clipping ----------------------------------------------------------------------
+
+
+class ClipNone(StrictModel):
+    mode: Literal["none"] = "none"
+
+
+class ClipNorm(StrictModel):
+    """Rescale all gradients together so that their total norm is at most ``max_norm``."""
+
+    mode: Literal["norm"] = "norm"
+    max_norm: PositiveFloat = 1.0
+    norm_type: Literal[2, "inf"] = 2
+
+
+class ClipValue(StrictModel):
+    """Clamp every gradient element to [-clip_value, clip_value]."""
+
+    mode: Literal["value"] = "value"
+    clip_value: PositiveFloat = 1.0
+
+
+class ClipAGC(StrictModel):
+    """Adaptive gradient clipping (NFNets), unit-wise; the final classifier is left out."""
+
+    mode: Literal["agc"] = "agc"
+    clip_factor: PositiveFloat = 0.01
+    eps: PositiveFloat = 1e-3
+
+
+class ClipAuto(StrictModel):
+    """AutoClip: clip the total norm at a percentile of the norms seen so far."""
+
+    mode: Literal["autoclip"] = "autoclip"
+    percentile: Annotated[float, Field(gt=0.0, le=100.0)] = 10.0
+
+
+Clipping = Annotated[ClipNone | ClipNorm | ClipValue | ClipAGC | ClipAuto, Field(discriminator="mode")]
+
+
+# --- learning-rate schedules ----------------------------------------------------------------
+
+
+class _ScheduleBase(StrictModel):
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_steps: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Warmup in optimizer steps instead of epochs (needs interval: step)."
+    )
+    warmup_start_factor: UnitInterval = Field(0.1, description="Warmup starts at this fraction of the lr.")
+    interval: Literal["step", "epoch"] = Field("step", description="Update the lr every optimizer step or epoch.")
+
+    def _rule_problems(self) -> list[Problem]:
+        if self.warmup_steps is not None:
+            if self.warmup_epochs:
+                return [(("warmup_steps",), "give warmup_epochs or warmup_steps, not both", self.warmup_steps)]
+            if self.interval != "step":
+                return [(("warmup_steps",), "warmup_steps needs interval: step", self.warmup_steps)]
+        return []
+
+    @property
+    def has_warmup(self) -> bool:
+        return bool(self.warmup_epochs or self.warmup_steps)
+
+
+class ConstantSchedule(_ScheduleBase):
+    name: Literal["constant"] = "constant"
+
+
+class StepSchedule(_ScheduleBase):
+    """Piecewise constant: multiply by ``gamma`` every ``step_size`` epochs."""
+
+    name: Literal["step"] = "step"
+    step_size: PositiveInt = 10
+    gamma: UnitInterval = 0.1
+
+
+class MultiStepSchedule(_ScheduleBase):
+    name: Literal["multistep"] = "multistep"
+    milestones: list[PositiveInt] = Field(default_factory=lambda: [30, 60], min_length=1)
+    gamma: UnitInterval = 0.1
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("must be strictly increasing")
+        return value
+
+
+class ExponentialSchedule(_ScheduleBase):
+    name: Literal["exponential"] = "exponential"
+    gamma: UnitInterval = Field(0.9, description="Factor per epoch.")
+
+
+class CosineSchedule(_ScheduleBase):
+    name: Literal["cosine"] = "cosine"
+    t_max: PositiveInt | None = Field(None, description="Epochs of the half cosine; default: the rest of the run.")
+    min_lr: NonNegativeFloat = 0.0
+
+
+class CosineRestartsSchedule(_ScheduleBase):
+    name: Literal["cosine_restarts"] = "cosine_restarts"
+    t_0: PositiveInt = Field(10, description="Epochs of the first cycle.")
+    t_mult: PositiveInt = Field(1, description="Each cycle is this many times longer than the last.")
+    min_lr: NonNegativeFloat = 0.0
+
+
+class PolynomialSchedule(_ScheduleBase):
+    name: Literal["polynomial"] = "polynomial"
+    power: PositiveFloat = 1.0
+    total_epochs: PositiveInt | None = Field(None, description="Epochs until the lr reaches 0; default: the run.")
+
+
+class LinearSchedule(_ScheduleBase):
+    name: Literal["linear"] = "linear"
+    end_factor: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    total_epochs: PositiveInt | None = Field(None, description="Epochs until end_factor; default: the run.")
+
+
+class OneCycleSchedule(_ScheduleBase):
+    name: Literal["onecycle"] = "onecycle"
+    max_lr: PositiveFloat | None = Field(None, description="Peak lr of the head; default: optimizer.lr.")
+    pct_start: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    div_factor: PositiveFloat = 25.0
+    final_div_factor: PositiveFloat = 1e4
+    three_phase: bool = False
+    cycle_momentum: bool = False
+
+
+class PlateauSchedule(_ScheduleBase):
+    """Reduce the lr by ``factor`` when ``monitor`` stops improving; reacts at epoch ends."""
+
+    name: Literal["plateau"] = "plateau"
+    monitor: MonitorMetric = "val_loss"
+    mode: Literal["min", "max"] | None = Field(None, description="Default: min for losses, max for accuracies.")
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    patience: Annotated[int, Field(ge=0)] = 2
+    threshold: NonNegativeFloat = 1e-4
+    threshold_mode: Literal["rel", "abs"] = "rel"
+    cooldown: Annotated[int, Field(ge=0)] = 0
+    min_lr: NonNegativeFloat = 0.0
+
+    def _resolve_defaults(self) -> None:
+        if self.mode is None:
+            self.mode = monitor_mode(self.monitor)
+
+
+Scheduler = Annotated[
+    ConstantSchedule
+    | StepSchedule
+    | MultiStepSchedule
+    | ExponentialSchedule
+    | CosineSchedule
+    | CosineRestartsSchedule
+    | PolynomialSchedule
+    | LinearSchedule
+    | OneCycleSchedule
+    | PlateauSchedule,
+    Field(discriminator="name"),
+]
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+class TrainingSpec(StrictModel):
+    epochs: PositiveInt = 3
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA where supported, fp32 on the CPU. fp16 needs CUDA."
+    )
+    deterministic: bool = Field(False, description="Deterministic kernels: same spec and seed, same metrics.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool | Literal["auto"] = Field("auto", description="auto: on CUDA for convolutional backbones.")
+    grad_accum_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
+    max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps (smoke runs).")
+    monitor: MonitorMetric = Field("val_acc", description="The metric that picks the best epoch.")
+    final_weights: Literal["best", "last"] = Field("best", description="Which epoch's weights are published.")
+    keep_checkpoints: Literal["best_and_last", "all"] = Field(
+        "best_and_last", description="Checkpoints kept on disk: the best and the last, or every epoch's."
+    )
+    log_every_steps: PositiveInt = Field(20, description="Step metrics (and their host sync) every N steps.")
+    max_runtime: timedelta = Field(
+        timedelta(hours=24), description="Wall-clock limit of the job (seconds or ISO 8601 duration)."
+    )
+
+    @field_validator("max_runtime")
+    @classmethod
+    def _positive_runtime(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+# --- the spec -------------------------------------------------------------------------------
+
+
+class Spec(StrictModel):
+    """One fine-tuning run."""
+
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    data: DataSpec
+    optimizer: Optimizer = Field(default_factory=SGDOptimizer)
+    regularization: RegularizationSpec = Field(default_factory=RegularizationSpec)
+    clipping: Clipping = Field(default_factory=ClipNone)
+    scheduler: Scheduler = Field(default_factory=ConstantSchedule)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    @property
+    def image_size(self) -> int:
+        """The input size in pixels, with 'native' resolved to the backbone's own."""
+        if self.data.image_size == "native":
+            return get_backbone(self.backbone.name).native_size
+        return self.data.image_size
+
+    def _resolve_defaults(self) -> None:
+        reg = self.regularization
+        if reg.weight_decay_mode is None:
+            reg.weight_decay_mode = "decoupled" if self.optimizer.name == "adamw" else "l2"
+
+    def _rule_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
+        info = get_backbone(self.backbone.name)
+        epochs = self.training.epochs
+        size = self.image_size
+        if size < info.min_size:
+            problems.append(
+                (
+                    ("data", "image_size"),
+                    f"{size} px is below the {info.min_size} px that {info.name} accepts",
+                    size,
+                )
+            )
+        elif size % info.size_multiple:
+            problems.append(
+                (
+                    ("data", "image_size"),
+                    f"{info.name} needs a multiple of {info.size_multiple} px, got {size}",
+                    size,
+                )
+            )
+        sched = self.scheduler
+        if sched.warmup_epochs >= epochs:
+            problems.append(
+                (
+                    ("scheduler", "warmup_epochs"),
+                    f"warmup of {sched.warmup_epochs} epochs must be shorter than the run ({epochs} epochs)",
+                    sched.warmup_epochs,
+                )
+            )
+        if isinstance(sched, MultiStepSchedule) and sched.milestones[-1] >= epochs:
+            problems.append(
+                (
+                    ("scheduler", "milestones"),
+                    f"milestone {sched.milestones[-1]} is never reached in a run of {epochs} epochs",
+                    sched.milestones,
+                )
+            )
+        if isinstance(sched, MultiStepSchedule) and sched.milestones[0] <= sched.warmup_epochs:
+            problems.append(
+                (
+                    ("scheduler", "milestones"),
+                    f"milestone {sched.milestones[0]} falls inside the {sched.warmup_epochs}-epoch warmup",
+                    sched.milestones,
+                )
+            )
+        if isinstance(sched, OneCycleSchedule) and sched.has_warmup:
+            problems.append((("scheduler", "warmup_epochs"), "onecycle warms up by itself: set pct_start instead", 0))
+        if isinstance(sched, OneCycleSchedule) and sched.cycle_momentum and not _has_momentum(self.optimizer):
+            problems.append(
+                (
+                    ("scheduler", "cycle_momentum"),
+                    f"optimizer {self.optimizer.name} has no momentum to cycle",
+                    True,
+                )
+            )
+        freeze = self.backbone.freeze
+        if isinstance(freeze, FreezeStages) and freeze.frozen_stages > info.num_stages:
+            problems.append(
+                (
+                    ("backbone", "freeze", "frozen_stages"),
+                    f"{info.name} has {info.num_stages} stages",
+                    freeze.frozen_stages,
+                )
+            )
+        if isinstance(freeze, FreezeGradual):
+            if freeze.unfreeze_at[-1] >= epochs:
+                problems.append(
+                    (
+                        ("backbone", "freeze", "unfreeze_at"),
+                        f"epoch {freeze.unfreeze_at[-1]} is never reached in a run of {epochs} epochs",
+                        freeze.unfreeze_at,
+                    )
+                )
+            if len(freeze.unfreeze_at) > info.num_stages:
+                problems.append(
+                    (
+                        ("backbone", "freeze", "unfreeze_at"),
+                        f"{info.name} has only {info.num_stages} stages to unfreeze",
+                        freeze.unfreeze_at,
+                    )
+                )
+        return problems
+
+
+def _has_momentum(optimizer: SGDOptimizer | AdamOptimizer | AdamWOptimizer | RMSpropOptimizer) -> bool:
+    if isinstance(optimizer, SGDOptimizer | RMSpropOptimizer):
+        return optimizer.momentum > 0.0
+    return True  # Adam's beta1 is its momentum
+
+
+def _union_tags() -> dict[str, set[str]]:
+    """The tags of each discriminated union, by the field that holds it."""
+    unions = {"optimizer": Optimizer, "clipping": Clipping, "scheduler": Scheduler, "freeze": Freeze}
+    tags: dict[str, set[str]] = {}
+    for field_name, union in unions.items():
+        union_type, field_info = get_args(union)
+        tag = field_info.discriminator
+        tags[field_name] = {member.model_fields[tag].default for member in get_args(union_type)}
+    return tags
+
+
+_UNION_TAGS = _union_tags()
+
+
+def error_path(loc: tuple[str | int, ...]) -> str:
+    """A pydantic error location as a dotted field path, union tags left out: ``scheduler.milestones``."""
+    parts: list[str] = []
+    for part in loc:
+        if parts and part in _UNION_TAGS.get(parts[-1], ()):
+            continue  # pydantic names the chosen variant of a union: not a field
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: the field's path and the reason."""
+    return [f"{error_path(e['loc']) or '(spec)'}: {error_message(e)}" for e in error.errors()]
+
+
+def error_message(error: Any) -> str:
+    """Pydantic's message without its 'Value error, ' prefix."""
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def load_spec(source: str | Path | dict[str, Any]) -> Spec:
+    """A validated spec from a YAML or JSON file, or from a mapping."""
+    if isinstance(source, dict):
+        return Spec.model_validate(source)
+    raw = yaml.safe_load(Path(source).read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: a spec is a mapping of sections (backbone, data, ...), got {type(raw).__name__}")
+    return Spec.model_validate(raw)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON schema of a spec, every model named in ``$defs``."""
+    return Spec.model_json_schema()
