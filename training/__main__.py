@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -18,7 +19,7 @@ from rich.table import Table
 from training.catalog import backbone_names, describe, get_backbone
 from training.spec import Spec, format_validation_error, load_spec, spec_json_schema
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # whole lines: scripts grep them
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +60,8 @@ def read_spec(path: Path, max_steps: int | None) -> Spec | None:
         for line in format_validation_error(error):
             console.print(f"  {line}", highlight=False)
         return None
-    except ValueError as error:  # YAML syntax and a top level that is not a mapping
-        console.print(f"[red]error:[/] {error}", highlight=False)
+    except (ValueError, yaml.YAMLError) as error:  # a top level that is not a mapping; YAML syntax
+        console.print(f"[red]error:[/] {path} is not a valid spec: {error}", highlight=False)
         return None
     return spec
 

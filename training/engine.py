@@ -67,10 +67,20 @@ def resolve_runtime(spec: Spec) -> Runtime:
         raise TrainingError("training.precision: fp16 needs a CUDA device; use bf16 or fp32", code="invalid_spec")
     dtype: torch.dtype | None = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
     if t.precision == "auto":
-        dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else None
+        # oneDNN's bf16 kernels are not deterministic: a deterministic run on the CPU stays in fp32.
+        native_bf16 = torch.cuda.is_bf16_supported() if on_cuda else cpu_has_native_bf16() and not t.deterministic
+        dtype = torch.bfloat16 if native_bf16 else None
     family_is_conv = spec.backbone.name.split("_")[0] not in ("vit", "swin")
     channels_last = on_cuda and family_is_conv if t.channels_last == "auto" else bool(t.channels_last)
     return Runtime(device, dtype, channels_last, grad_scaler=dtype is torch.float16)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX): then bf16 autocast is faster."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def configure_determinism(deterministic: bool, device: torch.device) -> None:

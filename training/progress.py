@@ -41,8 +41,9 @@ class ConsoleProgress(Callbacks):
         self.info = info
         self.console.print(
             f"{info.images.get('train', 0)} train / {info.images.get('val', 0)} val / "
-            f"{info.images.get('test', 0)} test images, {len(info.class_names)} classes; {info.trainable_params:,} of {info.num_params:,} parameters "
-            f"train; {info.steps_per_epoch} steps per epoch on {info.device} ({info.precision})",
+            f"{info.images.get('test', 0)} test images, {len(info.class_names)} classes; "
+            f"{info.trainable_params:,} of {info.num_params:,} parameters train; "
+            f"{info.steps_per_epoch} steps per epoch on {info.device} ({info.precision})",
             highlight=False,
         )
         for note in info.notes:

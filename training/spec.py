@@ -21,11 +21,13 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     ModelWrapValidatorHandler,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -78,6 +80,18 @@ class StrictModel(BaseModel):
 
     def _resolve_defaults(self) -> None:
         """Fill defaults that depend on other fields, so the stored spec says what runs."""
+
+
+def variant(tag: str, default: str, names: list[str]) -> Discriminator:
+    """Chooses a union member by its ``tag`` field; a missing tag means ``default`` (so
+    ``optimizer: {lr: 0.1}`` is SGD at 0.1); an unknown one is an error listing the valid tags."""
+
+    def choose(value: Any) -> str:
+        return str(value.get(tag, default) if isinstance(value, dict) else getattr(value, tag, default))
+
+    return Discriminator(
+        choose, custom_error_type="unknown_variant", custom_error_message=f"{tag} must be one of {', '.join(names)}"
+    )
 
 
 # --- backbone -------------------------------------------------------------------------------
@@ -139,7 +153,13 @@ class FreezeGradual(_FreezeBase):
         return value
 
 
-Freeze = Annotated[FreezeNone | FreezeLinearProbe | FreezeStages | FreezeGradual, Field(discriminator="strategy")]
+Freeze = Annotated[
+    Annotated[FreezeNone, Tag("none")]
+    | Annotated[FreezeLinearProbe, Tag("linear_probe")]
+    | Annotated[FreezeStages, Tag("stages")]
+    | Annotated[FreezeGradual, Tag("gradual")],
+    variant("strategy", "none", ["none", "linear_probe", "stages", "gradual"]),
+]
 
 
 class BackboneSpec(StrictModel):
@@ -303,7 +323,13 @@ class RMSpropOptimizer(_OptimizerBase):
     centered: bool = False
 
 
-Optimizer = Annotated[SGDOptimizer | AdamOptimizer | AdamWOptimizer | RMSpropOptimizer, Field(discriminator="name")]
+Optimizer = Annotated[
+    Annotated[SGDOptimizer, Tag("sgd")]
+    | Annotated[AdamOptimizer, Tag("adam")]
+    | Annotated[AdamWOptimizer, Tag("adamw")]
+    | Annotated[RMSpropOptimizer, Tag("rmsprop")],
+    variant("name", "sgd", ["sgd", "adam", "adamw", "rmsprop"]),
+]
 
 
 # --- regularization -------------------------------------------------------------------------
@@ -391,7 +417,14 @@ class ClipAuto(StrictModel):
     percentile: Annotated[float, Field(gt=0.0, le=100.0)] = 10.0
 
 
-Clipping = Annotated[ClipNone | ClipNorm | ClipValue | ClipAGC | ClipAuto, Field(discriminator="mode")]
+Clipping = Annotated[
+    Annotated[ClipNone, Tag("none")]
+    | Annotated[ClipNorm, Tag("norm")]
+    | Annotated[ClipValue, Tag("value")]
+    | Annotated[ClipAGC, Tag("agc")]
+    | Annotated[ClipAuto, Tag("autoclip")],
+    variant("mode", "none", ["none", "norm", "value", "agc", "autoclip"]),
+]
 
 
 # --- learning-rate schedules ----------------------------------------------------------------
@@ -503,17 +536,32 @@ class PlateauSchedule(_ScheduleBase):
 
 
 Scheduler = Annotated[
-    ConstantSchedule
-    | StepSchedule
-    | MultiStepSchedule
-    | ExponentialSchedule
-    | CosineSchedule
-    | CosineRestartsSchedule
-    | PolynomialSchedule
-    | LinearSchedule
-    | OneCycleSchedule
-    | PlateauSchedule,
-    Field(discriminator="name"),
+    Annotated[ConstantSchedule, Tag("constant")]
+    | Annotated[StepSchedule, Tag("step")]
+    | Annotated[MultiStepSchedule, Tag("multistep")]
+    | Annotated[ExponentialSchedule, Tag("exponential")]
+    | Annotated[CosineSchedule, Tag("cosine")]
+    | Annotated[CosineRestartsSchedule, Tag("cosine_restarts")]
+    | Annotated[PolynomialSchedule, Tag("polynomial")]
+    | Annotated[LinearSchedule, Tag("linear")]
+    | Annotated[OneCycleSchedule, Tag("onecycle")]
+    | Annotated[PlateauSchedule, Tag("plateau")],
+    variant(
+        "name",
+        "constant",
+        [
+            "constant",
+            "step",
+            "multistep",
+            "exponential",
+            "cosine",
+            "cosine_restarts",
+            "polynomial",
+            "linear",
+            "onecycle",
+            "plateau",
+        ],
+    ),
 ]
 
 
@@ -524,7 +572,9 @@ class TrainingSpec(StrictModel):
     epochs: PositiveInt = 3
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA where supported, fp32 on the CPU. fp16 needs CUDA."
+        "auto",
+        description="auto: bf16 autocast where the device runs bf16 natively (recent GPUs; CPUs with "
+        "AVX512-BF16 or AMX, unless deterministic), else fp32. fp16 (with a grad scaler) needs CUDA.",
     )
     deterministic: bool = Field(False, description="Deterministic kernels: same spec and seed, same metrics.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -667,14 +717,12 @@ def _has_momentum(optimizer: SGDOptimizer | AdamOptimizer | AdamWOptimizer | RMS
 
 
 def _union_tags() -> dict[str, set[str]]:
-    """The tags of each discriminated union, by the field that holds it."""
+    """The tags of each tagged union, by the field that holds it."""
     unions = {"optimizer": Optimizer, "clipping": Clipping, "scheduler": Scheduler, "freeze": Freeze}
-    tags: dict[str, set[str]] = {}
-    for field_name, union in unions.items():
-        union_type, field_info = get_args(union)
-        tag = field_info.discriminator
-        tags[field_name] = {member.model_fields[tag].default for member in get_args(union_type)}
-    return tags
+    return {
+        field_name: {str(get_args(m)[1].tag) for m in get_args(get_args(union)[0])}
+        for field_name, union in unions.items()
+    }
 
 
 _UNION_TAGS = _union_tags()

@@ -104,7 +104,10 @@ def test_weight_decay_mode_follows_the_optimizer():
             "optimizer.nesterov: nesterov needs momentum",
         ),
         ({"data": {"path": "a"}, "optimizer": {"name": "adam", "betas": [0.9, 1.5]}}, "optimizer.betas.1"),
-        ({"data": {"path": "a"}, "optimizer": {"name": "lion"}}, "optimizer: Input tag 'lion'"),
+        (
+            {"data": {"path": "a"}, "optimizer": {"name": "lion"}},
+            "optimizer: name must be one of sgd, adam, adamw, rmsprop",
+        ),
         ({"data": {"path": "a"}, "clipping": {"mode": "norm", "norm_type": 3}}, "clipping.norm_type"),
         (
             {"data": {"path": "a"}, "backbone": {"name": "resnet81"}},
