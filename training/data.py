@@ -37,6 +37,7 @@ from training.dataset import (
     scan_image_folder,
     stratified_split,
     subset_per_class,
+    train_batches,
 )
 from training.settings import EngineSettings
 from training.spec import AugmentSpec, DataSpec
@@ -124,19 +125,6 @@ class BatchSource(Protocol):
     def __len__(self) -> int:
         """Batches per epoch."""
         ...
-
-
-def train_batches(num_images: int, batch_size: int) -> int:
-    """Training batches per epoch: a short last batch is kept only if it holds at least half a batch.
-
-    Batch norm normalizes by the batch's own statistics: a batch of two or three images gives
-    gradients orders of magnitude larger than a full one. The order is reshuffled every epoch, so
-    the images left out differ each time. A set smaller than one batch trains as one batch.
-    """
-    full, rest = divmod(num_images, batch_size)
-    if full == 0:
-        return 1 if num_images >= 2 else 0
-    return full + (1 if rest >= max(batch_size // 2, 2) else 0)
 
 
 def _num_batches(num_images: int, batch_size: int, train: bool) -> int:

@@ -579,6 +579,36 @@ def _record_order(record: ImageRecord) -> tuple[int, str]:
     return record.label, str(record.path)
 
 
+def val_count(n: int, fraction: float) -> int:
+    """Images of a class of ``n`` held out for validation: round(fraction * n), at least one when the
+    class has two or more, never all of them."""
+    return min(max(math.floor(fraction * n + 0.5), 1), n - 1) if n >= 2 else 0
+
+
+def planned_train_images(
+    train_counts: Sequence[int], *, has_val: bool, val_split: float, subset_per_class: int | None
+) -> int:
+    """Training images a run will use, from the per-class counts of train/ (as ``load_data`` cuts them)."""
+    total = 0
+    for n in train_counts:
+        n = min(n, subset_per_class) if subset_per_class is not None else n
+        total += n if has_val else n - val_count(n, val_split)
+    return total
+
+
+def train_batches(num_images: int, batch_size: int) -> int:
+    """Training batches per epoch: a short last batch is kept only if it holds at least half a batch.
+
+    Batch norm normalizes by the batch's own statistics: a batch of two or three images gives
+    gradients orders of magnitude larger than a full one. The order is reshuffled every epoch, so
+    the images left out differ each time. A set smaller than one batch trains as one batch.
+    """
+    full, rest = divmod(num_images, batch_size)
+    if full == 0:
+        return 1 if num_images >= 2 else 0
+    return full + (1 if rest >= max(batch_size // 2, 2) else 0)
+
+
 def stratified_split(
     records: Sequence[ImageRecord], fraction: float, seed: int
 ) -> tuple[list[ImageRecord], list[ImageRecord]]:
@@ -591,7 +621,7 @@ def stratified_split(
     val: list[ImageRecord] = []
     for label, members in _by_class(records).items():
         n = len(members)
-        n_val = min(max(math.floor(fraction * n + 0.5), 1), n - 1) if n >= 2 else 0
+        n_val = val_count(n, fraction)
         rng = random.Random(mixed_seed("val_split", seed, label))
         chosen = set(rng.sample(range(n), n_val))
         for i, record in enumerate(members):
