@@ -47,7 +47,7 @@ class StepMetrics:
     steps_per_epoch: int
     total_steps: int
     loss: float
-    lr: float  # the new head's learning rate
+    lr: float  # the new head's learning rate at the last step
     grad_norm: float  # total gradient norm before clipping, at the last step
     images_per_second: float
     elapsed_seconds: float

@@ -113,9 +113,24 @@ class GradientClipper:
         return {"grad_norm_mean": values[0], "grad_norm_max": values[1], "clip_fraction": values[2]}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history[: self.seen].cpu(), "seen": self.seen}
+        """AutoClip's history, and the epoch's telemetry so far (a checkpoint may fall inside an epoch)."""
+        return {
+            "history": self.history[: self.seen].cpu(),
+            "seen": self.seen,
+            "epoch": {
+                "norm_sum": self.norm_sum.cpu(),
+                "norm_max": self.norm_max.cpu(),
+                "clipped": self.clipped.cpu(),
+                "steps": self.steps,
+            },
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        epoch = state["epoch"]
+        self.norm_sum = epoch["norm_sum"].to(self.device)
+        self.norm_max = epoch["norm_max"].to(self.device)
+        self.clipped = epoch["clipped"].to(self.device)
+        self.steps = epoch["steps"]
         self.seen = state["seen"]
         if self.seen:
             capacity = max(len(self.history), self.seen)

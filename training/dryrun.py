@@ -81,6 +81,7 @@ def preview_lr(spec: Spec, steps_per_epoch: int, *, num_classes: int = 2, max_po
                         for g, plan in zip(optimizer.param_groups, plans, strict=True)
                     ]
                 )
+            optimizer.step()  # no gradients: nothing moves, but the schedule sees a stepped optimizer
             schedule.after_step()
         schedule.after_epoch(_improving_metrics(spec, epoch))
     return LRPreview(groups=[plan.name for plan in plans], steps=taken, lr=rows)

@@ -233,6 +233,7 @@ class Trainer:
         self.group_plans = plan_param_groups(self.built, spec)
         self.optimizer = build_optimizer(self.group_plans, self.params, spec)
         self.schedule = LRSchedule(self.optimizer, spec, self.steps_per_epoch)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.grad_scaler else None
         self.clipper = GradientClipper(spec.clipping, self.runtime.device, self.total_steps)
         reg = spec.regularization
@@ -427,6 +428,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the head's lr this step used
         self.schedule.after_step()
         self.step_counter += 1
 
@@ -447,7 +449,7 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
             loss=loss,
-            lr=self.optimizer.param_groups[0]["lr"],
+            lr=self.step_lr,
             grad_norm=grad_norm,
             images_per_second=self.window_images / max(now - self.window_start, 1e-9),
             elapsed_seconds=now - self.window_start,
@@ -495,7 +497,7 @@ class Trainer:
             "train_loss": sums.loss / max(sums.seen, 1),
             "train_acc": sums.correct / max(sums.seen, 1),
             **{f"val_{k}": v for k, v in val.items()},
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.step_lr,  # of the epoch's last step
             **self.clipper.epoch_metrics(),
             "trainable_params": sum(p.numel() for p in self.trainable),
             "images_per_second": sums.seen / max(sums.seconds, 1e-9),

@@ -28,6 +28,7 @@ from training.spec import (
     Spec,
 )
 
+DECOUPLED_DECAY = "manual_decoupled_weight_decay"  # param-group key: decay applied outside SGD/RMSprop
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
@@ -95,7 +96,8 @@ def build_optimizer(plans: list[GroupPlan], params: Mapping[str, torch.Tensor], 
 
     l2: ``weight_decay`` of SGD, Adam and RMSprop (added to the gradient);
     decoupled: AdamW's for adam and adamw; for SGD and RMSprop, ``apply_decoupled_weight_decay``
-    before each step (the group keeps its rate under ``decoupled_weight_decay``).
+    before each step (the group keeps its rate under ``DECOUPLED_DECAY``; not torch's own
+    ``decoupled_weight_decay`` key, a flag that Adam and AdamW keep in their groups).
     """
     opt = spec.optimizer
     decoupled = spec.regularization.weight_decay_mode == "decoupled"
@@ -110,7 +112,7 @@ def build_optimizer(plans: list[GroupPlan], params: Mapping[str, torch.Tensor], 
             "weight_decay": plan.weight_decay if in_optimizer else 0.0,
         }
         if not in_optimizer:
-            group["decoupled_weight_decay"] = plan.weight_decay
+            group[DECOUPLED_DECAY] = plan.weight_decay
         groups.append(group)
     if isinstance(opt, SGDOptimizer):
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, dampening=opt.dampening, nesterov=opt.nesterov)
@@ -126,9 +128,9 @@ def build_optimizer(plans: list[GroupPlan], params: Mapping[str, torch.Tensor], 
 
 @torch.no_grad()
 def apply_decoupled_weight_decay(optimizer: torch.optim.Optimizer) -> None:
-    """p <- p * (1 - lr * wd) for groups that carry ``decoupled_weight_decay``, trained parameters only."""
+    """p <- p * (1 - lr * wd) for groups that carry ``DECOUPLED_DECAY``, trained parameters only."""
     for group in optimizer.param_groups:
-        rate = group.get("decoupled_weight_decay", 0.0)
+        rate = group.get(DECOUPLED_DECAY, 0.0)
         if rate:
             params = [p for p in group["params"] if p.grad is not None]
             if params:

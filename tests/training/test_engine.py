@@ -193,3 +193,15 @@ def test_init_from_an_earlier_run_takes_its_weights_and_normalization(colour_set
     trainer.fit()
     card = json.loads(first.card_path.read_text())
     assert list(trainer.data.mean) == card["preprocessing"]["mean"]
+
+
+def test_a_set_too_big_for_memory_streams_from_disk_with_the_same_result(colour_set, tmp_path):
+    """in_memory: false streams through DataLoader workers; a seeded run is the same with 0 or 2 workers."""
+    runs = {}
+    for workers in (0, 2):
+        spec = tiny_spec(colour_set, data={"in_memory": False, "num_workers": workers}, training={"epochs": 1})
+        trainer = Trainer(spec, tmp_path / str(workers))
+        result = trainer.fit()
+        assert not trainer.data.in_memory and result.status == "completed"
+        runs[workers] = weights(tmp_path / str(workers))
+    assert_same_weights(runs[0], runs[2])
