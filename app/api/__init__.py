@@ -1,0 +1,1 @@
+"""The HTTP layer: thin routers (parse, call one service function, answer), dependencies, errors."""

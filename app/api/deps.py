@@ -1,0 +1,94 @@
+"""Dependencies, as ``Annotated`` aliases. Everything comes from ``app.state`` (built by ``create_app``),
+so nothing opens a connection at import time and tests swap any of it with ``app.dependency_overrides``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.session import transaction
+from app.queue import TaskQueue
+from app.services import projects
+from app.settings import Settings
+from app.store import ArtifactStore
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The project a request acts for (its API key's, or the default one while auth is off)."""
+
+    project_id: str
+    project_name: str
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+def get_store(request: Request) -> ArtifactStore:
+    store: ArtifactStore = request.app.state.store
+    return store
+
+
+def get_queue(request: Request) -> TaskQueue:
+    queue: TaskQueue = request.app.state.queue
+    return queue
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+QueueDep = Annotated[TaskQueue, Depends(get_queue)]
+
+
+def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
+    """The request's one transaction: committed after the route returns and before the response is
+    sent (so a failed commit is an error response, not a lie), rolled back if it raises. Tasks the route
+    queued with ``send_after_commit`` go out after the commit."""
+    with transaction(factory) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `finetune keys create --project NAME`.")
+
+
+def get_caller(
+    factory: SessionFactoryDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Caller:
+    """Authenticate in a short transaction of its own, so that a long upload holds no database lock."""
+    with transaction(factory) as session:
+        if settings.auth_required:
+            project = projects.authenticate(session, credentials.credentials if credentials else None)
+        else:
+            project = projects.get_or_create_project(session, settings.default_project)
+        return Caller(project_id=project.id, project_name=project.name)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+ProjectDep = CallerDep
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry a create safely: the same key and body answer with the same object for 24 hours.",
+    ),
+]

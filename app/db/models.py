@@ -1,0 +1,229 @@
+"""The ORM models: projects and API keys, data sets, jobs with their events, epoch metrics, checkpoints
+and artifacts, and idempotency records. Timestamps are aware UTC datetimes; ids are prefixed ULIDs.
+
+These are not the API's schemas (``app.schemas``): they hold what is stored, the schemas what is shown.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.clock import utcnow
+from app.db.base import Base
+from app.statuses import DatasetStatus, JobStatus
+
+ID = String(40)
+
+
+def _one_of(column: str, values: type[DatasetStatus] | type[JobStatus]) -> str:
+    return f"{column} IN ({', '.join(repr(str(value)) for value in values)})"
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A key is shown once; only its sha256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))  # enough to tell keys apart in a listing
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+    project: Mapped[Project] = relationship(lazy="joined")
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", DatasetStatus), name="status"),
+        Index(None, "project_id", "id"),  # the list, newest first
+        Index(None, "project_id", "status", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str] = mapped_column(String(255))
+    store_key: Mapped[str] = mapped_column(String(512))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    class_names: Mapped[list[str] | None] = mapped_column(JSON)
+    counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # split -> class name -> images
+    num_images: Mapped[int | None]
+    skipped_files: Mapped[list[str] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_reasons: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    validated_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", JobStatus), name="status"),
+        Index(None, "project_id", "id"),
+        Index(None, "project_id", "status", "id"),
+        Index(None, "project_id", "dataset_id", "id"),
+        Index(None, "project_id", "created_at"),
+        Index(None, "status", "lease_expires_at"),  # the reaper's scan
+        Index(None, "dataset_id", "status"),  # may a data set be deleted?
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the resolved spec: what runs
+    init_from: Mapped[str | None] = mapped_column(ID)  # ftjob_... or ckpt_... when the spec starts from one
+    status: Mapped[str] = mapped_column(String(16))
+    # The state machine's bookkeeping (app.services.job_state).
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims so far; the running one is `attempt`
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str | None] = mapped_column(String(100))  # the claiming worker's token
+    lease_expires_at: Mapped[datetime | None]
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)  # the seq of the last event appended
+    # Progress and results, written by the worker through app.services.job_records.
+    epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
+    total_epochs: Mapped[int] = mapped_column(Integer)
+    attempt_start_epoch: Mapped[int] = mapped_column(Integer, default=0)  # for the ETA of a resumed run
+    latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    best_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]  # the first claim
+    attempt_started_at: Mapped[datetime | None]  # the current attempt's claim
+    cancel_requested_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    metadata_items: Mapped[list[JobMetadata]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="JobMetadata.key"
+    )
+    artifacts: Mapped[list[Artifact]] = relationship(lazy="selectin", order_by="Artifact.name")
+
+    @property
+    def metadata_dict(self) -> dict[str, str]:
+        return {item.key: item.value for item in self.metadata_items}
+
+
+class JobMetadata(Base):
+    """A job's metadata as rows, so ``metadata[key]=value`` filters use an index on every backend."""
+
+    __tablename__ = "job_metadata"
+    __table_args__ = (Index(None, "key", "value"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        Index(None, "job_id", "type", "seq"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)  # 1, 2, 3... per job, in the order appended
+    type: Mapped[str] = mapped_column(String(32))
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EpochMetrics(Base):
+    """One row per completed epoch, kept forever (the Redis stream is bounded; this is the record)."""
+
+    __tablename__ = "epoch_metrics"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based, as the engine counts
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        UniqueConstraint("job_id", "step"),
+        Index(None, "job_id", "id"),
+        Index(None, "project_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)  # completed epochs
+    step: Mapped[int] = mapped_column(Integer)  # optimizer steps since the start of the run
+    mid_epoch: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_best: Mapped[bool] = mapped_column(Boolean, default=False)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    store_key: Mapped[str] = mapped_column(String(512))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]  # removed by the retention rule; the row stays for the record
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))  # what downloads call it: model.safetensors, model.json...
+    store_key: Mapped[str] = mapped_column(String(512))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    """A create that an Idempotency-Key made: the same key and body answer with the same object."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (Index(None, "expires_at"),)
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # the endpoint: "jobs.create"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(ID)
+    status_code: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]

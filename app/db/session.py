@@ -1,0 +1,67 @@
+"""Engines and sessions. One transaction per request or task: ``transaction`` commits on success and rolls
+back on error; nothing deeper commits.
+
+SQLite (the embedded mode) runs in WAL mode with a busy timeout, and every transaction starts with
+``BEGIN IMMEDIATE``: writers queue for the lock up front instead of failing with SQLITE_BUSY when a read
+transaction later tries to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.dispatch import install_dispatch_hooks
+from app.settings import Settings
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+
+def create_db_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``, with the SQLite settings above when it is a SQLite URL."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}, **kwargs
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below issues BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def engine_for(settings: Settings) -> Engine:
+    if settings.database_url is None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return create_db_engine(settings.sqlalchemy_url)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects readable after commit, and send queued tasks once it succeeds."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    install_dispatch_hooks(factory)
+    return factory
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in one transaction: committed when the block ends, rolled back when it raises."""
+    with factory() as session, session.begin():
+        yield session

@@ -1,0 +1,81 @@
+"""A Celery client that sends tasks by name (``app.tasks``); it defines no tasks.
+
+``celery_config`` is the broker configuration the worker's Celery app starts from too, so both ends
+agree on the transport: Redis in production, kombu's serverless ``filesystem://`` transport under
+``$FT_HOME/broker`` in the embedded mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery  # type: ignore[import-untyped]
+
+from app.settings import Settings
+from app.tasks import QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET
+
+# A broker that does not answer makes the send fail fast instead of hanging the request; the row is
+# committed already, and the worker's sweep re-sends what was never delivered.
+_SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.celery_broker_url.startswith("filesystem"):
+        folder = settings.broker_path
+        for name in ("queue", "processed", "control"):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+    if settings.broker_key_prefix:
+        return {"global_keyprefix": settings.broker_key_prefix}
+    return {}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.celery_broker_url,
+        "broker_transport_options": broker_transport_options(settings),
+        "broker_connection_timeout": 3.0,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": QUEUE_OF[TRAIN_JOB],
+    }
+
+
+class TaskQueue:
+    """Sends the worker's tasks. Call its ``send_*`` through ``app.dispatch.send_after_commit``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.celery = Celery("finetune-api", set_as_current=False)
+        self.celery.conf.update(celery_config(settings))
+
+    def _send(self, name: str, object_id: str) -> str:
+        result = self.celery.send_task(
+            name,
+            args=[object_id],
+            queue=QUEUE_OF[name],
+            expires=self.settings.task_expiry_seconds,
+            retry=True,
+            retry_policy=_SEND_RETRY_POLICY,
+        )
+        return str(result.id)
+
+    def send_train_job(self, job_id: str) -> str:
+        return self._send(TRAIN_JOB, job_id)
+
+    def send_validate_dataset(self, dataset_id: str) -> str:
+        return self._send(VALIDATE_DATASET, dataset_id)
+
+    def check(self) -> None:
+        """Raise unless the broker accepts a connection (readiness)."""
+        with self.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+
+    def close(self) -> None:
+        self.celery.close()

@@ -1,0 +1,63 @@
+"""Data set queries. Every read for a client is scoped to its project; deleted sets are invisible."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import Dataset, Job
+from app.repositories.pagination import keyset_page
+from app.statuses import ACTIVE_JOB_STATUSES, DatasetStatus
+
+
+def get(session: Session, project_id: str, dataset_id: str, *, for_update: bool = False) -> Dataset | None:
+    query = select(Dataset).where(
+        Dataset.id == dataset_id, Dataset.project_id == project_id, Dataset.deleted_at.is_(None)
+    )
+    if for_update:
+        query = query.with_for_update()  # data set deletion and job creation serialize on this row
+    return session.scalar(query)
+
+
+def get_any(session: Session, dataset_id: str) -> Dataset | None:
+    """A data set by id alone: for the worker, which acts for every project."""
+    return session.get(Dataset, dataset_id)
+
+
+def page(
+    session: Session, project_id: str, *, status: DatasetStatus | None, after: str | None, limit: int
+) -> tuple[list[Dataset], bool]:
+    query = select(Dataset).where(Dataset.project_id == project_id, Dataset.deleted_at.is_(None))
+    if status is not None:
+        query = query.where(Dataset.status == status)
+    return keyset_page(session, query, Dataset.id, after=after, limit=limit)
+
+
+def add(session: Session, dataset: Dataset) -> None:
+    session.add(dataset)
+    session.flush()
+
+
+def used_by_active_job(session: Session, dataset_id: str) -> bool:
+    query = select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES)))
+    return bool(session.scalar(query))
+
+
+def finish_validation(session: Session, dataset_id: str, **values: object) -> bool:
+    """validating -> ready or failed, once: a compare-and-set, so a redelivered task changes nothing."""
+    result = session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.status == DatasetStatus.VALIDATING)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def validating_since(session: Session, before: datetime) -> list[str]:
+    query = select(Dataset.id).where(
+        Dataset.status == DatasetStatus.VALIDATING, Dataset.deleted_at.is_(None), Dataset.created_at < before
+    )
+    return list(session.scalars(query.order_by(Dataset.id)))

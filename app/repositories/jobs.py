@@ -1,0 +1,112 @@
+"""Job queries: reads scoped to a project, the list with its filters, and the compare-and-set update that
+every state transition is made of (``app.services.job_state`` decides which transitions exist)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, JobMetadata
+from app.repositories.pagination import keyset_page
+from app.statuses import ACTIVE_JOB_STATUSES, JobStatus
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    statuses: Collection[JobStatus] = ()
+    dataset_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def get(session: Session, project_id: str, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.project_id == project_id))
+
+
+def get_any(session: Session, job_id: str) -> Job | None:
+    """A job by id alone: for the worker, which acts for every project."""
+    return session.get(Job, job_id)
+
+
+def page(
+    session: Session, project_id: str, filters: JobFilters, *, after: str | None, limit: int
+) -> tuple[list[Job], bool]:
+    query = select(Job).where(Job.project_id == project_id)
+    if filters.statuses:
+        query = query.where(Job.status.in_([str(status) for status in filters.statuses]))
+    if filters.dataset_id is not None:
+        query = query.where(Job.dataset_id == filters.dataset_id)
+    if filters.created_after is not None:
+        query = query.where(Job.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(Job.created_at < filters.created_before)
+    for key, value in filters.metadata.items():
+        query = query.where(
+            exists().where(JobMetadata.job_id == Job.id, JobMetadata.key == key, JobMetadata.value == value)
+        )
+    return keyset_page(session, query, Job.id, after=after, limit=limit)
+
+
+def add(session: Session, job: Job) -> None:
+    session.add(job)
+    session.flush()
+
+
+def compare_and_set(
+    session: Session,
+    job_id: str,
+    *,
+    statuses: Collection[str],
+    values: Mapping[str, Any],
+    where: Collection[ColumnElement[bool]] = (),
+) -> bool:
+    """``UPDATE jobs SET values WHERE id = job_id AND status IN statuses AND where``: True if it matched.
+
+    The one statement is the whole check: two workers racing for a job cannot both match it.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(list(statuses)), *where)
+        .values(**values)
+        .execution_options(synchronize_session="fetch")
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def next_event_seq(session: Session, job_id: str) -> int | None:
+    """Count up the job's event sequence and return the new value (None: no such job).
+
+    An UPDATE ... RETURNING locks the job's row, so concurrent appends get distinct, increasing numbers.
+    """
+    return session.scalar(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(event_seq=Job.event_seq + 1)
+        .returning(Job.event_seq)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def expired_leases(session: Session, now: datetime) -> list[Job]:
+    query = select(Job).where(
+        Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+        Job.lease_expires_at.is_not(None),
+        Job.lease_expires_at < now,
+    )
+    return list(session.scalars(query.order_by(Job.id)))
+
+
+def queued_since(session: Session, before: datetime) -> list[str]:
+    query = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.updated_at < before)
+    return list(session.scalars(query.order_by(Job.id)))
+
+
+def active_for_dataset(session: Session, dataset_id: str) -> list[str]:
+    query = select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    return list(session.scalars(query.order_by(Job.id)))

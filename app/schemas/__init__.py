@@ -1,0 +1,1 @@
+"""The API's request and response schemas (pydantic), apart from the ORM models they are built from."""

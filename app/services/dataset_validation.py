@@ -1,0 +1,117 @@
+"""Validation of an uploaded data set, off the request path: the worker's ``finetune.validate_dataset``
+task calls ``run_dataset_validation``.
+
+The engine's checks (``training.dataset.validate_dataset``) extract the archive safely and decode every
+image; the data set ends ``ready`` with its classes and counts, or ``failed`` with every reason. It runs in
+two short transactions around the long check, so no database lock is held while images decode, and the
+final write is a compare-and-set on ``validating``: a redelivered task changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.clock import utcnow
+from app.db.models import Dataset
+from app.db.session import transaction
+from app.repositories import datasets
+from app.services.datasets import dataset_work_dir
+from app.settings import Settings
+from app.statuses import DatasetStatus
+from app.store import CHUNK_BYTES, ArtifactStore, ObjectMissing
+from training.dataset import DatasetError, DatasetReport, resolve_source, validate_dataset
+
+log = logging.getLogger(__name__)
+
+
+def _local_archive(store: ArtifactStore, dataset: Dataset, work_dir: Path) -> Path:
+    """The archive as a local file: the store's own file, or a copy from a remote store."""
+    path = store.local_path(dataset.store_key)
+    if path is not None:
+        if not path.is_file():
+            raise ObjectMissing(dataset.store_key)
+        return path
+    copy = work_dir / Path(dataset.store_key).name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with store.open(dataset.store_key) as source, copy.open("wb") as out:
+        shutil.copyfileobj(source, out, CHUNK_BYTES)
+    return copy
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _ready(report: DatasetReport) -> dict[str, Any]:
+    return {
+        "status": DatasetStatus.READY,
+        "class_names": report.class_names,
+        "counts": report.counts,
+        "num_images": report.num_images,
+        "skipped_files": report.skipped[:1000],
+        "validated_at": utcnow(),
+    }
+
+
+def _failed(code: str, message: str, reasons: list[str]) -> dict[str, Any]:
+    return {
+        "status": DatasetStatus.FAILED,
+        "error_code": code,
+        "error_message": message,
+        "error_reasons": reasons,
+        "validated_at": utcnow(),
+    }
+
+
+def _check(store: ArtifactStore, settings: Settings, dataset: Dataset) -> dict[str, Any]:
+    """The values the data set ends with: ready, or failed with reasons a person can act on."""
+    work_dir = dataset_work_dir(settings, dataset.id)
+    try:
+        archive = _local_archive(store, dataset, work_dir)
+        if _sha256(archive) != dataset.sha256:
+            reason = f"{dataset.filename}: the stored archive does not match the uploaded one (sha256); upload it again"
+            return _failed("dataset_corrupt", reason, [reason])
+        return _ready(validate_dataset(archive, work_dir, settings.engine))
+    except ObjectMissing:
+        reason = f"{dataset.filename}: the uploaded archive is missing from the artifact store; upload it again"
+        return _failed("dataset_missing", reason, [reason])
+    except DatasetError as error:
+        shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-extracted stays behind
+        return _failed(error.code, error.message, error.problems)
+
+
+def run_dataset_validation(
+    factory: sessionmaker[Session], store: ArtifactStore, settings: Settings, dataset_id: str
+) -> DatasetStatus | None:
+    """Validate a ``validating`` data set and record the outcome. Idempotent: a data set already ``ready``
+    or ``failed`` is left as it is. The data set's status after, or None when there is no such data set."""
+    with transaction(factory) as session:
+        dataset = datasets.get_any(session, dataset_id)
+        if dataset is None or dataset.deleted_at is not None:
+            return None
+        if dataset.status != DatasetStatus.VALIDATING:
+            return DatasetStatus(dataset.status)
+        session.expunge(dataset)
+    values = _check(store, settings, dataset)
+    with transaction(factory) as session:
+        if not datasets.finish_validation(session, dataset_id, **values):
+            log.info("data set %s was validated by another task meanwhile", dataset_id)
+        current = datasets.get_any(session, dataset_id)
+        return DatasetStatus(current.status) if current is not None else None
+
+
+def dataset_folder(store: ArtifactStore, settings: Settings, dataset: Dataset) -> Path:
+    """The extracted ImageFolder tree of a ready data set, for training: the validation's extraction when
+    it is still there (on this host), extracted again otherwise."""
+    work_dir = dataset_work_dir(settings, dataset.id)
+    return resolve_source(_local_archive(store, dataset, work_dir), work_dir, settings.engine)

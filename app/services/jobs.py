@@ -1,0 +1,281 @@
+"""Jobs for clients: submission (with every check the engine would otherwise fail on later), reads,
+lists, cancel, and the dry run. Status changes go through ``app.services.job_state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.clock import utcnow
+from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
+from app.db.session import transaction
+from app.dispatch import send_after_commit
+from app.errors import Conflict, InvalidSpec, NotFound
+from app.ids import is_id, new_id
+from app.queue import TaskQueue
+from app.repositories import datasets, job_records, jobs
+from app.repositories.jobs import JobFilters
+from app.schemas.jobs import DryRun, JobCreate
+from app.services import idempotency, job_state
+from app.services.idempotency import IdempotencyKey
+from app.settings import Settings
+from app.statuses import DatasetStatus, EventType, JobStatus
+from training.catalog import get_backbone, weights_cache_path
+from training.dataset import scan_image_folder
+from training.errors import TrainingError
+from training.spec import Spec
+
+WEIGHTS_ARTIFACT = "model.safetensors"  # the final weights a succeeded job publishes (the worker's name)
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
+    """A spec that passed the submission checks, with what it reads resolved."""
+
+    spec: Spec
+    dataset: Dataset | None
+    init_from: str | None
+
+
+# --- checks at submission -------------------------------------------------------------------
+
+
+def _under_allowed_root(settings: Settings, raw: str, param: str) -> Path:
+    """A host path from a client: accepted only inside a folder an operator allowed (symlinks resolved)."""
+    if not settings.allowed_data_roots:
+        raise InvalidSpec(
+            f"{param} names a path on the server; over the API name an uploaded data set or an earlier job by id "
+            "(this server allows no host folders: FT_ALLOWED_DATA_ROOTS)",
+            param=param,
+            code="path_not_allowed",
+        )
+    path = Path(raw).expanduser().resolve()
+    if not any(path.is_relative_to(root.resolve()) for root in settings.allowed_data_roots):
+        raise InvalidSpec(
+            f"{param} lies outside the folders this server allows ({', '.join(map(str, settings.allowed_data_roots))})",
+            param=param,
+            code="path_not_allowed",
+        )
+    if not path.exists():
+        raise InvalidSpec(f"{param}: {raw} does not exist on the server", param=param)
+    return path
+
+
+def _check_weights(settings: Settings, spec: Spec) -> None:
+    if spec.backbone.weights is None:
+        return
+    info = get_backbone(spec.backbone.name)
+    weights = info.find_weights(spec.backbone.weights)
+    if weights is None:  # the spec model refuses these already
+        raise InvalidSpec(f"{info.name} has no weights {spec.backbone.weights}", param="spec.backbone.weights")
+    cached = weights_cache_path(weights)
+    if not cached.is_file() and not settings.engine.allow_weight_downloads:
+        raise InvalidSpec(
+            f"the {weights.name} weights of {info.name} are not in this server's cache (expected {cached}) and "
+            "weight downloads are off (FT_ALLOW_WEIGHT_DOWNLOADS); ask an operator to add the file, choose weights "
+            "that GET /v1/backbones/{name} shows as cached, or train from scratch (weights: null)",
+            param="spec.backbone.weights",
+            code="weights_unavailable",
+        )
+
+
+def _check_dataset(session: Session, project_id: str, dataset_id: str, *, lock: bool) -> Dataset:
+    dataset = datasets.get(session, project_id, dataset_id, for_update=lock)
+    if dataset is None:
+        raise NotFound(f"no data set {dataset_id} in this project", param="spec.data.dataset", code="dataset_not_found")
+    if dataset.status != DatasetStatus.READY:
+        why = f": {dataset.error_message}" if dataset.status == DatasetStatus.FAILED else "; retry once it is ready"
+        raise Conflict(
+            f"data set {dataset_id} is {dataset.status}, not ready{why}",
+            param="spec.data.dataset",
+            code="dataset_not_ready",
+        )
+    return dataset
+
+
+def _check_init_from(session: Session, settings: Settings, project_id: str, spec: Spec) -> str | None:
+    source = spec.backbone.init_from
+    param = "spec.backbone.init_from"
+    if source is None:
+        return None
+    if is_id("job", source):
+        job = jobs.get(session, project_id, source)
+        if job is None:
+            raise InvalidSpec(f"no job {source} in this project", param=param, code="init_from_invalid")
+        if job.status != JobStatus.SUCCEEDED or job_records.artifact(session, source, WEIGHTS_ARTIFACT) is None:
+            message = f"job {source} is {job.status}: only a succeeded job's published weights can be a start"
+            raise InvalidSpec(message, param=param, code="init_from_invalid")
+        _same_backbone(job.spec, spec, source)
+        return source
+    if is_id("checkpoint", source):
+        checkpoint = job_records.checkpoint(session, project_id, source)
+        if checkpoint is None or checkpoint.deleted_at is not None:
+            raise InvalidSpec(f"no checkpoint {source} in this project", param=param, code="init_from_invalid")
+        owner_job = jobs.get_any(session, checkpoint.job_id)
+        if owner_job is not None:
+            _same_backbone(owner_job.spec, spec, source)
+        return source
+    if source.startswith(("ftjob_", "ckpt_")):
+        raise InvalidSpec(f"{source} is not a well-formed job or checkpoint id", param=param, code="init_from_invalid")
+    _under_allowed_root(settings, source, param)
+    return source
+
+
+def _same_backbone(earlier: dict[str, Any], spec: Spec, source: str) -> None:
+    name = earlier["backbone"]["name"]
+    if name != spec.backbone.name:
+        raise InvalidSpec(
+            f"{source} trained {name}; its weights cannot start a {spec.backbone.name}: set backbone.name to {name}",
+            param="spec.backbone.init_from",
+            code="init_from_invalid",
+        )
+
+
+def check_spec(
+    session: Session, settings: Settings, project_id: str, spec: Spec, *, lock_dataset: bool = False
+) -> CheckedSpec:
+    """What the engine would refuse later, refused now: a data set that is missing or not ready, a host
+    path outside the allowed folders, pretrained weights this server cannot get, a bad ``init_from``."""
+    dataset = None
+    if spec.data.dataset is not None:
+        dataset = _check_dataset(session, project_id, spec.data.dataset, lock=lock_dataset)
+    elif spec.data.path is not None:
+        _under_allowed_root(settings, spec.data.path, "spec.data.path")
+    _check_weights(settings, spec)
+    init_from = _check_init_from(session, settings, project_id, spec)
+    return CheckedSpec(spec=spec, dataset=dataset, init_from=init_from)
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    queue: TaskQueue,
+    settings: Settings,
+    project_id: str,
+    request: JobCreate,
+    idempotency_key: IdempotencyKey | None = None,
+) -> tuple[Job, int]:
+    """Check the spec, store it resolved (defaults filled: what runs), queue the job, and send its train
+    task once the row is committed. Returns the job and the status code to answer with."""
+    record = idempotency.replayed(session, project_id, idempotency_key)
+    if record is not None:
+        return get_job(session, project_id, record.resource_id), record.status_code
+    checked = check_spec(session, settings, project_id, request.spec, lock_dataset=True)
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        project_id=project_id,
+        dataset_id=checked.dataset.id if checked.dataset else None,
+        name=request.name,
+        spec=checked.spec.model_dump(mode="json"),
+        init_from=checked.init_from,
+        status=JobStatus.QUEUED,
+        attempt=0,
+        max_attempts=settings.job_max_attempts,
+        event_seq=0,
+        epochs_completed=0,
+        attempt_start_epoch=0,
+        total_epochs=checked.spec.training.epochs,
+        created_at=now,
+        updated_at=now,
+        metadata_items=[JobMetadata(key=k, value=v) for k, v in (request.metadata or {}).items()],
+        artifacts=[],
+    )
+    jobs.add(session, job)
+    job_state.record_created(session, job)
+    idempotency.remember(session, project_id, idempotency_key, job.id, 201)
+    send_after_commit(session, lambda: queue.send_train_job(job.id))
+    return job, 201
+
+
+def get_job(session: Session, project_id: str, job_id: str) -> Job:
+    job = jobs.get(session, project_id, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}", param="job_id")
+    return job
+
+
+def list_jobs(
+    session: Session, project_id: str, filters: JobFilters, *, after: str | None, limit: int
+) -> tuple[list[Job], bool]:
+    return jobs.page(session, project_id, filters, after=after, limit=limit)
+
+
+def cancel_job(session: Session, project_id: str, job_id: str) -> Job:
+    job = get_job(session, project_id, job_id)
+    job_state.request_cancel(session, job.id)
+    session.refresh(job)
+    return job
+
+
+def list_events(
+    session: Session, project_id: str, job_id: str, *, types: list[EventType], after: int | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    job = get_job(session, project_id, job_id)
+    return job_records.events_page(session, job.id, types=types, after=after, limit=limit)
+
+
+def epoch_table(session: Session, project_id: str, job_id: str) -> list[EpochMetrics]:
+    return job_records.epochs(session, get_job(session, project_id, job_id).id)
+
+
+def list_checkpoints(
+    session: Session, project_id: str, job_id: str, *, after: str | None, limit: int
+) -> tuple[list[Checkpoint], bool]:
+    job = get_job(session, project_id, job_id)
+    return job_records.checkpoints_page(session, job.id, after=after, limit=limit)
+
+
+def list_artifacts(session: Session, project_id: str, job_id: str) -> list[Artifact]:
+    return job_records.artifacts(session, get_job(session, project_id, job_id).id)
+
+
+def stale_queued_jobs(session: Session, older_than_seconds: float) -> list[str]:
+    """Jobs queued for this long without a claim: their task may have been lost (a broker outage at
+    submission); the worker's sweep re-sends them (a duplicate task finds the job claimed and does nothing)."""
+    return jobs.queued_since(session, utcnow() - timedelta(seconds=older_than_seconds))
+
+
+# --- the dry run ----------------------------------------------------------------------------
+
+
+def _train_counts(checked: CheckedSpec) -> tuple[list[int], bool]:
+    """Images per class in train/, in label order, and whether the set has a val/ split."""
+    if checked.dataset is not None:
+        counts = checked.dataset.counts or {}
+        train = counts.get("train", {})
+        return [int(train[name]) for name in checked.dataset.class_names or []], "val" in counts
+    path = Path(checked.spec.data.path or "")
+    if not path.is_dir():
+        raise InvalidSpec(
+            "a dry run reads the class counts of a folder; upload an archive as a data set instead",
+            param="spec.data.path",
+        )
+    try:
+        layout = scan_image_folder(path)
+    except TrainingError as error:
+        raise InvalidSpec(error.message, param="spec.data.path", code=error.code) from None
+    per_class = [sum(r.label == label for r in layout.train) for label in range(len(layout.class_names))]
+    return per_class, layout.val is not None
+
+
+def dry_run_job(factory: sessionmaker[Session], settings: Settings, project_id: str, spec: Spec) -> DryRun:
+    """The run planned without running it: resolved spec, parameter counts, steps, the lr of every group at
+    every step. Stores nothing. The checks read the database in a short transaction; the plan (torch, on
+    the meta device) runs after it, holding no lock."""
+    with transaction(factory) as session:
+        checked = check_spec(session, settings, project_id, spec)
+    train_counts, has_val = _train_counts(checked)
+    from training.dryrun import dry_run  # torch: imported on the first dry run, never at startup
+
+    try:
+        plan = dry_run(checked.spec, train_counts=train_counts, has_val=has_val)
+    except TrainingError as error:
+        raise InvalidSpec(error.message, code=error.code) from None
+    return DryRun.model_validate(plan.to_dict())

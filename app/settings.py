@@ -1,0 +1,123 @@
+"""The service's settings, from the environment (prefix ``FT_``).
+
+Embedded defaults need no server: a SQLite file, an artifact folder and a file-based broker, all under
+``FT_HOME``. Production sets ``FT_DATABASE_URL`` (PostgreSQL), ``FT_BROKER_URL`` and ``FT_REDIS_URL``
+(Redis, separate database numbers). Nothing here is read at import time: ``get_settings`` builds them on
+first use, and the app takes them through a dependency.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from training.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+
+
+class Settings(BaseSettings):
+    """Every switch of the service. Paths left unset are derived from ``home``."""
+
+    model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore")
+
+    home: Path = Field(
+        Path(".finetune"), description="The folder that holds the embedded database, artifacts and broker."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default: the SQLite file $FT_HOME/finetune.db. "
+        "postgresql+psycopg://... in production.",
+    )
+    artifacts_dir: Path | None = Field(None, description="The local artifact store; default: $FT_HOME/artifacts.")
+    data_dir: Path | None = Field(
+        None, description="Where uploaded data sets are extracted and validated; default: $FT_HOME/data."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker; default: kombu's serverless filesystem transport under $FT_HOME/broker."
+    )
+    broker_key_prefix: str = Field(
+        "", description="Prefix of every broker key in Redis (a Redis shared by deployments)."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis for live event streams (a database apart from the broker's)."
+    )
+    auth_enabled: bool | None = Field(
+        None,
+        description="Require API keys. Default: on when FT_DATABASE_URL is set (production), off in embedded mode.",
+    )
+    default_project: str = Field("default", description="The project every request acts as while auth is off.")
+    max_upload_bytes: int = Field(10 * GIB, ge=1, description="Largest data set archive accepted by POST /v1/datasets.")
+    allowed_data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Host folders a spec submitted over HTTP may name in data.path or backbone.init_from "
+        "(comma-separated). Empty: none.",
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="Attempts a job gets before a lost worker fails it (worker_lost)."
+    )
+    task_expiry_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="A queued task message not picked up within this time is dropped by the broker.",
+    )
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=1, description="How long an Idempotency-Key is remembered.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="The training engine's limits (FT_...).")
+
+    @field_validator("allowed_data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def is_embedded(self) -> bool:
+        """No database server configured: the laptop mode."""
+        return self.database_url is None
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth_enabled if self.auth_enabled is not None else not self.is_embedded
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite+pysqlite:///{(self.home / 'finetune.db').resolve()}"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return (self.artifacts_dir or self.home / "artifacts").resolve()
+
+    @property
+    def data_path(self) -> Path:
+        return (self.data_dir or self.home / "data").resolve()
+
+    @property
+    def broker_path(self) -> Path:
+        return (self.home / "broker").resolve()
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    def warn_if_open(self) -> None:
+        """Log loudly when anyone who reaches the port acts as the default project."""
+        if not self.auth_required:
+            log.warning(
+                "AUTH IS OFF: every request acts as project %r without an API key. "
+                "Set FT_AUTH_ENABLED=true before exposing this server to a network.",
+                self.default_project,
+            )
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

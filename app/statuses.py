@@ -1,0 +1,39 @@
+"""The vocabularies the database, the API and the worker share: job and data set statuses, event types."""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATUSES
+
+
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE_JOB_STATUSES = frozenset(set(JobStatus) - TERMINAL_JOB_STATUSES)
+
+
+class DatasetStatus(enum.StrEnum):
+    VALIDATING = "validating"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class EventType(enum.StrEnum):
+    STATUS = "status"  # a state machine transition
+    EPOCH = "epoch"  # an epoch's metrics
+    STEP = "step"  # step metrics (the worker may keep these in the Redis stream only)
+    CHECKPOINT = "checkpoint"
+    ARTIFACT = "artifact"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"

@@ -1,0 +1,205 @@
+"""The artifact store: data set archives, checkpoints, weights and model cards, by key.
+
+A small interface (put a stream, open a stream, stat, delete) so that an object store can replace the
+local folder. Keys are relative POSIX paths such as ``jobs/ftjob_.../model.safetensors``. The local store
+writes atomically (a temporary file in the same folder, fsync, rename, fsync of the folder) and computes
+the sha256 while it writes: a reader never sees half a file, and every file has its checksum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Protocol
+
+CHUNK_BYTES = 1 << 20
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class InvalidKey(ValueError):
+    """A key that could name something outside the store."""
+
+
+class ObjectMissing(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified_at: float  # unix seconds
+
+
+class ObjectWriter(Protocol):
+    """An object being written: ``write`` chunks, then ``commit`` (or ``abort``, which leaves nothing)."""
+
+    def write(self, chunk: bytes) -> None: ...
+    def commit(self) -> StoredObject: ...
+    def abort(self) -> None: ...
+    @property
+    def size(self) -> int: ...
+
+
+class ArtifactStore(Protocol):
+    def writer(self, key: str) -> ObjectWriter: ...
+    def put(self, key: str, stream: BinaryIO | Iterable[bytes]) -> StoredObject: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def stat(self, key: str) -> ObjectInfo | None: ...
+    def delete(self, key: str) -> bool: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def local_path(self, key: str) -> Path | None: ...
+    def check(self) -> None: ...
+
+
+def validate_key(key: str) -> list[str]:
+    """The parts of a well-formed key; InvalidKey for anything else ('..', absolute, odd characters)."""
+    parts = key.split("/")
+    if not key or len(key) > 512 or not all(_KEY_PART.match(part) for part in parts):
+        raise InvalidKey(f"invalid store key {key!r}: use relative paths of letters, digits, '.', '_' and '-'")
+    if any(part in (".", "..") for part in parts):
+        raise InvalidKey(f"invalid store key {key!r}: '.' and '..' are not allowed")
+    return parts
+
+
+def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    read = getattr(stream, "read", None)
+    if read is None:
+        yield from stream
+        return
+    while chunk := read(CHUNK_BYTES):
+        yield chunk
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LocalWriter:
+    def __init__(self, target: Path, key: str) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._target = target
+        self._key = key
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        self._temp = Path(temp)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self._size += len(chunk)
+
+    def commit(self) -> StoredObject:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._temp.replace(self._target)
+        _fsync_dir(self._target.parent)
+        self._done = True
+        return StoredObject(self._key, self._size, self._hash.hexdigest())
+
+    def abort(self) -> None:
+        if not self._done:
+            self._file.close()
+            self._temp.unlink(missing_ok=True)
+            self._done = True
+
+    def __enter__(self) -> _LocalWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.abort()  # after commit this does nothing
+
+
+class LocalArtifactStore:
+    """Files under one folder (shared between API and workers in production: a mounted volume)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        path = self.root.joinpath(*validate_key(key))
+        if not path.resolve().is_relative_to(self.root):  # a symlink inside the store pointing out of it
+            raise InvalidKey(f"invalid store key {key!r}: it resolves outside the store")
+        return path
+
+    def writer(self, key: str) -> _LocalWriter:
+        return _LocalWriter(self._path(key), key)
+
+    def put(self, key: str, stream: BinaryIO | Iterable[bytes]) -> StoredObject:
+        with self.writer(key) as writer:
+            for chunk in _chunks(stream):
+                writer.write(chunk)
+            return writer.commit()
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and time of an object, None when there is none (its sha256 is in the database)."""
+        path = self._path(key)
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, info.st_size, info.st_mtime) if path.is_file() else None
+
+    def delete(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        with contextlib.suppress(OSError):
+            _fsync_dir(path.parent)
+        return True
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under ``prefix/`` (a data set's or a job's folder)."""
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.rglob("*"), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+        folder.rmdir()
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def check(self) -> None:
+        """Raise OSError unless the store is writable (readiness)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".readyz.", delete=True) as probe:
+            probe.write(b"ok")
+            probe.flush()

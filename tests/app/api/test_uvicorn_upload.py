@@ -1,0 +1,143 @@
+"""Uploads through a real uvicorn server: a 50 MB archive streams to the store while the server's memory
+stays flat, the sha256 matches, the limit answers 413, and a CIFAR-10 subset ends ``ready``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.helpers import tar_gz_bytes
+from tests.cifar import make_cifar_subset
+
+REPO = Path(__file__).resolve().parents[3]
+MB = 1 << 20
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _memory_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, home: Path) -> None:
+        self.process, self.url, self.home = process, url, home
+
+    def reset_peak_memory(self) -> int:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := current RSS
+        return _memory_kb(self.process.pid, "VmHWM")
+
+    def peak_memory(self) -> int:
+        return _memory_kb(self.process.pid, "VmHWM")
+
+
+@pytest.fixture(scope="module")
+def server(backend, tmp_path_factory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("uvicorn-home")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FT_HOME": str(home),
+        "FT_DATABASE_URL": backend.database_url,
+        "FT_AUTH_ENABLED": "false",
+        "FT_MAX_UPLOAD_BYTES": str(80 * MB),
+    }
+    if backend.redis_url:
+        env |= {"FT_BROKER_URL": backend.redis_url, "FT_BROKER_KEY_PREFIX": f"fttest-uvicorn-{port}:"}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)]
+    process = subprocess.Popen([*command, "--log-level", "warning"], cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.1)
+    yield Server(process, url, home)
+    process.terminate()
+    process.wait(10)
+    if backend.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(backend.redis_url)
+        for key in client.scan_iter(f"{env['FT_BROKER_KEY_PREFIX']}*"):
+            client.delete(key)
+        client.close()
+
+
+def test_a_50_mb_upload_streams_with_flat_memory(server, settings, tmp_path):
+    archive = tmp_path / "big.tar"
+    digest = hashlib.sha256()
+    with archive.open("wb") as out:
+        for i in range(50):
+            block = os.urandom(MB) if i % 10 == 0 else bytes([i]) * MB
+            out.write(block)
+            digest.update(block)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        client.get("/v1/datasets")  # warm: the first request's imports and allocations are not the upload's
+        baseline = server.reset_peak_memory()
+        with archive.open("rb") as stream:
+            response = client.post("/v1/datasets", files={"file": ("big.tar", stream)})
+        peak = server.peak_memory()
+    assert response.status_code == 201, response.text
+    shown = response.json()
+    assert shown["bytes"] == 50 * MB
+    assert shown["sha256"] == digest.hexdigest()
+    growth_mb = (peak - baseline) / 1024
+    assert growth_mb < 20, f"the server's peak memory grew {growth_mb:.1f} MB for a 50 MB upload"
+    stored = server.home / "artifacts" / "datasets" / shown["id"] / "big.tar"
+    assert stored.stat().st_size == 50 * MB
+
+
+def test_an_upload_over_the_limit_is_a_413(server, settings, tmp_path):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        response = client.post("/v1/datasets", files={"file": ("huge.zip", b"\0" * (90 * MB))})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "upload_too_large"
+
+
+def test_a_cifar10_subset_through_the_server_ends_ready(server, settings, tmp_path):
+    from app.db.session import engine_for, session_factory
+    from app.services.dataset_validation import run_dataset_validation
+    from app.store import LocalArtifactStore
+
+    archive = tar_gz_bytes(make_cifar_subset(tmp_path / "cifar", per_class=3, test_per_class=1))
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        response = client.post("/v1/datasets", files={"file": ("cifar.tar.gz", archive)})
+        assert response.status_code == 201, response.text
+        dataset_id = response.json()["id"]
+        # The validation task, as the worker runs it, on the server's database and store.
+        server_settings = settings.model_copy(update={"home": server.home})
+        engine = engine_for(server_settings)
+        try:
+            status = run_dataset_validation(
+                session_factory(engine), LocalArtifactStore(server.home / "artifacts"), server_settings, dataset_id
+            )
+        finally:
+            engine.dispose()
+        assert status == "ready"
+        shown = client.get(f"/v1/datasets/{dataset_id}").json()
+    assert shown["status"] == "ready"
+    assert shown["num_images"] == 40
+    assert len(shown["class_names"]) == 10
