@@ -1,10 +1,13 @@
 """``finetune``: the command line. This module imports only click at startup; each command imports what
 it needs when it runs, so ``finetune --help`` answers at once (no FastAPI, SQLAlchemy or torch).
 
-The later issues add ``serve``, ``worker``, ``datasets`` and ``jobs`` to the ``main`` group.
+Exit codes: 0 success, 1 a failure the message explains, 2 bad usage (click's).
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import click
 
@@ -60,3 +63,110 @@ def _redacted(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _worker_argv(queues: str, loglevel: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", "worker", "--queues", queues, "--loglevel", loglevel]
+
+
+@main.command()
+@click.option("--queues", default="gpu,cpu", show_default=True, help="Queues to take tasks from: gpu (training), cpu.")
+@click.option(
+    "--gpus",
+    default=None,
+    help="'all' or a list such as 0,1: one worker process per GPU, each with its own CUDA_VISIBLE_DEVICES. "
+    "Default: a single process on whatever device there is (the CPU without a GPU).",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--name", default=None, help="The worker's node name (default: <queues>@<host>).")
+def worker(queues: str, gpus: str | None, loglevel: str, name: str | None) -> None:
+    """Run a Celery worker: trains jobs (gpu queue) and validates data sets (cpu queue)."""
+    if gpus is not None:
+        _worker_per_gpu(queues, gpus, loglevel)
+        return
+    from app.settings import Settings
+    from worker.celery_app import create_celery
+
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+    argv = ["worker", "--queues", ",".join(queue_list), "--pool", "prefork", "--concurrency", "1"]
+    argv += ["--loglevel", loglevel, "--hostname", name or f"{'-'.join(queue_list)}@%h"]
+    if "gpu" in queue_list:
+        argv += ["--max-tasks-per-child", "1"]  # a fresh process per job: all GPU memory back after each
+    create_celery(Settings()).worker_main(argv)
+
+
+def _visible_gpus(gpus: str) -> list[str]:
+    """GPU indexes without touching CUDA in this (forking) process: nvidia-smi, or the list given."""
+    if gpus != "all":
+        return [g.strip() for g in gpus.split(",") if g.strip()]
+    import subprocess
+
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise click.ClickException("--gpus all: nvidia-smi found no GPU; run without --gpus to use the CPU") from None
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+
+
+def _worker_per_gpu(queues: str, gpus: str, loglevel: str) -> None:
+    import signal
+    import threading
+
+    from app.supervisor import Child, Supervisor
+
+    children = [
+        Child(
+            name=f"worker-gpu{gpu}",
+            argv=[*_worker_argv(queues, loglevel), "--name", f"gpu{gpu}@%h"],
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu},
+        )
+        for gpu in _visible_gpus(gpus)
+    ]
+    if not children:
+        raise click.ClickException(f"--gpus {gpus}: no GPU to run on")
+    supervisor = Supervisor(children)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    supervisor.start()
+    stop.wait()
+    supervisor.stop()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0), help="Local training workers.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def serve(host: str, port: int, workers: int, loglevel: str) -> None:
+    """Run the API and local workers: the embedded mode needs no server (SQLite, files, a file broker).
+
+    With FT_DATABASE_URL/FT_BROKER_URL set it serves production settings; --workers 0 runs the API alone.
+    """
+    import logging
+
+    import uvicorn
+
+    from app.db.migrate import upgrade
+    from app.settings import Settings
+    from app.supervisor import Child, Supervisor
+
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    upgrade(settings)
+    env = {**os.environ, "FT_HOME": str(settings.home.resolve())}
+    children = [Child(f"worker-{i}", _worker_argv("gpu", loglevel), env) for i in range(workers)]
+    if workers:
+        children.append(Child("worker-cpu", _worker_argv("cpu", loglevel), env))  # data set validation
+    supervisor = Supervisor(children)
+    supervisor.start()
+    click.echo(f"finetune is serving at http://{host}:{port} (API docs at http://{host}:{port}/docs)", err=True)
+    try:
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level=loglevel.lower())
+    finally:
+        click.echo("stopping the workers (running jobs checkpoint and go back to the queue)...", err=True)
+        supervisor.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,7 @@ def _run_pending(session: Session) -> None:
             send()
         except Exception:
             # The rows are committed; a lost message is found again by the worker's periodic sweep
-            # (app.services.jobs.stale_queued_jobs, app.services.datasets.stale_validations).
+            # (app.services.dispatching.sweep: jobs whose dispatched_at stayed NULL, stale validations).
             log.exception("sending a task after commit failed")
 
 

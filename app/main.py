@@ -4,34 +4,52 @@ client), from settings; importing this module connects to nothing. Serve it with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from app.api import backbones, datasets, health, jobs, spec
+from app.api import backbones, datasets, downloads, health, jobs, live, spec
 from app.api.errors import install_error_handlers
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
-from app.db.session import engine_for, session_factory
-from app.queue import TaskQueue
+from app.context import Services
+from app.services.dispatching import sweep
 from app.settings import Settings, get_settings
-from app.store import LocalArtifactStore
 
 API_VERSION = "1"
+log = logging.getLogger(__name__)
+
+
+async def sweep_forever(services: Services) -> None:
+    """Requeue jobs whose worker was lost and re-send tasks that never reached the broker, every few
+    seconds (``app.services.dispatching.sweep``; any number of API processes may run it at once)."""
+    while True:
+        await asyncio.sleep(services.settings.sweep_interval_seconds)
+        try:
+            await asyncio.to_thread(sweep, services)
+        except Exception:  # a database or broker outage: try again next time
+            log.warning("the sweep failed", exc_info=True)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.warn_if_open()
-    engine = engine_for(settings)
-    queue = TaskQueue(settings)
+    services = Services.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_forever(services))
         yield
-        queue.close()
-        engine.dispose()
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        if services.stream is not None:
+            await services.stream.aclose()
+        services.close()
 
     app = FastAPI(
         title="finetune",
@@ -39,17 +57,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         lifespan=lifespan,
     )
+    app.state.services = services
     app.state.settings = settings
-    app.state.engine = engine
-    app.state.session_factory = session_factory(engine)
-    app.state.store = LocalArtifactStore(settings.artifacts_path)
-    app.state.queue = queue
+    app.state.engine = services.engine
+    app.state.session_factory = services.factory
+    app.state.store = services.store
+    app.state.queue = services.queue
+    app.state.stream = services.stream
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     app.state.metrics_registry = registry
 
-    for module in (datasets, jobs, backbones, spec, health):
+    for module in (datasets, jobs, live, downloads, backbones, spec, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))

@@ -16,6 +16,7 @@ from app.tasks import QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET
 
 # A broker that does not answer makes the send fail fast instead of hanging the request; the row is
 # committed already, and the worker's sweep re-sends what was never delivered.
+TIME_LIMIT_GRACE_SECONDS = 120.0  # between the engine's own stop, the soft limit and the hard limit
 _SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.5}
 
 
@@ -55,7 +56,7 @@ class TaskQueue:
         self.celery = Celery("finetune-api", set_as_current=False)
         self.celery.conf.update(celery_config(settings))
 
-    def _send(self, name: str, object_id: str) -> str:
+    def _send(self, name: str, object_id: str, **options: Any) -> str:
         result = self.celery.send_task(
             name,
             args=[object_id],
@@ -63,11 +64,19 @@ class TaskQueue:
             expires=self.settings.task_expiry_seconds,
             retry=True,
             retry_policy=_SEND_RETRY_POLICY,
+            **options,
         )
         return str(result.id)
 
-    def send_train_job(self, job_id: str) -> str:
-        return self._send(TRAIN_JOB, job_id)
+    def send_train_job(self, job_id: str, max_runtime_seconds: float | None = None) -> str:
+        """The job's train task, with Celery time limits from the spec's ``training.max_runtime``: the engine
+        stops itself at that limit (code ``timeout``); the soft limit, a little later, interrupts a step that
+        hangs; the hard limit kills the pool child."""
+        limits: dict[str, float] = {}
+        if max_runtime_seconds is not None:
+            soft = max_runtime_seconds + TIME_LIMIT_GRACE_SECONDS
+            limits = {"soft_time_limit": soft, "time_limit": soft + TIME_LIMIT_GRACE_SECONDS}
+        return self._send(TRAIN_JOB, job_id, **limits)
 
     def send_validate_dataset(self, dataset_id: str) -> str:
         return self._send(VALIDATE_DATASET, dataset_id)

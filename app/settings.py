@@ -69,6 +69,19 @@ class Settings(BaseSettings):
         description="A queued task message not picked up within this time is dropped by the broker.",
     )
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1, description="How long an Idempotency-Key is remembered.")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A running job's lease: a worker silent this long is presumed lost."
+    )
+    lease_renew_seconds: float = Field(5.0, gt=0, description="How often a worker renews its job's lease.")
+    cancel_poll_seconds: float = Field(
+        0.5, gt=0, description="How often a worker looks for a cancel of its job (a stop takes about this long)."
+    )
+    sweep_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the API requeues lost jobs and re-sends undelivered tasks."
+    )
+    work_dir: Path | None = Field(
+        None, description="A worker's scratch folder for running jobs; default: $FT_HOME/work."
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="The training engine's limits (FT_...).")
 
     @field_validator("allowed_data_roots", mode="before")
@@ -98,6 +111,10 @@ class Settings(BaseSettings):
     @property
     def data_path(self) -> Path:
         return (self.data_dir or self.home / "data").resolve()
+
+    @property
+    def work_path(self) -> Path:
+        return (self.work_dir or self.home / "work").resolve()
 
     @property
     def broker_path(self) -> Path:

@@ -446,10 +446,12 @@ def build_model(
     *,
     settings: EngineSettings | None = None,
     empty: bool = False,
+    init_from: Path | None = None,
 ) -> BuiltModel:
     """The backbone with a new head of ``num_classes``, its weights as the spec says.
 
     ``empty``: parameters on the meta device and no weights read (dry runs, parameter counts).
+    ``init_from``: the local file of ``spec.init_from`` when that names something else (a job over the API).
     """
     settings = settings or engine_settings()
     info = get_backbone(spec.name)
@@ -481,7 +483,7 @@ def build_model(
         weights=weights,
     )
     if spec.init_from is not None and not empty:
-        built.notes += load_init_from(built, Path(spec.init_from))
+        built.notes += load_init_from(built, init_from or Path(spec.init_from))
     return built
 
 

@@ -153,7 +153,8 @@ class FitResult:
 
 
 class Trainer:
-    """One fine-tuning run. ``data_path`` overrides ``spec.data.path`` (the service resolves ``data.dataset``)."""
+    """One fine-tuning run. ``data_path`` and ``init_from`` are the local files that ``spec.data`` and
+    ``spec.backbone.init_from`` name, where the spec names them by id (the service resolves them)."""
 
     def __init__(
         self,
@@ -161,6 +162,7 @@ class Trainer:
         out_dir: Path,
         *,
         data_path: Path | None = None,
+        init_from: Path | None = None,
         callbacks: Callbacks | None = None,
         settings: EngineSettings | None = None,
     ) -> None:
@@ -172,6 +174,7 @@ class Trainer:
         self.spec = spec
         self.out_dir = Path(out_dir)
         self.data_source = source
+        self.init_from = init_from or (Path(spec.backbone.init_from) if spec.backbone.init_from else None)
         self.callbacks = callbacks or Callbacks()
         self.settings = settings or engine_settings()
         self.state = TrainState()
@@ -222,7 +225,9 @@ class Trainer:
 
     def _setup_model(self) -> None:
         spec = self.spec
-        self.built: BuiltModel = build_model(spec.backbone, self.num_classes, spec.image_size, settings=self.settings)
+        self.built: BuiltModel = build_model(
+            spec.backbone, self.num_classes, spec.image_size, settings=self.settings, init_from=self.init_from
+        )
         memory_format = torch.channels_last if self.runtime.channels_last else torch.preserve_format
         self.model: nn.Module = self.built.model.to(self.runtime.device).to(memory_format=memory_format)
         self.freeze = FreezePlan(self.built, spec.backbone.freeze)
@@ -271,8 +276,8 @@ class Trainer:
             weights = get_backbone(backbone.name).find_weights(backbone.weights)
             assert weights is not None
             return weights.mean, weights.std
-        if backbone.init_from is not None:
-            return init_from_normalization(Path(backbone.init_from))
+        if self.init_from is not None:
+            return init_from_normalization(self.init_from)
         return None
 
     # --- the run ----------------------------------------------------------------------------

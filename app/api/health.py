@@ -45,10 +45,12 @@ def _probe(check: Callable[[], object]) -> str:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Ready: database, broker and store reachable",
+    summary="Ready: database, broker, store (and event stream) reachable",
     responses={503: {"model": Readiness, "description": "A component is unreachable"}},
 )
-async def readyz(response: Response, factory: SessionFactoryDep, queue: QueueDep, store: StoreDep) -> Readiness:
+async def readyz(
+    request: Request, response: Response, factory: SessionFactoryDep, queue: QueueDep, store: StoreDep
+) -> Readiness:
     def database() -> None:
         with factory() as session:
             session.execute(text("SELECT 1"))
@@ -58,6 +60,9 @@ async def readyz(response: Response, factory: SessionFactoryDep, queue: QueueDep
         "broker": await run_in_threadpool(_probe, queue.check),
         "store": await run_in_threadpool(_probe, store.check),
     }
+    stream = request.app.state.stream
+    if stream is not None:
+        checks["event_stream"] = await run_in_threadpool(_probe, stream.check)
     ready = all(value == "ok" for value in checks.values())
     response.status_code = 200 if ready else 503
     return Readiness(status="ready" if ready else "unavailable", checks=checks)

@@ -95,6 +95,7 @@ class Job(Base):
         Index(None, "project_id", "dataset_id", "id"),
         Index(None, "project_id", "created_at"),
         Index(None, "status", "lease_expires_at"),  # the reaper's scan
+        Index(None, "status", "dispatched_at"),  # the sweep for jobs whose task never reached the broker
         Index(None, "dataset_id", "status"),  # may a data set be deleted?
     )
 
@@ -111,6 +112,8 @@ class Job(Base):
     owner: Mapped[str | None] = mapped_column(String(100))  # the claiming worker's token
     lease_expires_at: Mapped[datetime | None]
     event_seq: Mapped[int] = mapped_column(Integer, default=0)  # the seq of the last event appended
+    # When the broker took this job's train task; NULL while queued and not yet sent (app.services.dispatching).
+    dispatched_at: Mapped[datetime | None]
     # Progress and results, written by the worker through app.services.job_records.
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     total_epochs: Mapped[int] = mapped_column(Integer)

@@ -57,6 +57,12 @@ def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
     return session.scalar(query)
 
 
+def kept_checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
+    """The checkpoints whose files the retention rule kept, oldest first."""
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.deleted_at.is_(None))
+    return list(session.scalars(query.order_by(Checkpoint.step)))
+
+
 def artifact(session: Session, job_id: str, name: str) -> Artifact | None:
     return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
 

@@ -102,11 +102,6 @@ def expired_leases(session: Session, now: datetime) -> list[Job]:
     return list(session.scalars(query.order_by(Job.id)))
 
 
-def queued_since(session: Session, before: datetime) -> list[str]:
-    query = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.updated_at < before)
-    return list(session.scalars(query.order_by(Job.id)))
-
-
 def active_for_dataset(session: Session, dataset_id: str) -> list[str]:
     query = select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES))
     return list(session.scalars(query.order_by(Job.id)))

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, EpochMetrics, Job, JobEvent
 from app.errors import LeaseLost, NotFound
+from app.events import mirror_after_commit
 from app.ids import new_id
 from app.repositories import job_records, jobs
 from app.statuses import EventType, JobStatus
@@ -41,6 +42,7 @@ def append_event(
         created_at=utcnow(),
     )
     job_records.add(session, event)
+    mirror_after_commit(session, event)  # to the job's live stream, once committed
     return event
 
 
@@ -70,6 +72,13 @@ def _is_better(job: Job, metrics: dict[str, Any]) -> bool:
     if best is None:
         return True
     return value < best if monitor_mode(monitor) == "min" else value > best
+
+
+def record_step_metrics(session: Session, job_id: str, metrics: dict[str, Any], *, owner: str | None = None) -> None:
+    """Step metrics (every ``training.log_every_steps`` steps): an event, for the live stream and the record."""
+    _owned_job(session, job_id, owner)
+    message = f"step {metrics['step']}/{metrics['total_steps']}: loss {metrics['loss']:.4g}, lr {metrics['lr']:.3g}"
+    append_event(session, job_id, EventType.STEP, metrics, message)
 
 
 def record_epoch_metrics(

@@ -194,7 +194,7 @@ def release_job(session: Session, job_id: str, owner: str, reason: str = "preemp
     another worker resumes from the checkpoint it just wrote; a job being cancelled ends cancelled.
     The status after, or None if ``owner`` no longer held the job."""
     mine = [Job.owner == owner]
-    requeue = {"owner": None, "lease_expires_at": None, "attempt": Job.attempt - 1}
+    requeue = {"owner": None, "lease_expires_at": None, "attempt": Job.attempt - 1, "dispatched_at": None}
     if _transition(session, job_id, source=[RUNNING], target=QUEUED, values=requeue, where=mine, message=reason):
         return QUEUED
     if _transition(session, job_id, source=[CANCELLING], target=CANCELLED, where=mine, message="cancelled"):
@@ -223,7 +223,7 @@ def requeue_expired_leases(session: Session, now: datetime | None = None) -> lis
             error = {"error": {"code": WORKER_LOST, "message": message}}
             _transition(session, job.id, source=[RUNNING], target=FAILED, values=failure, where=lost, data=note | error)
         else:
-            released: dict[str, Any] = {"owner": None, "lease_expires_at": None}
+            released: dict[str, Any] = {"owner": None, "lease_expires_at": None, "dispatched_at": None}
             message = f"worker lost on attempt {job.attempt}: requeued to resume from its last checkpoint"
             if _transition(
                 session,
@@ -237,6 +237,23 @@ def requeue_expired_leases(session: Session, now: datetime | None = None) -> lis
             ):
                 requeued.append(job.id)
     return requeued
+
+
+def abort_job(session: Session, job_id: str, error: JobError) -> bool:
+    """Any active job -> failed, whoever owns it: for a worker process killed from outside (a hard time
+    limit), which cannot finish the job itself."""
+    values = {"error_code": error.code, "error_message": error.message}
+    data = {"error": {"code": error.code, "message": error.message}}
+    left = _transition(
+        session,
+        job_id,
+        source=[RUNNING, CANCELLING, QUEUED],
+        target=FAILED,
+        values=values,
+        data=data,
+        message=f"failed: {error.message}",
+    )
+    return left is not None
 
 
 def fail_queued_job(session: Session, job_id: str, error: JobError) -> bool:

@@ -4,7 +4,6 @@ lists, cancel, and the dry run. Status changes go through ``app.services.job_sta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
 from app.db.session import transaction
-from app.dispatch import send_after_commit
 from app.errors import Conflict, InvalidSpec, NotFound
 from app.ids import is_id, new_id
 from app.queue import TaskQueue
@@ -21,6 +19,7 @@ from app.repositories import datasets, job_records, jobs
 from app.repositories.jobs import JobFilters
 from app.schemas.jobs import DryRun, JobCreate
 from app.services import idempotency, job_state
+from app.services.dispatching import queue_for_training
 from app.services.idempotency import IdempotencyKey
 from app.settings import Settings
 from app.statuses import DatasetStatus, EventType, JobStatus
@@ -190,7 +189,7 @@ def create_job(
     jobs.add(session, job)
     job_state.record_created(session, job)
     idempotency.remember(session, project_id, idempotency_key, job.id, 201)
-    send_after_commit(session, lambda: queue.send_train_job(job.id))
+    queue_for_training(session, queue, job.id)
     return job, 201
 
 
@@ -234,12 +233,6 @@ def list_checkpoints(
 
 def list_artifacts(session: Session, project_id: str, job_id: str) -> list[Artifact]:
     return job_records.artifacts(session, get_job(session, project_id, job_id).id)
-
-
-def stale_queued_jobs(session: Session, older_than_seconds: float) -> list[str]:
-    """Jobs queued for this long without a claim: their task may have been lost (a broker outage at
-    submission); the worker's sweep re-sends them (a duplicate task finds the job claimed and does nothing)."""
-    return jobs.queued_since(session, utcnow() - timedelta(seconds=older_than_seconds))
 
 
 # --- the dry run ----------------------------------------------------------------------------

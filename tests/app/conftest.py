@@ -90,6 +90,7 @@ def settings(backend: Backend, backend_engine: Engine, tmp_path: Path) -> Iterat
         home=tmp_path / "home",
         database_url=backend.database_url,
         broker_url=backend.redis_url,
+        redis_url=backend.redis_url,  # production: live events go through a Redis stream too
         broker_key_prefix=prefix if backend.redis_url else "",
         auth_enabled=False,
     )

@@ -15,10 +15,13 @@ async def test_healthz(client):
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-async def test_readyz_checks_database_broker_and_store(client):
+async def test_readyz_checks_database_broker_and_store(client, settings):
     response = await client.get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "store": "ok"}}
+    checks = {"database": "ok", "broker": "ok", "store": "ok"}
+    if settings.redis_url:  # production: the live event stream too
+        checks["event_stream"] = "ok"
+    assert response.json() == {"status": "ready", "checks": checks}
 
 
 async def test_readyz_names_what_is_unreachable(settings, tmp_path):

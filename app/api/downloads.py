@@ -1,0 +1,152 @@
+"""Downloads of a job's artifacts: ``GET /v1/jobs/{id}/artifacts/{name}`` and ``GET /v1/jobs/{id}/weights``.
+
+The file streams from the store in chunks (memory stays flat whatever its size), with its
+``Content-Length``, an ``ETag`` of its sha256, and single HTTP ranges (206) so that a broken download
+resumes where it stopped. ``If-None-Match`` answers 304; an ``If-Range`` that does not match sends the
+whole file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import CallerDep, SessionDep, StoreDep
+from app.api.errors import error_responses
+from app.db.models import Artifact
+from app.errors import NotFound
+from app.repositories import job_records
+from app.services import jobs
+from app.services.jobs import WEIGHTS_ARTIFACT
+from app.store import ArtifactStore
+
+router = APIRouter(prefix="/v1/jobs", tags=["downloads"])
+
+CHUNK = 1 << 20
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The whole file", "content": {"application/octet-stream": {}}},
+    206: {"description": "The requested byte range", "content": {"application/octet-stream": {}}},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    416: {"description": "The range is outside the file"},
+    **error_responses(404),
+}
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """(start, end inclusive) of a single ``bytes=`` range; None for no usable range (send it all);
+    "unsatisfiable" for a range outside the file."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None  # several ranges, or another unit: RFC 9110 lets a server send the whole file
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last N bytes
+        length = int(last)
+        if length == 0:
+            return "unsatisfiable"
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        return "unsatisfiable"
+    return start, end
+
+
+def _chunks(store: ArtifactStore, key: str, start: int, length: int) -> Iterator[bytes]:
+    with store.open(key) as file:
+        file.seek(start)
+        left = length
+        while left > 0:
+            chunk = file.read(min(CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+def file_response(request: Request, store: ArtifactStore, artifact: Artifact, filename: str) -> Response:
+    etag = f'"{artifact.sha256}"'
+    size = artifact.bytes
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "X-Content-SHA256": artifact.sha256,
+    }
+    if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers=headers)
+    wanted = parse_range(request.headers.get("range"), size)
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range.strip() != etag:
+        wanted = None  # the client's partial copy is of another file: send the whole new one
+    if wanted == "unsatisfiable":
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
+    length = end - start + 1 if size else 0
+    headers["Content-Length"] = str(length)
+    status = 200
+    if isinstance(wanted, tuple):
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    body = _chunks(store, artifact.store_key, start, length)
+    return StreamingResponse(body, status_code=status, headers=headers, media_type="application/octet-stream")
+
+
+def _artifact(session: SessionDep, project_id: str, job_id: str, name: str) -> Artifact:
+    job = jobs.get_job(session, project_id, job_id)
+    artifact = job_records.artifact(session, job.id, name)
+    if artifact is None:
+        raise NotFound(f"job {job_id} has no artifact {name!r}", param="name")
+    return artifact
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    summary="Download one of a job's artifacts",
+    responses=DOWNLOAD_RESPONSES,
+    response_class=Response,
+)
+def download_artifact(
+    job_id: Annotated[str, Path(max_length=64)],
+    name: Annotated[str, Path(max_length=200)],
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    store: StoreDep,
+) -> Response:
+    """The file, resumable with Range requests; its ETag is its sha256."""
+    return file_response(request, store, _artifact(session, caller.project_id, job_id, name), name)
+
+
+@router.get(
+    "/{job_id}/weights",
+    summary="Download a job's fine-tuned weights (safetensors)",
+    responses=DOWNLOAD_RESPONSES,
+    response_class=Response,
+)
+def download_weights(
+    job_id: Annotated[str, Path(max_length=64)],
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    store: StoreDep,
+) -> Response:
+    """The final weights of a succeeded job (``model.safetensors``); see its model card, ``model.json``."""
+    artifact = _artifact(session, caller.project_id, job_id, WEIGHTS_ARTIFACT)
+    return file_response(request, store, artifact, f"{job_id}.safetensors")
+
+
+# HEAD answers the same headers without the body (a client sizing a download); left out of the schema.
+router.add_api_route("/{job_id}/artifacts/{name}", download_artifact, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/{job_id}/weights", download_weights, methods=["HEAD"], include_in_schema=False)

@@ -1,0 +1,45 @@
+"""The service's shared parts, built once from settings by the API and by each worker process alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.session import engine_for, session_factory
+from app.events import EventStream, install_stream_hooks
+from app.queue import TaskQueue
+from app.settings import Settings
+from app.store import ArtifactStore, LocalArtifactStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    factory: sessionmaker[Session]  # sessions that send queued tasks and mirror events after commit
+    store: ArtifactStore
+    queue: TaskQueue
+    stream: EventStream | None  # None in the embedded mode: live events are read from the database
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        engine = engine_for(settings)
+        factory = session_factory(engine)
+        stream = EventStream(settings.redis_url, settings.broker_key_prefix) if settings.redis_url else None
+        install_stream_hooks(factory, stream)
+        return cls(
+            settings=settings,
+            engine=engine,
+            factory=factory,
+            store=LocalArtifactStore(settings.artifacts_path),
+            queue=TaskQueue(settings),
+            stream=stream,
+        )
+
+    def close(self) -> None:
+        self.queue.close()
+        if self.stream is not None:
+            self.stream.close()
+        self.engine.dispose()

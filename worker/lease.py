@@ -1,0 +1,81 @@
+"""The running job's lease, kept alive from a thread beside the training loop.
+
+Every ``cancel_poll_seconds`` the keeper reads the job's status (a cancel stops the run within about that
+long); every ``lease_renew_seconds`` it renews the lease. It never stops the run itself: it raises a flag
+that the engine's should-stop probe reads between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import Job
+from app.db.session import transaction
+from app.services.job_state import renew_lease
+from app.settings import Settings
+from app.statuses import JobStatus
+
+log = logging.getLogger(__name__)
+
+StopReason = Literal["cancel", "lost"]
+
+
+class LeaseKeeper(threading.Thread):
+    def __init__(self, factory: sessionmaker[Session], job_id: str, owner: str, settings: Settings) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.factory = factory
+        self.job_id = job_id
+        self.owner = owner
+        self.settings = settings
+        self.stop_reason: StopReason | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        settings = self.settings
+        next_renewal = time.monotonic() + settings.lease_renew_seconds
+        last_renewed = time.monotonic()
+        while not self._done.wait(settings.cancel_poll_seconds) and self.stop_reason != "lost":
+            try:
+                if time.monotonic() >= next_renewal:
+                    with transaction(self.factory) as session:
+                        renewed = renew_lease(session, self.job_id, self.owner, settings.lease_seconds)
+                    last_renewed = time.monotonic()
+                    next_renewal = last_renewed + settings.lease_renew_seconds
+                    if not renewed:
+                        self._look()
+                else:
+                    self._look()
+            except SQLAlchemyError:
+                log.warning("job %s: the database did not answer the lease keeper", self.job_id, exc_info=True)
+                if time.monotonic() - last_renewed > settings.lease_seconds:
+                    self._raise("lost")  # the reaper may have given the job to another worker by now
+
+    def _look(self) -> None:
+        with transaction(self.factory) as session:
+            row = session.execute(select(Job.status, Job.owner).where(Job.id == self.job_id)).one_or_none()
+        if row is None or row.owner != self.owner or row.status not in (JobStatus.RUNNING, JobStatus.CANCELLING):
+            self._raise("lost")
+        elif row.status == JobStatus.CANCELLING:
+            self._raise("cancel")
+
+    def _raise(self, reason: StopReason) -> None:
+        if self.stop_reason != reason:
+            log.info("job %s: %s", self.job_id, "cancel requested" if reason == "cancel" else "lease lost")
+        if self.stop_reason != "lost":
+            self.stop_reason = reason
+
+    def lose(self) -> None:
+        """The job was found taken (a write answered LeaseLost)."""
+        self._raise("lost")
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join(timeout=5)

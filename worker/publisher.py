@@ -1,0 +1,156 @@
+"""Publishing a running job's record off the training thread: events, epoch rows, checkpoints.
+
+The engine's callbacks only put items on a queue; this thread writes them, in order, to the database
+(each in a short transaction, mirrored to the job's Redis stream after its commit) and uploads
+checkpoints to the artifact store. The training loop never waits on the database or the store; the
+runner drains the queue before it finishes or releases the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.context import Services
+from app.db.session import transaction
+from app.errors import LeaseLost
+from app.services.job_records import (
+    append_event,
+    mark_checkpoint_deleted,
+    record_epoch_metrics,
+    record_step_metrics,
+    register_checkpoint,
+)
+from app.statuses import EventType
+from training.callbacks import CheckpointInfo
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = (0.2, 1.0, 3.0, 10.0)  # a database hiccup is retried; a longer outage drops the item
+
+
+def checkpoint_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/checkpoints/{name}"
+
+
+@dataclass(frozen=True)
+class Step:
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Epoch:
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Note:
+    type: EventType
+    message: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    info: CheckpointInfo
+    staged: Path  # a hard link the engine's retention cannot delete under the upload
+
+
+Item = Step | Epoch | Note | Checkpoint
+
+
+class EventPublisher(threading.Thread):
+    def __init__(self, services: Services, job_id: str, owner: str, on_lease_lost: Callable[[], None]) -> None:
+        super().__init__(name=f"publisher-{job_id}", daemon=True)
+        self.services = services
+        self.job_id = job_id
+        self.owner = owner
+        self.on_lease_lost = on_lease_lost
+        self.items: queue.Queue[Item | None] = queue.Queue()
+        self.lease_lost = False
+
+    def put(self, item: Item) -> None:
+        self.items.put(item)
+
+    def drain(self) -> None:
+        """Wait until every item put so far is written."""
+        self.items.join()
+
+    def close(self) -> None:
+        self.items.put(None)
+        self.join(timeout=60)
+
+    def run(self) -> None:
+        while True:
+            item = self.items.get()
+            try:
+                if item is None:
+                    return
+                if not self.lease_lost:
+                    self._with_retries(item)
+            finally:
+                self.items.task_done()
+
+    def _with_retries(self, item: Item) -> None:
+        for delay in (*RETRY_SECONDS, None):
+            try:
+                self._write(item)
+                return
+            except LeaseLost:
+                self.lease_lost = True
+                self.on_lease_lost()
+                return
+            except (SQLAlchemyError, OSError):
+                if delay is None:
+                    log.exception("job %s: giving up on recording %s", self.job_id, type(item).__name__)
+                    return
+                log.warning("job %s: recording %s failed; retrying", self.job_id, type(item).__name__)
+                time.sleep(delay)
+
+    def _write(self, item: Item) -> None:
+        factory, owner = self.services.factory, self.owner
+        if isinstance(item, Checkpoint):
+            self._upload(item)
+            return
+        with transaction(factory) as session:
+            if isinstance(item, Step):
+                record_step_metrics(session, self.job_id, item.metrics, owner=owner)
+            elif isinstance(item, Epoch):
+                record_epoch_metrics(session, self.job_id, item.metrics, owner=owner)
+            else:
+                append_event(session, self.job_id, item.type, item.data, item.message)
+
+    def _upload(self, item: Checkpoint) -> None:
+        info, store = item.info, self.services.store
+        with item.staged.open("rb") as file:
+            stored = store.put(checkpoint_key(self.job_id, info.path.name), file)
+        with transaction(self.services.factory) as session:
+            self._register(session, info, stored)
+        item.staged.unlink(missing_ok=True)
+        for removed in info.removed:  # the engine's retention deleted these locally: follow suit
+            key = checkpoint_key(self.job_id, removed.name)
+            store.delete(key)
+            with transaction(self.services.factory) as session:
+                mark_checkpoint_deleted(session, self.job_id, key, owner=self.owner)
+
+    def _register(self, session: Session, info: CheckpointInfo, stored: Any) -> None:
+        register_checkpoint(
+            session,
+            self.job_id,
+            stored,
+            epoch=info.epoch,
+            step=info.step,
+            is_best=info.is_best,
+            mid_epoch=info.mid_epoch,
+            metrics=info.metrics or None,
+            owner=self.owner,
+        )

@@ -1,0 +1,297 @@
+"""One attempt at a job, in a worker's pool child: claim it, train it, record how it ended.
+
+    claim (queued -> running, with an owner token and a lease)
+      -> fetch its inputs (the data set, init_from weights, the last checkpoint of an earlier attempt)
+      -> run the engine with callbacks that publish off the training thread and a should-stop probe
+      -> succeeded (artifacts published) | cancelled | failed (a code and a one-line message)
+         | requeued (SIGTERM: checkpointed, handed back for another worker)
+
+A job another live worker owns, or one already finished, is left alone: a redelivered message is a
+no-op. A worker that loses its lease stops without writing anything more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.context import Services
+from app.db.models import Job
+from app.db.session import transaction
+from app.repositories import datasets as dataset_rows
+from app.repositories import job_records as record_rows
+from app.repositories import jobs as job_rows
+from app.services.dataset_validation import dataset_folder
+from app.services.job_records import append_event, register_artifact
+from app.services.job_state import JobError, claim_job, finish_job, release_job
+from app.services.jobs import WEIGHTS_ARTIFACT
+from app.statuses import EventType, JobStatus
+from app.store import ArtifactStore
+from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
+from training.spec import Spec
+from worker.lease import LeaseKeeper
+from worker.publisher import Checkpoint, Epoch, EventPublisher, Note, Step, checkpoint_key
+
+log = logging.getLogger(__name__)
+
+CARD_ARTIFACT = "model.json"
+METRICS_ARTIFACT = "metrics.json"
+
+
+def new_owner() -> str:
+    """A token that names this attempt: host, process, and a nonce."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobCallbacks(Callbacks):
+    """The engine's hooks for a service job: each only puts an item on the publisher's queue."""
+
+    def __init__(self, publisher: EventPublisher, keeper: LeaseKeeper, preempt: threading.Event, staging: Path) -> None:
+        self.publisher = publisher
+        self.keeper = keeper
+        self.preempt = preempt
+        self.staging = staging
+
+    def on_start(self, info: RunInfo) -> None:
+        data = info.to_dict()
+        data.pop("class_names")
+        message = (
+            f"training on {info.device} ({info.precision}): {info.images.get('train', 0)} train images, "
+            f"{info.steps_per_epoch} steps per epoch, from epoch {info.start_epoch + 1} of {info.epochs}"
+        )
+        self.publisher.put(Note(EventType.INFO, message, data))
+        for note in info.notes:
+            self.publisher.put(Note(EventType.INFO, note, {}))
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        self.publisher.put(Step(metrics.to_dict()))
+
+    def on_epoch(self, metrics: dict[str, Any]) -> None:
+        self.publisher.put(Epoch(metrics))
+
+    def on_checkpoint(self, info: CheckpointInfo) -> None:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        staged = self.staging / info.path.name
+        staged.unlink(missing_ok=True)
+        try:
+            os.link(info.path, staged)  # instant, and safe from the engine's retention
+        except OSError:
+            shutil.copyfile(info.path, staged)
+        self.publisher.put(Checkpoint(info, staged))
+
+    def should_stop(self) -> Stop | None:
+        if self.preempt.is_set():
+            return Stop.PREEMPT
+        if self.keeper.stop_reason is not None:
+            return Stop.CANCEL
+        return None
+
+
+@dataclass
+class Inputs:
+    spec: Spec
+    data: Path
+    init_from: Path | None
+    resume_from: Path | None
+
+
+def fetch(store: ArtifactStore, key: str, dest: Path) -> Path:
+    """A local copy of a stored object."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    with store.open(key) as source, tmp.open("wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    tmp.replace(dest)
+    return dest
+
+
+class JobRunner:
+    def __init__(self, services: Services, job_id: str, preempt: threading.Event) -> None:
+        self.services = services
+        self.job_id = job_id
+        self.preempt = preempt
+        self.owner = new_owner()
+        self.run_dir = services.settings.work_path / job_id
+
+    def run(self) -> str:
+        with transaction(self.services.factory) as session:
+            claimed = claim_job(session, self.job_id, self.owner, self.services.settings.lease_seconds)
+        if not claimed:
+            log.info("job %s is not claimable (taken, finished or gone): nothing to do", self.job_id)
+            return "not claimed"
+        keeper = LeaseKeeper(self.services.factory, self.job_id, self.owner, self.services.settings)
+        publisher = EventPublisher(self.services, self.job_id, self.owner, on_lease_lost=keeper.lose)
+        self.keeper = keeper
+        keeper.start()
+        publisher.start()
+        try:
+            return self._attempt(keeper, publisher)
+        finally:
+            publisher.close()
+            keeper.stop()
+
+    def _attempt(self, keeper: LeaseKeeper, publisher: EventPublisher) -> str:
+        import torch  # the pool child's first torch import: after the claim, so it does not delay it
+
+        from training.engine import Trainer
+        from training.errors import TrainingError
+
+        callbacks = JobCallbacks(publisher, keeper, self.preempt, self.run_dir / "staging")
+        try:
+            inputs = self._inputs()
+            trainer = Trainer(
+                inputs.spec,
+                self.run_dir,
+                data_path=inputs.data,
+                init_from=inputs.init_from,
+                callbacks=callbacks,
+                settings=self.services.settings.engine,
+            )
+            result = trainer.fit(resume_from=inputs.resume_from)
+        except TrainingError as error:
+            return self._fail(publisher, keeper, error.code, error.message)
+        except torch.cuda.OutOfMemoryError:
+            message = "out of GPU memory: lower data.batch_size (and raise training.grad_accum_steps)"
+            return self._fail(publisher, keeper, "out_of_memory", message)
+        except Exception as error:  # the job fails with a code; the traceback goes to an error event
+            from celery.exceptions import SoftTimeLimitExceeded  # type: ignore[import-untyped]
+
+            if isinstance(error, SoftTimeLimitExceeded):
+                return self._fail(
+                    publisher, keeper, "timeout", "the job ran past its time limit (training.max_runtime)"
+                )
+            first_line = (str(error).splitlines() or [""])[0][:300]
+            return self._fail(publisher, keeper, "internal", f"internal error: {type(error).__name__}: {first_line}")
+        publisher.drain()
+        if keeper.stop_reason == "lost" or publisher.lease_lost:
+            log.warning("job %s: lease lost; another worker has it now", self.job_id)
+            return "lease lost"
+        if result.status == "preempted":
+            return self._release()
+        if result.status == "cancelled":
+            return self._finish(JobStatus.CANCELLED)
+        self._publish_artifacts(result.checkpoint_path)
+        published = {"published": self._published_metrics()}
+        return self._finish(JobStatus.SUCCEEDED, final_metrics=published["published"], test_metrics=result.test)
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def _inputs(self) -> Inputs:
+        services = self.services
+        with transaction(services.factory) as session:
+            job = job_rows.get_any(session, self.job_id)
+            assert job is not None
+            spec = Spec.model_validate(job.spec)
+            dataset = dataset_rows.get_any(session, job.dataset_id) if job.dataset_id else None
+            latest = record_rows.latest_checkpoint(session, self.job_id)
+            resume_key = (latest.store_key, Path(latest.store_key).name) if latest is not None else None
+            init_keys = self._init_keys(session, job)
+        if dataset is None:
+            from training.dataset import DatasetError
+
+            raise DatasetError("dataset_unreadable", [f"data set {job.dataset_id} is gone; upload it again"])
+        data = dataset_folder(services.store, services.settings, dataset)
+        init_from = None
+        for key, name in init_keys:
+            fetched = fetch(services.store, key, self.run_dir / "init" / name)
+            init_from = init_from or fetched  # the first is the weights; a model card may follow
+        resume_from = None
+        if resume_key is not None:
+            key, name = resume_key
+            resume_from = self.run_dir / "checkpoints" / name
+            if not resume_from.is_file():
+                fetch(services.store, key, resume_from)
+        return Inputs(spec=spec, data=data, init_from=init_from, resume_from=resume_from)
+
+    def _init_keys(self, session: Any, job: Job) -> list[tuple[str, str]]:
+        """Store keys of the weights ``init_from`` names: an earlier job's (with its card), or a checkpoint."""
+        if job.init_from is None:
+            return []
+        if job.init_from.startswith("ckpt_"):
+            checkpoint = record_rows.checkpoint(session, job.project_id, job.init_from)
+            if checkpoint is None or checkpoint.deleted_at is not None:
+                raise _input_error(f"backbone.init_from: checkpoint {job.init_from} is no longer available")
+            return [(checkpoint.store_key, Path(checkpoint.store_key).name)]
+        keys = []
+        for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT):
+            artifact = record_rows.artifact(session, job.init_from, name)
+            if artifact is not None:
+                keys.append((artifact.store_key, name))
+        if not keys or keys[0][1] != WEIGHTS_ARTIFACT:
+            raise _input_error(f"backbone.init_from: job {job.init_from} has no published weights")
+        return keys
+
+    # --- endings -----------------------------------------------------------------------------
+
+    def _publish_artifacts(self, last_checkpoint: Path | None) -> None:
+        store = self.services.store
+        with transaction(self.services.factory) as session:
+            for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT, METRICS_ARTIFACT):
+                with (self.run_dir / name).open("rb") as file:
+                    stored = store.put(f"jobs/{self.job_id}/{name}", file)
+                register_artifact(session, self.job_id, name, stored, owner=self.owner)
+            for checkpoint in record_rows.kept_checkpoints(session, self.job_id):
+                stat = store.stat(checkpoint.store_key)
+                if stat is not None and checkpoint.sha256 is not None:
+                    from app.store import StoredObject
+
+                    stored = StoredObject(checkpoint.store_key, checkpoint.bytes or stat.size, checkpoint.sha256)
+                    register_artifact(session, self.job_id, Path(checkpoint.store_key).name, stored, owner=self.owner)
+
+    def _published_metrics(self) -> dict[str, Any]:
+        import json
+
+        card = json.loads((self.run_dir / CARD_ARTIFACT).read_text())
+        published: dict[str, Any] = card["metrics"]["published"]
+        return published
+
+    def _finish(self, status: JobStatus, **results: Any) -> str:
+        self.keeper.stop()  # the job is about to leave running: nothing left to watch
+        with transaction(self.services.factory) as session:
+            finished = finish_job(session, self.job_id, self.owner, status, **results)
+        if finished and status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return str(status) if finished else "lease lost"
+
+    def _release(self) -> str:
+        """Back to queued, checkpointed. Its task is not sent from here: this worker is shutting down and
+        could take it back; the API's sweep sends it once the job has waited ``UNDISPATCHED_GRACE``."""
+        self.keeper.stop()
+        with transaction(self.services.factory) as session:
+            after = release_job(session, self.job_id, self.owner, reason="worker shutting down: checkpointed")
+        return f"released ({after})"
+
+    def _fail(self, publisher: EventPublisher, keeper: LeaseKeeper, code: str, message: str) -> str:
+        log.error("job %s failed (%s): %s", self.job_id, code, message)
+        publisher.drain()
+        if keeper.stop_reason == "lost" or publisher.lease_lost:
+            return "lease lost"
+        keeper.stop()
+        with transaction(self.services.factory) as session:
+            append_event(
+                session, self.job_id, EventType.ERROR, {"code": code, "traceback": traceback.format_exc()}, message
+            )
+            finished = finish_job(session, self.job_id, self.owner, JobStatus.FAILED, JobError(code, message))
+        return f"failed ({code})" if finished else "lease lost"
+
+
+def _input_error(message: str) -> Exception:
+    from training.errors import InitFromError
+
+    return InitFromError(message)
+
+
+def run_job(services: Services, job_id: str, preempt: threading.Event) -> str:
+    """The ``finetune.train_job`` task's body. Returns how the attempt ended, for the worker's log."""
+    return JobRunner(services, job_id, preempt).run()
+
+
+__all__ = ["JobRunner", "checkpoint_key", "run_job"]

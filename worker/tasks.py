@@ -1,0 +1,119 @@
+"""The worker's tasks: thin adapters that take an id and hand it to the code that does the work.
+
+``finetune.train_job`` runs ``worker.runner.run_job`` (claim, train, record); ``finetune.validate_dataset``
+runs ``app.services.dataset_validation.run_dataset_validation``. Both are idempotent, so the redelivery
+that ``acks_late`` allows is safe: a second delivery finds the job claimed or the data set validated.
+
+Signals: SIGTERM to the worker (a deploy, a spot reclaim) starts Celery's warm shutdown in the parent,
+which tells the pool child with SIGUSR2 (SIGUSR1 is billiard's soft time limit); the child's job then
+checkpoints at its next step and is requeued for another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task, signals  # type: ignore[import-untyped]
+from celery.exceptions import Reject, TimeLimitExceeded  # type: ignore[import-untyped]
+
+from app.context import Services
+from app.db.session import transaction
+from app.services.dataset_validation import run_dataset_validation
+from app.services.job_state import JobError, abort_job
+from app.settings import Settings
+from app.tasks import TRAIN_JOB, VALIDATE_DATASET
+
+log = logging.getLogger(__name__)
+
+PREEMPT_SIGNAL = signal.SIGUSR2
+# Set in a pool child when its parent is shutting down: the running job checkpoints and is requeued.
+preempt_requested = threading.Event()
+
+_services: dict[int, Services] = {}  # per process: an engine must not cross a fork
+
+
+def process_services(settings: Settings) -> Services:
+    pid = os.getpid()
+    if pid not in _services:
+        _services.clear()
+        _services[pid] = Services.from_settings(settings)
+    return _services[pid]
+
+
+class JobTask(Task):  # type: ignore[misc]
+    """Records what the child cannot: a hard time limit kills the child, and the parent fails the job."""
+
+    settings: Settings
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded) and args:
+            message = f"the job ran past its hard time limit ({exc}); raise training.max_runtime"
+            with transaction(process_services(self.settings).factory) as session:
+                abort_job(session, str(args[0]), JobError("timeout", message))
+
+
+def register(celery: Celery, settings: Settings) -> None:
+    JobTask.settings = settings
+
+    @celery.task(name=TRAIN_JOB, base=JobTask, bind=True)  # type: ignore[untyped-decorator]
+    def train_job(self: Task, job_id: str) -> str:
+        from worker.runner import run_job  # torch is imported here, in the pool child only
+
+        if draining_marker(os.getppid()).exists():
+            # The parent is shutting down (a deploy): leave the job to a worker that stays.
+            raise Reject(f"worker shutting down: job {job_id} left for another worker", requeue=True)
+        listen_for_preemption()
+        return run_job(process_services(settings), job_id, preempt_requested)
+
+    @celery.task(name=VALIDATE_DATASET)  # type: ignore[untyped-decorator]
+    def validate_dataset(dataset_id: str) -> str:
+        services = process_services(settings)
+        status = run_dataset_validation(services.factory, services.store, settings, dataset_id)
+        return str(status)
+
+
+def draining_marker(pid: int) -> Path:
+    """A file that says worker process ``pid`` is shutting down, for its pool children to see."""
+    return Path(tempfile.gettempdir()) / f"finetune-worker-{pid}.draining"
+
+
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _clear_stale_marker(**_: Any) -> None:
+    draining_marker(os.getpid()).unlink(missing_ok=True)
+
+
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _remove_marker(**_: Any) -> None:
+    draining_marker(os.getpid()).unlink(missing_ok=True)
+
+
+@signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _preempt_running_jobs(sig: str = "", how: str = "", **_: Any) -> None:
+    """In the parent, on warm shutdown: ask each pool child that runs a training job to checkpoint it and
+    hand it back (idle children just stop with the pool); a task that still arrives is left for others."""
+    from celery.worker import state  # type: ignore[import-untyped]
+
+    draining_marker(os.getpid()).touch()
+
+    for request in list(state.active_requests):
+        if request.name == TRAIN_JOB and request.worker_pid:
+            try:
+                os.kill(request.worker_pid, PREEMPT_SIGNAL)
+            except ProcessLookupError:
+                continue
+
+
+def listen_for_preemption() -> None:
+    """In a pool child, as a training task starts: SIGUSR2 from the parent means "checkpoint now and stop".
+
+    Installed per task: billiard resets the child's signal handlers after the process initializer.
+    """
+    preempt_requested.clear()
+    signal.signal(PREEMPT_SIGNAL, lambda *_args: preempt_requested.set())
+    signal.siginterrupt(PREEMPT_SIGNAL, False)  # restart the system call it interrupts
