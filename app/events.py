@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 10_000  # events kept per job in Redis; the database keeps them all
 STREAM_TTL_SECONDS = 7 * 24 * 3600  # a stream expires a week after its last event
+READ_TIMEOUT = 30.0  # seconds a blocking stream read may take on the socket
 _PENDING = "finetune.events_to_stream"
 
 
@@ -60,7 +61,8 @@ class EventStream:
     @property
     def aio(self) -> aioredis.Redis:
         if self._async is None:
-            self._async = aioredis.Redis.from_url(self.url, socket_connect_timeout=3)
+            # Reads block for up to BLOCK_MS (app.api.live): the socket must wait longer than that.
+            self._async = aioredis.Redis.from_url(self.url, socket_connect_timeout=3, socket_timeout=READ_TIMEOUT)
         return self._async
 
     async def last_id(self, job_id: str) -> str:

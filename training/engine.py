@@ -287,9 +287,17 @@ class Trainer:
         self.deadline = started + self.spec.training.max_runtime.total_seconds()
         self._setup_runtime()
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-        self._setup_data(self._normalization(checkpoint))
-        self._setup_model()
-        self._setup_optimization()
+        # A stop asked for during the setup (decoding a big set takes a while) is honoured between its steps;
+        # nothing has trained yet, so there is nothing new to checkpoint either way.
+        for setup in (
+            lambda: self._setup_data(self._normalization(checkpoint)),
+            self._setup_model,
+            self._setup_optimization,
+        ):
+            stop = self.callbacks.should_stop()
+            if stop is not None:
+                return self._result("cancelled" if stop is Stop.CANCEL else "preempted")
+            setup()
         if checkpoint is not None:
             self._restore(checkpoint)
         self.callbacks.on_start(self._run_info())
@@ -484,10 +492,12 @@ class Trainer:
             if top5:
                 correct5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
             seen += labels.shape[0]
-        loss, acc, acc5 = (torch.stack([loss_sum, correct, correct5]) / max(seen, 1)).tolist()
-        metrics = {"loss": loss, "acc": acc}
+        # One host sync; the ratios in float64 on the host, so that an accuracy is exactly correct / seen.
+        loss, hits, hits5 = torch.stack([loss_sum.double(), correct.double(), correct5.double()]).tolist()
+        seen = max(seen, 1)
+        metrics = {"loss": loss / seen, "acc": hits / seen}
         if top5:
-            metrics["acc_top5"] = acc5
+            metrics["acc_top5"] = hits5 / seen
         return metrics
 
     def _end_epoch(self, epoch: int) -> bool:

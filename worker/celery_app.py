@@ -8,13 +8,18 @@ runs in a fresh child (``worker_max_tasks_per_child``), which gives all GPU memo
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Celery  # type: ignore[import-untyped]
+import redis
+from celery import Celery, bootsteps  # type: ignore[import-untyped]
 
+from app.observability.heartbeats import Heartbeats, heartbeats_for
 from app.queue import celery_config
 from app.settings import Settings
 from app.tasks import GPU_QUEUE
+
+log = logging.getLogger(__name__)
 
 # Longer than any job may run (training.max_runtime is validated below this): see visibility_timeout.
 MAX_JOB_SECONDS = 7 * 24 * 3600
@@ -51,12 +56,62 @@ def reliability_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_celery(settings: Settings) -> Celery:
-    """The worker's Celery app, with the tasks registered (``worker.tasks``)."""
+def create_celery(settings: Settings, *, warm_training: bool = False) -> Celery:
+    """The worker's Celery app, with the tasks registered (``worker.tasks``). ``warm_training``: each pool
+    child imports torch and the engine while it waits for a job (see ``worker.tasks.warm_up``)."""
     from worker import tasks
 
     celery = Celery("finetune-worker", set_as_current=True)
     celery.conf.update(celery_config(settings))
     celery.conf.update(reliability_settings(settings))
-    tasks.register(celery, settings)
+    tasks.register(celery, settings, warm_training=warm_training)
+    WorkerHeartbeat.settings = settings
+    celery.steps["consumer"].add(WorkerHeartbeat)
     return celery
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Records this worker's heartbeat (``app.observability.heartbeats``) every ``worker_heartbeat_seconds``.
+
+    The beat runs on the consumer's timer, in the loop that takes tasks: a worker whose loop hangs, or that lost
+    the broker, stops beating. A worker that stops cleanly removes its entry; one that dies leaves it to age.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)  # beat once the worker takes tasks
+    settings: Settings
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.store: Heartbeats | None = None
+        self.timer_entry: Any = None
+
+    def start(self, parent: Any) -> None:
+        self.worker = str(parent.hostname)
+        self.store = self.store or heartbeats_for(self.settings)
+        self._beat()
+        self.timer_entry = parent.timer.call_repeatedly(self.settings.worker_heartbeat_seconds, self._beat)
+
+    def _beat(self) -> None:
+        store = self.store  # None once closed: a beat already under way when the worker stopped
+        if store is None:
+            return
+        try:
+            store.beat(self.worker)
+        except (redis.RedisError, OSError) as error:  # the next beat tries again; the metrics show the gap
+            log.warning("could not record the heartbeat of %s: %s", self.worker, error)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+    def close(self, parent: Any) -> None:
+        """The worker is stopping (a consumer that restarts after losing the broker is only stopped)."""
+        self.stop(parent)
+        if self.store is not None:
+            try:
+                self.store.forget(self.worker)
+            except (redis.RedisError, OSError) as error:
+                log.warning("could not remove the heartbeat of %s: %s", self.worker, error)
+            self.store.close()
+            self.store = None

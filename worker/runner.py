@@ -26,6 +26,7 @@ from typing import Any
 from app.context import Services
 from app.db.models import Job
 from app.db.session import transaction
+from app.observability.logs import job_context, start_in_context
 from app.repositories import datasets as dataset_rows
 from app.repositories import job_records as record_rows
 from app.repositories import jobs as job_rows
@@ -46,9 +47,9 @@ CARD_ARTIFACT = "model.json"
 METRICS_ARTIFACT = "metrics.json"
 
 
-def new_owner() -> str:
-    """A token that names this attempt: host, process, and a nonce."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def new_owner(worker_name: str | None = None) -> str:
+    """A token that names this attempt: the worker (its Celery node name, else the host), the process, a nonce."""
+    return f"{(worker_name or socket.gethostname())[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class JobCallbacks(Callbacks):
@@ -114,14 +115,20 @@ def fetch(store: ArtifactStore, key: str, dest: Path) -> Path:
 
 
 class JobRunner:
-    def __init__(self, services: Services, job_id: str, preempt: threading.Event) -> None:
+    def __init__(
+        self, services: Services, job_id: str, preempt: threading.Event, worker_name: str | None = None
+    ) -> None:
         self.services = services
         self.job_id = job_id
         self.preempt = preempt
-        self.owner = new_owner()
+        self.owner = new_owner(worker_name)
         self.run_dir = services.settings.work_path / job_id
 
     def run(self) -> str:
+        with job_context(self.job_id):  # every log record of the attempt names the job, its threads' too
+            return self._claim_and_attempt()
+
+    def _claim_and_attempt(self) -> str:
         with transaction(self.services.factory) as session:
             claimed = claim_job(session, self.job_id, self.owner, self.services.settings.lease_seconds)
         if not claimed:
@@ -130,8 +137,8 @@ class JobRunner:
         keeper = LeaseKeeper(self.services.factory, self.job_id, self.owner, self.services.settings)
         publisher = EventPublisher(self.services, self.job_id, self.owner, on_lease_lost=keeper.lose)
         self.keeper = keeper
-        keeper.start()
-        publisher.start()
+        start_in_context(keeper)
+        start_in_context(publisher)
         try:
             return self._attempt(keeper, publisher)
         finally:
@@ -263,7 +270,7 @@ class JobRunner:
 
     def _release(self) -> str:
         """Back to queued, checkpointed. Its task is not sent from here: this worker is shutting down and
-        could take it back; the API's sweep sends it once the job has waited ``UNDISPATCHED_GRACE``."""
+        could take it back; the API's sweep sends it once the job has waited ``redispatch_after_seconds``."""
         self.keeper.stop()
         with transaction(self.services.factory) as session:
             after = release_job(session, self.job_id, self.owner, reason="worker shutting down: checkpointed")
@@ -289,9 +296,9 @@ def _input_error(message: str) -> Exception:
     return InitFromError(message)
 
 
-def run_job(services: Services, job_id: str, preempt: threading.Event) -> str:
+def run_job(services: Services, job_id: str, preempt: threading.Event, worker_name: str | None = None) -> str:
     """The ``finetune.train_job`` task's body. Returns how the attempt ended, for the worker's log."""
-    return JobRunner(services, job_id, preempt).run()
+    return JobRunner(services, job_id, preempt, worker_name).run()
 
 
 __all__ = ["JobRunner", "checkpoint_key", "run_job"]

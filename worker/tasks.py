@@ -58,8 +58,9 @@ class JobTask(Task):  # type: ignore[misc]
                 abort_job(session, str(args[0]), JobError("timeout", message))
 
 
-def register(celery: Celery, settings: Settings) -> None:
+def register(celery: Celery, settings: Settings, *, warm_training: bool = False) -> None:
     JobTask.settings = settings
+    _warm_up_config.update(settings=settings, training=warm_training)
 
     @celery.task(name=TRAIN_JOB, base=JobTask, bind=True)  # type: ignore[untyped-decorator]
     def train_job(self: Task, job_id: str) -> str:
@@ -69,7 +70,7 @@ def register(celery: Celery, settings: Settings) -> None:
             # The parent is shutting down (a deploy): leave the job to a worker that stays.
             raise Reject(f"worker shutting down: job {job_id} left for another worker", requeue=True)
         listen_for_preemption()
-        return run_job(process_services(settings), job_id, preempt_requested)
+        return run_job(process_services(settings), job_id, preempt_requested, self.request.hostname)
 
     @celery.task(name=VALIDATE_DATASET)  # type: ignore[untyped-decorator]
     def validate_dataset(dataset_id: str) -> str:
@@ -107,6 +108,22 @@ def _preempt_running_jobs(sig: str = "", how: str = "", **_: Any) -> None:
                 os.kill(request.worker_pid, PREEMPT_SIGNAL)
             except ProcessLookupError:
                 continue
+
+
+_warm_up_config: dict[str, Any] = {}
+
+
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
+def warm_up(**_: Any) -> None:
+    """In a new pool child, while it waits for its job: open the database and broker connections, and for a
+    training worker import torch and the engine (seconds of CPU, and import holds the GIL: done at claim
+    time it would delay the claim and starve the lease keeper's thread). The parent never imports torch."""
+    settings = _warm_up_config.get("settings")
+    if settings is None:
+        return
+    process_services(settings)
+    if _warm_up_config.get("training"):
+        import worker.runner  # noqa: F401
 
 
 def listen_for_preemption() -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,9 +27,10 @@ from app.db.session import transaction
 from app.errors import Unprocessable
 from app.events import EventStream, event_payload
 from app.repositories import job_records
+from app.schemas.jobs import JobEvent
 from app.services import jobs
-from app.statuses import TERMINAL_JOB_STATUSES, EventType
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 PAGE = 500
@@ -37,8 +40,7 @@ PING_SECONDS = 15
 
 
 def is_terminal(event: dict[str, Any]) -> bool:
-    data = event.get("data") or {}
-    return event.get("type") == EventType.STATUS and data.get("to") in TERMINAL_JOB_STATUSES
+    return JobEvent.model_validate(event).is_terminal
 
 
 def _sse(event: dict[str, Any]) -> dict[str, str]:
@@ -56,7 +58,7 @@ async def follow(
 ) -> AsyncIterator[dict[str, str]]:
     """Events with seq > ``after``, as they come, until the terminal status event."""
     last = after
-    position = await stream.last_id(job_id) if stream is not None else None  # before the database read
+    position = await _last_id(stream, job_id)  # before the database read: nothing falls in between
     while True:
         events = await run_in_threadpool(_events_after, factory, job_id, last)
         for event in events:
@@ -70,7 +72,12 @@ async def follow(
             await asyncio.sleep(POLL_SECONDS)
         else:
             while True:  # tail the stream while it is contiguous with what was sent
-                position, live = await stream.wait(job_id, position, BLOCK_MS)
+                try:
+                    position, live = await stream.wait(job_id, position, BLOCK_MS)
+                except redis.RedisError:
+                    log.warning("job %s: the event stream failed; reading the database instead", job_id)
+                    await asyncio.sleep(POLL_SECONDS)
+                    break
                 fresh = [e for e in live if e["seq"] > last]
                 if not live or any(e["seq"] != last + 1 + i for i, e in enumerate(fresh)):
                     break  # a timeout, or a gap (an event whose XADD was lost): read the database
@@ -81,6 +88,18 @@ async def follow(
                         return
         if await request.is_disconnected():
             return
+
+
+async def _last_id(stream: EventStream | None, job_id: str) -> str | None:
+    """Where to start tailing the stream; None when there is no stream or Redis does not answer (the
+    database is polled then)."""
+    if stream is None:
+        return None
+    try:
+        return await stream.last_id(job_id)
+    except redis.RedisError:
+        log.warning("job %s: the event stream is unreachable; polling the database", job_id)
+        return None
 
 
 @router.get(

@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A job queued this long with no record of its task is re-sent (the normal send takes milliseconds).
-UNDISPATCHED_GRACE = timedelta(seconds=15)
 # A data set still validating after this long had its task lost; validation is idempotent.
 STALE_VALIDATION = timedelta(minutes=10)
 
@@ -85,11 +83,10 @@ def sweep(services: Services) -> SweepReport:
             queue_for_training(session, queue, job_id)
     with transaction(services.factory) as session:
         expiry = timedelta(seconds=settings.task_expiry_seconds)
+        grace = timedelta(seconds=settings.redispatch_after_seconds)
         fresh = set(report.requeued)
         report.redispatched = [
-            job_id
-            for job_id in undispatched_jobs(session, grace=UNDISPATCHED_GRACE, task_expiry=expiry)
-            if job_id not in fresh
+            job_id for job_id in undispatched_jobs(session, grace=grace, task_expiry=expiry) if job_id not in fresh
         ]
         for job_id in report.redispatched:
             queue_for_training(session, queue, job_id)

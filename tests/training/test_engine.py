@@ -205,3 +205,18 @@ def test_a_set_too_big_for_memory_streams_from_disk_with_the_same_result(colour_
         assert not trainer.data.in_memory and result.status == "completed"
         runs[workers] = weights(tmp_path / str(workers))
     assert_same_weights(runs[0], runs[2])
+
+
+def test_a_stop_asked_during_the_setup_ends_the_run_before_it_trains(colour_set, tmp_path):
+    class StopAtOnce(Callbacks):
+        def __init__(self):
+            self.asked = 0
+
+        def should_stop(self):
+            self.asked += 1
+            return Stop.CANCEL if self.asked >= 2 else None  # after the data, before the model
+
+    trainer = Trainer(tiny_spec(colour_set), tmp_path, callbacks=StopAtOnce())
+    result = trainer.fit()
+    assert result.status == "cancelled" and result.steps == 0
+    assert hasattr(trainer, "data") and not hasattr(trainer, "built")

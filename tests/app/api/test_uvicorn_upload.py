@@ -5,85 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.app.helpers import tar_gz_bytes
+from tests.app.servers import Server, uvicorn_server
 from tests.cifar import make_cifar_subset
 
-REPO = Path(__file__).resolve().parents[3]
 MB = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _memory_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
-class Server:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, home: Path) -> None:
-        self.process, self.url, self.home = process, url, home
-
-    def reset_peak_memory(self) -> int:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := current RSS
-        return _memory_kb(self.process.pid, "VmHWM")
-
-    def peak_memory(self) -> int:
-        return _memory_kb(self.process.pid, "VmHWM")
 
 
 @pytest.fixture(scope="module")
 def server(backend, tmp_path_factory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("uvicorn-home")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "FT_HOME": str(home),
-        "FT_DATABASE_URL": backend.database_url,
-        "FT_AUTH_ENABLED": "false",
-        "FT_MAX_UPLOAD_BYTES": str(80 * MB),
-    }
-    if backend.redis_url:
-        env |= {"FT_BROKER_URL": backend.redis_url, "FT_BROKER_KEY_PREFIX": f"fttest-uvicorn-{port}:"}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)]
-    process = subprocess.Popen([*command, "--log-level", "warning"], cwd=REPO, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.1)
-    yield Server(process, url, home)
-    process.terminate()
-    process.wait(10)
-    if backend.redis_url:
-        import redis
-
-        client = redis.Redis.from_url(backend.redis_url)
-        for key in client.scan_iter(f"{env['FT_BROKER_KEY_PREFIX']}*"):
-            client.delete(key)
-        client.close()
+    with uvicorn_server(backend, home, FT_MAX_UPLOAD_BYTES=str(80 * MB)) as running:
+        yield running
 
 
 def test_a_50_mb_upload_streams_with_flat_memory(server, settings, tmp_path):
