@@ -1,7 +1,9 @@
 """``finetune``: the command line. This module imports only click at startup; each command imports what
 it needs when it runs, so ``finetune --help`` answers at once (no FastAPI, SQLAlchemy or torch).
 
-Exit codes: 0 success, 1 a failure the message explains, 2 bad usage (click's).
+The service's own commands live here (``serve``, ``worker``, ``db``, ``keys``); the commands that talk
+to a running service through ``app.client`` (``datasets``, ``jobs``) live in ``app.commands``.
+Exit codes: ``app.commands.options`` (0 success, 1 failure, 2 usage, 3 unreachable, 4 not found).
 """
 
 from __future__ import annotations
@@ -11,10 +13,37 @@ import sys
 
 import click
 
+from app.commands.datasets import datasets
+from app.commands.jobs import jobs
+from app.commands.options import EXIT_CODES_HELP, GlobalOptions
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Fine-tune torchvision image classifiers: the service's command line."""
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Fine-tune torchvision image classifiers: the service's command line.\n\n" + EXIT_CODES_HELP,
+)
+@click.option(
+    "--url",
+    envvar="FT_API_URL",
+    show_envvar=True,
+    default=None,
+    help="The API to talk to (default: http://127.0.0.1:8000).",
+)
+@click.option(
+    "--api-key", envvar="FT_API_KEY", show_envvar=True, default=None, help="An API key (finetune keys create)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the API objects as JSON on stdout, and nothing else there."
+)
+@click.pass_context
+def main(ctx: click.Context, url: str | None, api_key: str | None, as_json: bool) -> None:
+    options = ctx.ensure_object(GlobalOptions)
+    options.url, options.api_key = url, api_key
+    options.json = options.json or as_json
+
+
+main.add_command(datasets)
+main.add_command(jobs)
 
 
 @main.group()
@@ -81,10 +110,16 @@ def _worker_argv(queues: str, loglevel: str) -> list[str]:
 @click.option("--name", default=None, help="The worker's node name (default: <queues>@<host>).")
 def worker(queues: str, gpus: str | None, loglevel: str, name: str | None) -> None:
     """Run a Celery worker: trains jobs (gpu queue) and validates data sets (cpu queue)."""
+    from app.observability.logs import configure_logging
+    from app.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.logs_as, loglevel)
     if gpus is not None:
         _worker_per_gpu(queues, gpus, loglevel)
         return
-    from app.settings import Settings
+    from celery import signals  # type: ignore[import-untyped]
+
     from worker.celery_app import create_celery
 
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]
@@ -92,7 +127,9 @@ def worker(queues: str, gpus: str | None, loglevel: str, name: str | None) -> No
     argv += ["--loglevel", loglevel, "--hostname", name or f"{'-'.join(queue_list)}@%h"]
     if "gpu" in queue_list:
         argv += ["--max-tasks-per-child", "1"]  # a fresh process per job: all GPU memory back after each
-    create_celery(Settings()).worker_main(argv)
+    signals.setup_logging.connect(lambda **_: None, weak=False)  # configured above: Celery leaves logging alone
+    quiet = ["--quiet"] if settings.logs_as == "json" else []  # no start-up banner among the JSON lines
+    create_celery(settings, warm_training="gpu" in queue_list).worker_main([*quiet, *argv])
 
 
 def _visible_gpus(gpus: str) -> list[str]:
@@ -143,16 +180,15 @@ def serve(host: str, port: int, workers: int, loglevel: str) -> None:
 
     With FT_DATABASE_URL/FT_BROKER_URL set it serves production settings; --workers 0 runs the API alone.
     """
-    import logging
-
     import uvicorn
 
     from app.db.migrate import upgrade
+    from app.observability.logs import configure_logging
     from app.settings import Settings
     from app.supervisor import Child, Supervisor
 
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    configure_logging(settings.logs_as, loglevel)
     upgrade(settings)
     env = {**os.environ, "FT_HOME": str(settings.home.resolve())}
     children = [Child(f"worker-{i}", _worker_argv("gpu", loglevel), env) for i in range(workers)]
@@ -162,7 +198,10 @@ def serve(host: str, port: int, workers: int, loglevel: str) -> None:
     supervisor.start()
     click.echo(f"finetune is serving at http://{host}:{port} (API docs at http://{host}:{port}/docs)", err=True)
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level=loglevel.lower())
+        # log_config=None: uvicorn's loggers keep the handler configured above instead of their own.
+        uvicorn.run(
+            "app.main:create_app", factory=True, host=host, port=port, log_level=loglevel.lower(), log_config=None
+        )
     finally:
         click.echo("stopping the workers (running jobs checkpoint and go back to the queue)...", err=True)
         supervisor.stop()

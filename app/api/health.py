@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.api.deps import QueueDep, SessionFactoryDep, StoreDep
+from app.schemas.health import Health, Readiness
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-
-
-class Readiness(BaseModel):
-    status: Literal["ready", "unavailable"]
-    checks: dict[str, str]  # component -> "ok" or why not
 
 
 @router.get("/healthz", response_model=Health, summary="Alive")

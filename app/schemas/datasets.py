@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from app.clock import unix_seconds
-from app.db.models import Dataset as DatasetRow
 from app.schemas.common import ListPage
 from app.statuses import DatasetStatus
+
+if TYPE_CHECKING:  # the schemas import without SQLAlchemy: the client uses them too
+    from app.db.models import Dataset as DatasetRow
 
 
 class DatasetError(BaseModel):

@@ -6,19 +6,21 @@ The engine's ``Spec`` is embedded as it is: the API validates a job's spec with 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
 from app.clock import unix_seconds, utcnow
-from app.db.models import Artifact as ArtifactRow
-from app.db.models import Checkpoint as CheckpointRow
-from app.db.models import EpochMetrics as EpochRow
-from app.db.models import Job as JobRow
-from app.db.models import JobEvent as EventRow
 from app.schemas.common import ListPage
-from app.statuses import EventType, JobStatus
+from app.statuses import TERMINAL_JOB_STATUSES, EventType, JobStatus
 from training.spec import Spec
+
+if TYPE_CHECKING:  # the schemas import without SQLAlchemy: the client uses them too
+    from app.db.models import Artifact as ArtifactRow
+    from app.db.models import Checkpoint as CheckpointRow
+    from app.db.models import EpochMetrics as EpochRow
+    from app.db.models import Job as JobRow
+    from app.db.models import JobEvent as EventRow
 
 MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
@@ -80,6 +82,10 @@ class Job(BaseModel):
     updated_at: int
     started_at: int | None
     finished_at: int | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_JOB_STATUSES
 
     @classmethod
     def from_row(cls, row: JobRow, now: datetime | None = None) -> Job:
@@ -146,6 +152,11 @@ class JobEvent(BaseModel):
     message: str
     data: dict[str, Any] | None
     created_at: int
+
+    @property
+    def is_terminal(self) -> bool:
+        """The job's final status event: nothing follows it."""
+        return self.type == EventType.STATUS and (self.data or {}).get("to") in TERMINAL_JOB_STATUSES
 
     @classmethod
     def from_row(cls, row: EventRow) -> JobEvent:

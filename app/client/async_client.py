@@ -1,0 +1,397 @@
+"""``AsyncClient``: ``Client`` for asyncio code, method for method, on ``httpx.AsyncClient``.
+
+async with AsyncClient() as client:
+    job = await client.jobs.create(spec)
+    async for event in client.jobs.stream_events(job.id):
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, TypeVar
+
+import httpx
+
+from app.client import calls
+from app.client.calls import Call, Moment, SpecInput, Statuses
+from app.client.config import (
+    DEFAULT_TIMEOUT,
+    Retry,
+    default_headers,
+    resolve_api_key,
+    resolve_base_url,
+    retryable,
+    stream_timeout,
+)
+from app.client.downloads import PartialDownload, ProgressCallback, download_target
+from app.client.errors import ApiError, unreachable
+from app.client.models import (
+    ArtifactList,
+    Backbone,
+    BackboneList,
+    CheckpointList,
+    Dataset,
+    DatasetList,
+    DatasetStatus,
+    Deleted,
+    Download,
+    DryRun,
+    EpochTable,
+    EventPage,
+    EventType,
+    Health,
+    Job,
+    JobCheckpoint,
+    JobEvent,
+    JobList,
+    Readiness,
+)
+from app.client.sse import EventCursor, SSEDecoder
+from app.schemas.common import ListPage
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """An asyncio client of the finetune API: ``Client``'s methods, awaited; its iterators, ``async for``."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: Retry | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = resolve_base_url(base_url)
+        self.retry = retry or Retry()
+        self._timeout = httpx.Timeout(timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={**default_headers(resolve_api_key(api_key)), **(headers or {})},
+            timeout=self._timeout,
+            transport=transport,
+        )
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.datasets = AsyncDatasets(self)
+        self.jobs = AsyncJobs(self)
+        self.backbones = AsyncBackbones(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def healthz(self) -> Health:
+        return await self.send(calls.healthz())
+
+    async def readyz(self) -> Readiness:
+        return await self.send(calls.readyz())
+
+    async def spec_schema(self) -> dict[str, Any]:
+        return await self.send(calls.spec_schema())
+
+    async def send(self, call: Call[T]) -> T:
+        """Send ``call``, again where ``retry`` allows, and read its answer."""
+        attempt = 0
+        while True:
+            try:
+                with ExitStack() as stack:  # the upload's file is read by httpx as the body streams
+                    files = stack.enter_context(call.upload.files()) if call.upload else None
+                    response = await self._http.request(
+                        call.method,
+                        call.path,
+                        params=tuple(call.params),
+                        json=call.json,
+                        data=dict(call.form) or None,
+                        files=files,
+                        headers=call.headers,
+                    )
+            except httpx.TransportError as error:
+                if not self.retry.retry_after_error(attempt, error, call.idempotent):
+                    raise unreachable(self.base_url, error) from error
+                await self._sleep(self.retry.delay(attempt))
+            else:
+                if not self.retry.retry_after_status(attempt, response.status_code, call.idempotent):
+                    return call.result(response)
+                await self._sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
+            attempt += 1
+
+    async def _pages(self, fetch: Callable[[str | None], Awaitable[ListPage[T]]]) -> AsyncIterator[T]:
+        after: str | None = None
+        while True:
+            page = await fetch(after)
+            for item in page.data:
+                yield item
+            if not page.has_more or page.last_id is None:
+                return
+            after = page.last_id
+
+    def _stream(
+        self, path: str, headers: Mapping[str, str], *, long_reads: bool = False
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        timeout = stream_timeout(self._timeout) if long_reads else self._timeout
+        return self._http.stream("GET", path, headers=headers, timeout=timeout)
+
+
+class AsyncDatasets:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def upload(
+        self,
+        file: str | Path | IO[bytes],
+        *,
+        name: str | None = None,
+        filename: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Dataset:
+        return await self._client.send(
+            calls.upload_dataset(file, name=name, filename=filename, idempotency_key=idempotency_key)
+        )
+
+    async def list(
+        self, *, status: DatasetStatus | str | None = None, after: str | None = None, limit: int | None = None
+    ) -> DatasetList:
+        return await self._client.send(calls.list_datasets(status=status, after=after, limit=limit))
+
+    def list_all(self, *, status: DatasetStatus | str | None = None, page_size: int = 100) -> AsyncIterator[Dataset]:
+        return self._client._pages(lambda after: self.list(status=status, after=after, limit=page_size))
+
+    async def get(self, dataset_id: str) -> Dataset:
+        return await self._client.send(calls.get_dataset(dataset_id))
+
+    async def delete(self, dataset_id: str) -> Deleted:
+        return await self._client.send(calls.delete_dataset(dataset_id))
+
+    async def wait(self, dataset_id: str, *, timeout: float | None = None, poll_interval: float = 2.0) -> Dataset:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.25, poll_interval)
+        while True:
+            dataset = await self.get(dataset_id)
+            if dataset.status != DatasetStatus.VALIDATING:
+                return dataset
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise TimeoutError(f"data set {dataset_id} is still validating after {timeout} s")
+            await self._client._sleep(delay)
+            delay = min(delay * 2, poll_interval)
+
+
+class AsyncJobs:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        spec: SpecInput,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        return await self._client.send(
+            calls.create_job(spec, name=name, metadata=metadata, idempotency_key=idempotency_key)
+        )
+
+    async def validate(self, spec: SpecInput) -> DryRun:
+        return await self._client.send(calls.validate_job(spec))
+
+    async def list(
+        self,
+        *,
+        status: Statuses | None = None,
+        dataset: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_after: Moment | None = None,
+        created_before: Moment | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> JobList:
+        return await self._client.send(
+            calls.list_jobs(
+                status=status,
+                dataset=dataset,
+                metadata=metadata,
+                created_after=created_after,
+                created_before=created_before,
+                after=after,
+                limit=limit,
+            )
+        )
+
+    def list_all(
+        self,
+        *,
+        status: Statuses | None = None,
+        dataset: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_after: Moment | None = None,
+        created_before: Moment | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[Job]:
+        return self._client._pages(
+            lambda after: self.list(
+                status=status,
+                dataset=dataset,
+                metadata=metadata,
+                created_after=created_after,
+                created_before=created_before,
+                after=after,
+                limit=page_size,
+            )
+        )
+
+    async def get(self, job_id: str) -> Job:
+        return await self._client.send(calls.get_job(job_id))
+
+    async def cancel(self, job_id: str) -> Job:
+        return await self._client.send(calls.cancel_job(job_id))
+
+    async def events(
+        self,
+        job_id: str,
+        *,
+        type: EventType | str | Iterable[EventType | str] | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+    ) -> EventPage:
+        return await self._client.send(calls.list_events(job_id, type=type, after=after, limit=limit))
+
+    async def list_all_events(
+        self,
+        job_id: str,
+        *,
+        type: EventType | str | Iterable[EventType | str] | None = None,
+        after: int = 0,
+        page_size: int = 100,
+    ) -> AsyncIterator[JobEvent]:
+        while True:
+            page = await self.events(job_id, type=type, after=after, limit=page_size)
+            for event in page.data:
+                yield event
+            if not page.has_more or page.last_seq is None:
+                return
+            after = page.last_seq
+
+    async def stream_events(self, job_id: str, *, after: int = 0) -> AsyncIterator[JobEvent]:
+        """As ``Client.jobs.stream_events``: live, resumed with ``Last-Event-ID`` after a drop."""
+        client = self._client
+        cursor = EventCursor(job_id, after, client.retry)
+        path = calls.events_stream_path(job_id)
+        while True:
+            why = "the server ended the stream before the job's last event"
+            try:
+                async with client._stream(path, cursor.headers(), long_reads=True) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        if response.status_code not in client.retry.statuses:
+                            raise ApiError.from_response(response)
+                        why = f"HTTP {response.status_code}"
+                    else:
+                        decoder = SSEDecoder()
+                        async for line in response.aiter_lines():
+                            sse = decoder.feed(line)
+                            event = cursor.take(sse) if sse is not None else None
+                            if event is not None:
+                                yield event
+                                if cursor.done:
+                                    return
+            except httpx.TransportError as error:
+                if not retryable(error):
+                    raise unreachable(client.base_url, error) from error
+                why = str(error) or type(error).__name__
+            await client._sleep(cursor.failed(why))
+
+    async def wait(self, job_id: str, *, on_event: Callable[[JobEvent], None] | None = None) -> Job:
+        async for event in self.stream_events(job_id):
+            if on_event is not None:
+                on_event(event)
+        return await self.get(job_id)
+
+    async def metrics(self, job_id: str) -> EpochTable:
+        return await self._client.send(calls.epoch_metrics(job_id))
+
+    async def checkpoints(self, job_id: str, *, after: str | None = None, limit: int | None = None) -> CheckpointList:
+        return await self._client.send(calls.list_checkpoints(job_id, after=after, limit=limit))
+
+    def list_all_checkpoints(self, job_id: str, *, page_size: int = 100) -> AsyncIterator[JobCheckpoint]:
+        return self._client._pages(lambda after: self.checkpoints(job_id, after=after, limit=page_size))
+
+    async def artifacts(self, job_id: str) -> ArtifactList:
+        return await self._client.send(calls.list_artifacts(job_id))
+
+    async def download_artifact(
+        self,
+        job_id: str,
+        name: str,
+        dest: str | Path,
+        *,
+        sha256: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Download:
+        target = download_target(dest, name)
+        return await self._download(calls.artifact_path(job_id, name), target, sha256, on_progress)
+
+    async def download_weights(
+        self,
+        job_id: str,
+        dest: str | Path,
+        *,
+        sha256: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Download:
+        target = download_target(dest, f"{job_id}.safetensors")
+        return await self._download(calls.weights_path(job_id), target, sha256, on_progress)
+
+    async def _download(
+        self, path: str, dest: Path, sha256: str | None, on_progress: ProgressCallback | None
+    ) -> Download:
+        client = self._client
+        partial = PartialDownload(dest, client.retry, sha256)
+        while True:
+            why = "the body ended early"
+            try:
+                async with client._stream(path, partial.headers()) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                    if response.status_code in client.retry.statuses:
+                        why = f"HTTP {response.status_code}"
+                    elif partial.begin(response):
+                        with partial.open() as file:
+                            async for chunk in response.aiter_raw():
+                                partial.write(file, chunk)
+                                if on_progress is not None:
+                                    on_progress(partial.offset, partial.total)
+                        partial.body_ended()
+            except httpx.TransportError as error:
+                if not retryable(error):
+                    raise unreachable(client.base_url, error) from error
+                why = str(error) or type(error).__name__
+            if partial.complete:
+                return partial.finish()
+            await client._sleep(partial.reconnects.next_delay(why))
+
+
+class AsyncBackbones:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self) -> BackboneList:
+        return await self._client.send(calls.list_backbones())
+
+    async def get(self, name: str) -> Backbone:
+        return await self._client.send(calls.get_backbone(name))

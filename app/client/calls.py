@@ -1,0 +1,281 @@
+"""Every endpoint of the API as data: a ``Call`` names the request (method, path, query, body, headers,
+whether it may be sent twice) and how to read its answer. ``Client`` and ``AsyncClient`` send the same
+calls, one with ``httpx.Client`` and one with ``httpx.AsyncClient``, so the two cannot disagree about
+the API."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from app.client.errors import ApiError, ClientError
+from app.client.models import (
+    ArtifactList,
+    Backbone,
+    BackboneList,
+    CheckpointList,
+    Dataset,
+    DatasetList,
+    DatasetStatus,
+    Deleted,
+    DryRun,
+    EpochTable,
+    EventPage,
+    EventType,
+    Health,
+    Job,
+    JobList,
+    JobStatus,
+    Readiness,
+    Spec,
+)
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+Query = list[tuple[str, str]]
+SpecInput = Spec | Mapping[str, Any]
+Statuses = JobStatus | str | Iterable[JobStatus | str]
+Moment = datetime | int
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    """A file sent as the multipart field ``file``. Each attempt reads it afresh from where it started,
+    in chunks (httpx streams a file object): an upload never holds the archive in memory."""
+
+    source: Path | IO[bytes]
+    filename: str
+    start: int = 0
+
+    @classmethod
+    def of(cls, source: str | Path | IO[bytes], filename: str | None = None) -> UploadFile:
+        if isinstance(source, str | Path):
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"no file {path}")
+            return cls(path, filename or path.name)
+        if not source.seekable():
+            raise ClientError("upload a path or a seekable binary file (a retry reads it again from its start)")
+        default = Path(str(getattr(source, "name", "upload"))).name
+        return cls(source, filename or default, source.tell())
+
+    @contextmanager
+    def files(self) -> Iterator[dict[str, tuple[str, IO[bytes], str]]]:
+        if isinstance(self.source, Path):
+            with self.source.open("rb") as file:
+                yield {"file": (self.filename, file, "application/octet-stream")}
+        else:
+            self.source.seek(self.start)
+            yield {"file": (self.filename, self.source, "application/octet-stream")}
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and how to read its answer."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: Query = field(default_factory=list)
+    json: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    form: Mapping[str, str] = field(default_factory=dict)
+    upload: UploadFile | None = None
+    idempotent: bool = True  # sending it twice does what sending it once does
+    answers: frozenset[int] = frozenset()  # statuses besides 2xx whose body is the answer (readyz's 503)
+
+    def result(self, response: httpx.Response) -> T:
+        if response.is_success or response.status_code in self.answers:
+            return self.parse(response)
+        raise ApiError.from_response(response)
+
+
+def model(kind: type[M]) -> Callable[[httpx.Response], M]:
+    return lambda response: kind.model_validate_json(response.content)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    if not isinstance(body, dict):
+        raise ClientError(f"expected a JSON object from {response.request.url}, got {type(body).__name__}")
+    return body
+
+
+def segment(value: str) -> str:
+    """A path segment, escaped: an id or a name can never reach another route."""
+    return quote(value, safe="")
+
+
+def new_idempotency_key() -> str:
+    return f"ftc-{uuid.uuid4().hex}"
+
+
+def _unix(moment: Moment) -> str:
+    return str(int(moment.timestamp()) if isinstance(moment, datetime) else int(moment))
+
+
+def _query(**values: str | int | None) -> Query:
+    return [(name, str(value)) for name, value in values.items() if value is not None]
+
+
+def _statuses(status: Statuses | None) -> Query:
+    if status is None:
+        return []
+    items = [status] if isinstance(status, str) else list(status)
+    return [("status", str(JobStatus(item))) for item in items]
+
+
+def spec_body(spec: SpecInput) -> dict[str, Any]:
+    return spec.model_dump(mode="json") if isinstance(spec, Spec) else dict(spec)
+
+
+# --- health and reference -------------------------------------------------------------------
+
+
+def healthz() -> Call[Health]:
+    return Call("GET", "/healthz", model(Health))
+
+
+def readyz() -> Call[Readiness]:
+    return Call("GET", "/readyz", model(Readiness), answers=frozenset({503}))
+
+
+def spec_schema() -> Call[dict[str, Any]]:
+    return Call("GET", "/v1/spec/schema", _json_object)
+
+
+def list_backbones() -> Call[BackboneList]:
+    return Call("GET", "/v1/backbones", model(BackboneList))
+
+
+def get_backbone(name: str) -> Call[Backbone]:
+    return Call("GET", f"/v1/backbones/{segment(name)}", model(Backbone))
+
+
+# --- data sets ------------------------------------------------------------------------------
+
+
+def upload_dataset(
+    source: str | Path | IO[bytes], *, name: str | None, filename: str | None, idempotency_key: str | None
+) -> Call[Dataset]:
+    return Call(
+        "POST",
+        "/v1/datasets",
+        model(Dataset),
+        form={"name": name} if name is not None else {},
+        upload=UploadFile.of(source, filename),
+        headers={"Idempotency-Key": idempotency_key or new_idempotency_key()},
+    )
+
+
+def list_datasets(*, status: DatasetStatus | str | None, after: str | None, limit: int | None) -> Call[DatasetList]:
+    status_value = str(DatasetStatus(status)) if status is not None else None
+    return Call("GET", "/v1/datasets", model(DatasetList), params=_query(status=status_value, after=after, limit=limit))
+
+
+def get_dataset(dataset_id: str) -> Call[Dataset]:
+    return Call("GET", f"/v1/datasets/{segment(dataset_id)}", model(Dataset))
+
+
+def delete_dataset(dataset_id: str) -> Call[Deleted]:
+    # Not retried once it may have reached the server: a second DELETE would answer 404 for a deletion that worked.
+    return Call("DELETE", f"/v1/datasets/{segment(dataset_id)}", model(Deleted), idempotent=False)
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def create_job(
+    spec: SpecInput,
+    *,
+    name: str | None,
+    metadata: Mapping[str, str] | None,
+    idempotency_key: str | None,
+) -> Call[Job]:
+    body: dict[str, Any] = {"spec": spec_body(spec)}
+    if name is not None:
+        body["name"] = name
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+    return Call("POST", "/v1/jobs", model(Job), json=body, headers=headers)
+
+
+def validate_job(spec: SpecInput) -> Call[DryRun]:
+    return Call("POST", "/v1/jobs/validate", model(DryRun), json={"spec": spec_body(spec)})  # stores nothing
+
+
+def list_jobs(
+    *,
+    status: Statuses | None,
+    dataset: str | None,
+    metadata: Mapping[str, str] | None,
+    created_after: Moment | None,
+    created_before: Moment | None,
+    after: str | None,
+    limit: int | None,
+) -> Call[JobList]:
+    params = _statuses(status) + _query(dataset=dataset, after=after, limit=limit)
+    params += [(f"metadata[{key}]", value) for key, value in (metadata or {}).items()]
+    if created_after is not None:
+        params.append(("created_after", _unix(created_after)))
+    if created_before is not None:
+        params.append(("created_before", _unix(created_before)))
+    return Call("GET", "/v1/jobs", model(JobList), params=params)
+
+
+def job_path(job_id: str) -> str:
+    return f"/v1/jobs/{segment(job_id)}"
+
+
+def get_job(job_id: str) -> Call[Job]:
+    return Call("GET", job_path(job_id), model(Job))
+
+
+def cancel_job(job_id: str) -> Call[Job]:
+    # Idempotent: cancelling a cancelled (or cancelling) job changes nothing.
+    return Call("POST", f"{job_path(job_id)}/cancel", model(Job))
+
+
+def list_events(
+    job_id: str, *, type: EventType | str | Iterable[EventType | str] | None, after: int | None, limit: int | None
+) -> Call[EventPage]:
+    types = [] if type is None else [type] if isinstance(type, str) else list(type)
+    params = [("type", str(EventType(t))) for t in types] + _query(after=after, limit=limit)
+    return Call("GET", f"{job_path(job_id)}/events", model(EventPage), params=params)
+
+
+def epoch_metrics(job_id: str) -> Call[EpochTable]:
+    return Call("GET", f"{job_path(job_id)}/metrics", model(EpochTable))
+
+
+def list_checkpoints(job_id: str, *, after: str | None, limit: int | None) -> Call[CheckpointList]:
+    return Call(
+        "GET", f"{job_path(job_id)}/checkpoints", model(CheckpointList), params=_query(after=after, limit=limit)
+    )
+
+
+def list_artifacts(job_id: str) -> Call[ArtifactList]:
+    return Call("GET", f"{job_path(job_id)}/artifacts", model(ArtifactList))
+
+
+def events_stream_path(job_id: str) -> str:
+    return f"{job_path(job_id)}/events/stream"
+
+
+def artifact_path(job_id: str, name: str) -> str:
+    return f"{job_path(job_id)}/artifacts/{segment(name)}"
+
+
+def weights_path(job_id: str) -> str:
+    return f"{job_path(job_id)}/weights"

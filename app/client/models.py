@@ -1,0 +1,79 @@
+"""The objects the API returns, as the client parses them: the API's own response schemas (``app.schemas``
+imports only pydantic, the status vocabularies and the engine's torch-free ``Spec``), and the client's own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from app.schemas.backbones import Backbone, BackboneList, BackboneWeights
+from app.schemas.common import Deleted, ErrorBody, ErrorDetail
+from app.schemas.datasets import Dataset, DatasetError, DatasetList
+from app.schemas.health import Health, Readiness
+from app.schemas.jobs import (
+    ArtifactList,
+    CheckpointList,
+    DryRun,
+    EpochTable,
+    EventPage,
+    Job,
+    JobArtifact,
+    JobCheckpoint,
+    JobEpoch,
+    JobError,
+    JobEvent,
+    JobList,
+    JobMetrics,
+    JobProgress,
+    LRPreview,
+)
+from app.statuses import TERMINAL_JOB_STATUSES, DatasetStatus, EventType, JobStatus
+from training.spec import Spec
+
+__all__ = [
+    "TERMINAL_JOB_STATUSES",
+    "ArtifactList",
+    "Backbone",
+    "BackboneList",
+    "BackboneWeights",
+    "CheckpointList",
+    "Dataset",
+    "DatasetError",
+    "DatasetList",
+    "DatasetStatus",
+    "Deleted",
+    "Download",
+    "DryRun",
+    "EpochTable",
+    "ErrorBody",
+    "ErrorDetail",
+    "EventPage",
+    "EventType",
+    "Health",
+    "Job",
+    "JobArtifact",
+    "JobCheckpoint",
+    "JobEpoch",
+    "JobError",
+    "JobEvent",
+    "JobList",
+    "JobMetrics",
+    "JobProgress",
+    "JobStatus",
+    "LRPreview",
+    "Readiness",
+    "Spec",
+]
+
+
+# --- the client's own -----------------------------------------------------------------------
+
+
+class Download(BaseModel):
+    """A file the client downloaded, checked and moved into place."""
+
+    path: Path
+    bytes: int
+    sha256: str
+    resumed: int = Field(0, description="Times the transfer resumed after a broken connection.")
