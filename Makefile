@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED_DATA ?= ../shared/data
 RUN_DIR ?= runs/cifar10-resnet18
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: install run test lint typecheck pytest bench catalog clean
+.PHONY: install serve run test lint typecheck pytest bench docs catalog clean
 
 install: $(VENV)/.installed
 
@@ -16,16 +18,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Fine-tune ResNet-18 on a 100-per-class subset of CIFAR-10, then print the summary.
+# The service in its embedded mode: the API and a worker, SQLite and files under FT_HOME (./.finetune).
+serve: install
+	$(BIN)/finetune serve --host $(HOST) --port $(PORT)
+
+# Fine-tune ResNet-18 on a 100-per-class subset of CIFAR-10 with the engine alone, then print the summary.
 run: install
 	$(BIN)/python -m training run examples/cifar10-resnet18.yaml --out $(RUN_DIR)
 
 # Everything CI checks: lint, types, and the whole test suite (slow tests included).
 test: install lint typecheck pytest
 
+# Docker cannot run here: the compose file is checked against the compose-spec schema, the Dockerfile by
+# hadolint, and tests/test_deploy.py checks the commands and settings they use against the project.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/hadolint Dockerfile
 
 typecheck: install
 	$(BIN)/mypy training app worker
@@ -35,6 +45,10 @@ pytest: install
 
 bench: install
 	$(BIN)/python bench/engine_vs_seed.py
+
+# Regenerate the README's spec and configuration references from the code.
+docs: install
+	$(BIN)/python -m app.docs
 
 # Regenerate training/catalog.json after a torchvision upgrade.
 catalog: install

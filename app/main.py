@@ -17,6 +17,7 @@ from app.api import backbones, datasets, downloads, health, jobs, live, spec
 from app.api.errors import install_error_handlers
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.context import Services
+from app.observability.metrics import ServiceMetrics
 from app.services.dispatching import sweep
 from app.settings import Settings, get_settings
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await sweeper
         if services.stream is not None:
             await services.stream.aclose()
+        service_metrics.close()
         services.close()
 
     app = FastAPI(
@@ -67,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
+    service_metrics = ServiceMetrics(services)  # jobs, queues, durations, heartbeats, throughput: at scrape time
+    registry.register(service_metrics)
     app.state.metrics_registry = registry
 
     for module in (datasets, jobs, live, downloads, backbones, spec, health):

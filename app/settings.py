@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -76,11 +76,25 @@ class Settings(BaseSettings):
     cancel_poll_seconds: float = Field(
         0.5, gt=0, description="How often a worker looks for a cancel of its job (a stop takes about this long)."
     )
+    redispatch_after_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A queued job with no record of its task reaching the broker is re-sent after this long "
+        "(a broker outage at submission; a job handed back by a worker that was shutting down).",
+    )
     sweep_interval_seconds: float = Field(
         5.0, gt=0, description="How often the API requeues lost jobs and re-sends undelivered tasks."
     )
     work_dir: Path | None = Field(
         None, description="A worker's scratch folder for running jobs; default: $FT_HOME/work."
+    )
+    log_format: Literal["json", "text"] | None = Field(
+        None,
+        description="Log lines: json (one object per line, for a log pipeline) or text (for a terminal). "
+        "Default: json when FT_DATABASE_URL is set (production), text in embedded mode.",
+    )
+    worker_heartbeat_seconds: float = Field(
+        10.0, gt=0, description="How often a worker records its heartbeat; three missed beats count it as down."
     )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="The training engine's limits (FT_...).")
 
@@ -95,6 +109,10 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         """No database server configured: the laptop mode."""
         return self.database_url is None
+
+    @property
+    def logs_as(self) -> Literal["json", "text"]:
+        return self.log_format or ("text" if self.is_embedded else "json")
 
     @property
     def auth_required(self) -> bool:

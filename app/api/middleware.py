@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import internal_error_payload
 from app.ids import new_ulid
+from app.observability.logs import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,8 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class RequestIdMiddleware:
-    """Takes a well-formed ``X-Request-ID`` or makes ``req_<ulid>``; returns it in ``X-Request-ID``;
-    turns an unhandled exception into the error envelope with that id."""
+    """Takes a well-formed ``X-Request-ID`` or makes ``req_<ulid>``; returns it in ``X-Request-ID`` and puts it
+    on every log record of the request; turns an unhandled exception into the error envelope with that id."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -33,6 +34,7 @@ class RequestIdMiddleware:
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = given if _CLIENT_REQUEST_ID.match(given) else f"req_{new_ulid()}"
         scope.setdefault("state", {})["request_id"] = rid
+        log_context = current_request_id.set(rid)
         started = False
 
         async def send_with_id(message: Message) -> None:
@@ -57,6 +59,8 @@ class RequestIdMiddleware:
             ]
             await send({"type": "http.response.start", "status": 500, "headers": headers})
             await send({"type": "http.response.body", "body": body})
+        finally:
+            current_request_id.reset(log_context)
 
 
 class HttpMetrics:

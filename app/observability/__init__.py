@@ -1,0 +1,1 @@
+"""What the service tells its operators: structured logs, worker heartbeats and Prometheus metrics."""
