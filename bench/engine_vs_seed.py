@@ -33,7 +33,7 @@ ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifa
 
 
 def extract_subset(archive: Path, dest: Path, per_class: int) -> Path:
-    """train/<class>/ with the first ``per_class`` images of each class."""
+    """train/<class>/ with the first ``per_class`` images of each class (5000: all of them)."""
     with tarfile.open(archive, "r|gz") as tar:
         for member in tar:
             parts = member.name.removeprefix("./").split("/")
@@ -48,11 +48,12 @@ def extract_subset(archive: Path, dest: Path, per_class: int) -> Path:
 
 def seed_loop(root: Path, backbone: str, batch_size: int, epochs: int) -> list[float]:
     """The article's loop: images per second of each of ``epochs`` epochs, after one warm-up epoch."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as the article sets it
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
     trainset = datasets.ImageFolder(root / "train", transform=transform)
     trainloader = torch.utils.data.DataLoader(trainset, batch_size=batch_size, shuffle=True)
     torch.manual_seed(0)
-    model = torchvision.models.get_model(backbone, num_classes=10)
+    model = torchvision.models.get_model(backbone, num_classes=10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     criterion = nn.CrossEntropyLoss()
     rates = []
@@ -60,6 +61,7 @@ def seed_loop(root: Path, backbone: str, batch_size: int, epochs: int) -> list[f
         model.train()
         running_loss, seen, started = 0.0, 0, time.perf_counter()
         for inputs, labels in trainloader:
+            inputs, labels = inputs.to(device), labels.to(device)
             optimizer.zero_grad()
             outputs = model(inputs)
             loss = criterion(outputs, labels)

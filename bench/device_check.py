@@ -1,0 +1,199 @@
+"""The CUDA paths on a GPU machine, in one run: precision (bf16 autocast, fp16 with a grad scaler),
+channels_last, an exact resume, throughput against the seed article's loop, and a job run by a real
+worker of the embedded service on the GPU. Prints a JSON report (and writes it to --report).
+
+    python bench/device_check.py --archive .devdata/cifar10-jpg.tar.gz --report out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.engine_vs_seed import engine_loop, extract_subset, seed_loop
+from training.callbacks import Callbacks
+from training.engine import Trainer, resolve_runtime
+from training.spec import Spec
+
+REPO = Path(__file__).resolve().parents[1]
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def spec(root: Path, **training: Any) -> Spec:
+    return Spec.model_validate(
+        {
+            "backbone": {"name": "resnet18"},
+            "data": {"path": str(root), "image_size": 32, "batch_size": 256},
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},
+            "regularization": {"label_smoothing": 0.1},
+            "scheduler": {"name": "cosine", "warmup_epochs": 1},
+            "training": {"epochs": 3, "seed": 0, **training},
+        }
+    )
+
+
+def precision_paths(root: Path, work: Path) -> dict[str, Any]:
+    found = {}
+    on_cuda = torch.cuda.is_available()
+    for precision in ("auto", "bf16", "fp16", "fp32") if on_cuda else ("auto", "fp32"):  # fp16 needs CUDA
+        run_spec = spec(root, precision=precision, epochs=3 if precision == "auto" else 2)
+        runtime = resolve_runtime(run_spec)
+        result = Trainer(run_spec, work / f"precision-{precision}").fit()
+        found[precision] = {
+            "device": str(runtime.device),
+            "precision": runtime.precision,
+            "channels_last": runtime.channels_last,
+            "grad_scaler": runtime.grad_scaler,
+            "train_loss": [round(h["train_loss"], 4) for h in result.history],
+            "images_per_second": [round(h["images_per_second"]) for h in result.history],
+            "val_acc": round(result.history[-1]["val_acc"], 4),
+            "finite": all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history),
+        }
+    return found
+
+
+def exact_resume(root: Path, work: Path) -> dict[str, Any]:
+    """Two epochs straight against one, a crash, a resume, one more: deterministic on the GPU too?"""
+
+    class Crash(Callbacks):
+        def on_epoch(self, metrics: dict[str, Any]) -> None:
+            if metrics["epoch"] == 1:
+                raise KeyboardInterrupt
+
+    run_spec = spec(root, epochs=2, deterministic=True)
+    Trainer(run_spec, work / "straight").fit()
+    with contextlib.suppress(KeyboardInterrupt):
+        Trainer(run_spec, work / "resumed", callbacks=Crash()).fit()
+    Trainer(run_spec, work / "resumed").fit(resume_from=work / "resumed" / "checkpoints" / "epoch-001.pt")
+    a = load_file(str(work / "straight" / "model.safetensors"))
+    b = load_file(str(work / "resumed" / "model.safetensors"))
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    return {"identical": all(torch.equal(a[k], b[k]) for k in a), "max_abs_diff": diff}
+
+
+def throughput(archive: Path, work: Path) -> dict[str, Any]:
+    """The whole CIFAR-10 train split: the article's loop (ImageFolder + DataLoader, no workers) and the engine."""
+    root = extract_subset(archive, work / "cifar-full", 5000)
+    seed = seed_loop(root, "resnet18", 256, epochs=1)
+    engine = engine_loop(root, "resnet18", 256, 2, work / "engine", "auto")
+    engine_fp32 = engine_loop(root, "resnet18", 256, 1, work / "engine-fp32", "fp32")
+    return {
+        "train_images": 50000,
+        "batch_size": 256,
+        "seed_images_per_second": [round(r) for r in seed],
+        "engine_images_per_second": [round(r) for r in engine],
+        "engine_fp32_images_per_second": [round(r) for r in engine_fp32],
+        "ratio": round(max(engine) / max(seed), 2),
+    }
+
+
+def service_worker(archive: Path, work: Path) -> dict[str, Any]:
+    """The embedded service (`finetune serve`) with one worker; a job trains on the GPU."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "FT_HOME": str(work / "service")}
+    log = (work / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and serve.poll() is None, "the service did not start"
+            time.sleep(0.5)
+        subset = extract_subset(archive, work / "cifar-small", 200)
+        packed = Path(shutil.make_archive(str(subset), "zip", subset))
+        with httpx.Client(base_url=url, timeout=60) as client, packed.open("rb") as file:
+            ds = client.post("/v1/datasets", files={"file": ("cifar.zip", file)}).json()["id"]
+            while client.get(f"/v1/datasets/{ds}").json()["status"] == "validating":
+                time.sleep(0.3)
+            body = {"spec": {"data": {"dataset": ds, "image_size": 32, "batch_size": 128}, "training": {"epochs": 3}}}
+            started = time.monotonic()
+            job_id = client.post("/v1/jobs", json=body).json()["id"]
+            while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+                "succeeded",
+                "failed",
+                "cancelled",
+            ):
+                time.sleep(0.5)
+            events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+        started_note = next((e["message"] for e in events if e["type"] == "info"), None)
+        return {
+            "status": job["status"],
+            "error": job.get("error"),
+            "seconds": round(time.monotonic() - started, 1),
+            "started": started_note,
+            "val_acc": (job["metrics"].get("final") or {}).get("val_acc"),
+        }
+    finally:
+        serve.send_signal(2)
+        serve.wait(60)
+
+
+def attempt(report: dict[str, Any], name: str, check: Callable[[], Any]) -> None:
+    started = time.monotonic()
+    try:
+        report[name] = check()
+    except Exception:
+        report[name] = {"error": traceback.format_exc()[-2000:]}
+    report[name + "_seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps({name: report[name]}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path, required=True)
+    parser.add_argument("--report", type=Path)
+    parser.add_argument("--skip", default="", help="comma-separated checks to skip")
+    parser.add_argument("--per-class", type=int, default=500, help="train images per class of the small checks")
+    args = parser.parse_args()
+    report: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+    skip = set(args.skip.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        root = extract_subset(args.archive, work / "cifar", args.per_class)
+        checks = {
+            "precision": lambda: precision_paths(root, work),
+            "service_worker": lambda: service_worker(args.archive, work),
+            "throughput": lambda: throughput(args.archive, work),
+            "resume": lambda: exact_resume(root, work),
+        }
+        for name, check in checks.items():
+            if name not in skip:
+                attempt(report, name, check)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.report:
+        args.report.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
