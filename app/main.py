@@ -10,10 +10,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from app.api import backbones, datasets, downloads, health, jobs, live, spec
+from app.api.deps import reject_unknown_query
 from app.api.errors import install_error_handlers
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.context import Services
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Fine-tunes torchvision image classifiers: submit a spec, follow the job, fetch the weights.",
         version=API_VERSION,
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.services = services
     app.state.settings = settings

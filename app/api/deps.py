@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.session import transaction
+from app.errors import Unprocessable
 from app.queue import TaskQueue
 from app.services import projects
 from app.settings import Settings
@@ -92,3 +93,22 @@ IdempotencyKeyHeader = Annotated[
         description="Retry a create safely: the same key and body answer with the same object for 24 hours.",
     ),
 ]
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A query parameter the route does not take is a 422 naming it: a typo in a filter (``?stauts=``)
+    must not silently return everything. Routes that document extra parameters in their OpenAPI (the
+    jobs list's ``metadata[key]``) keep them."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {param.alias for param in dependant.query_params}
+    for extra in (getattr(route, "openapi_extra", None) or {}).get("parameters", []):
+        if extra.get("in") == "query":
+            known.add(extra["name"])
+    for name in request.query_params:
+        base = name.split("[", 1)[0] if "[" in name else name
+        if name not in known and base not in known:
+            choices = ", ".join(sorted(known)) or "none"
+            raise Unprocessable(f"unknown query parameter {name!r}; this route takes: {choices}", param=name)

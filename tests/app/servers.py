@@ -42,6 +42,21 @@ class Server:
         return memory_kb(self.process.pid, "VmHWM")
 
 
+def wait_until_up(process: subprocess.Popen[bytes], url: str, timeout: float = 30) -> None:
+    """Until the server at ``url`` answers /healthz; the test fails if it dies or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.1)
+
+
 def backend_env(backend, home: Path, prefix: str) -> dict[str, str]:
     """The FT_ variables that point a process at ``backend``, with its own home and Redis key prefix."""
     env = {**os.environ, "FT_HOME": str(home), "FT_DATABASE_URL": backend.database_url, "FT_AUTH_ENABLED": "false"}
@@ -57,17 +72,7 @@ def uvicorn_server(backend, home: Path, **extra_env: str) -> Iterator[Server]:
     command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)]
     process = subprocess.Popen([*command, "--log-level", "warning"], cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.1)
+    wait_until_up(process, url)
     try:
         yield Server(process, url, home, env)
     finally:

@@ -68,3 +68,11 @@ async def test_every_response_carries_a_request_id(client):
     assert response.headers["x-request-id"].startswith("req_")
     own = await client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert own.headers["x-request-id"].startswith("req_")
+
+
+async def test_an_unknown_query_parameter_is_a_422_that_names_it(client):
+    response = await client.get("/v1/jobs", params={"stauts": "failed"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["param"] == "stauts" and "status" in error["message"]
+    assert (await client.get("/v1/jobs", params={"metadata[team]": "vision"})).status_code == 200

@@ -10,7 +10,7 @@ import schemathesis
 from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from app.api import backbones, datasets, downloads, health, jobs, live, spec
 from app.db.session import transaction
@@ -45,6 +45,10 @@ EXAMPLES = 12
 # inside the run...): a schema-valid spec that breaks one is a 422 by design, so "schema-valid data must be
 # accepted" does not hold for the job endpoints. Every other check runs.
 EXCLUDED = [positive_data_acceptance]
+# A multipart form field is text whatever the schema's type: a "wrong type" (the name -60 sent as a number)
+# arrives as the string "-60", a valid name. Type mutations of the upload form prove nothing, so that
+# operation skips the "invalid data is rejected" check; its invalid inputs are tested in test_datasets.py.
+MULTIPART = {("/v1/datasets", "POST")}
 
 
 @pytest.fixture
@@ -68,7 +72,8 @@ def test_operation_conforms_to_its_schema(app, bearer, path, method, mode):
         suppress_health_check=list(HealthCheck),
     )
     def call(case: schemathesis.Case) -> None:
-        case.call_and_validate(headers=bearer, excluded_checks=EXCLUDED)
+        excluded = [*EXCLUDED, negative_data_rejection] if (path, method) in MULTIPART else EXCLUDED
+        case.call_and_validate(headers=bearer, excluded_checks=excluded)
 
     call()
 
