@@ -211,7 +211,7 @@ def results_table(job: Job) -> Group | None:
     table = Table(box=None, pad_edge=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in [*final.items(), *test.items()]:
+    for key, value in {**final, **test}.items():  # the final metrics may already hold the test ones
         table.add_row(key, number(value))
     return titled("results of the published weights", table)
 

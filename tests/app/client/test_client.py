@@ -88,7 +88,7 @@ def test_job_methods_answer_typed_objects(api, api_server, worker_factory):
 
     finished = api.jobs.get(job.id)
     assert finished.status == JobStatus.SUCCEEDED and finished.is_terminal
-    assert finished.metrics.final == {"val_loss": 0.6, "val_acc": 0.65}
+    assert finished.metrics.final == {"val_loss": 0.6, "val_acc": 0.65, "test_loss": 0.7, "test_acc": 0.6}
     events = api.jobs.events(job.id, type="epoch")
     assert isinstance(events, m.EventPage) and [e.data["epoch"] for e in events.data] == [1, 2]
     epochs = api.jobs.metrics(job.id)
