@@ -7,7 +7,7 @@ RUN_DIR ?= runs/cifar10-resnet18
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve run test lint typecheck pytest bench docs catalog clean
+.PHONY: install serve run test lint typecheck pytest compose-test bench docs catalog clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,12 @@ typecheck: install
 
 pytest: install
 	$(BIN)/pytest
+
+# The production form for real: the images built from the Dockerfile, `docker compose --profile cpu up`, and a job
+# through the published port, its worker stopped and started mid-job, the stack down and up (tests/compose/run).
+# Needs a Docker engine; FT_COMPOSE_STANDINS=1 (CI) installs and starts one here with local stand-in base images.
+compose-test: install
+	tests/compose/run
 
 bench: install
 	$(BIN)/python bench/engine_vs_seed.py
