@@ -29,8 +29,8 @@ run: install
 # Everything CI checks: lint, types, and the whole test suite (slow tests included).
 test: install lint typecheck pytest
 
-# Docker cannot run here: the compose file is checked against the compose-spec schema, the Dockerfile by
-# hadolint, and tests/test_deploy.py checks the commands and settings they use against the project.
+# Without Docker: the compose file is checked against the compose-spec schema, the Dockerfile by hadolint, and
+# tests/test_deploy.py checks the commands and settings they use against the project (make compose-test runs them).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -40,7 +40,9 @@ build_standin() {
     current=$(docker image inspect -f '{{index .Config.Labels "finetune.standin"}}' "$image" 2>/dev/null || true)
     [[ $current == "$want" ]] && return
     echo "stand-ins: $image from $2/"
-    DOCKER_BUILDKIT=0 docker build -q --label "finetune.standin=$want" -t "$image" "$folder" >/dev/null
+    DOCKER_BUILDKIT=0 docker build -q --label "finetune.standin=$want" -t "$image" "$folder" 2> >(
+        grep -v -e '^DEPRECATED: The legacy builder' -e '^ *BuildKit is currently disabled' -e '^ *environment-variable\.' \
+            -e '^$' >&2 || true) >/dev/null
 }
 
 build_base
