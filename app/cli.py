@@ -170,6 +170,9 @@ def _worker_per_gpu(queues: str, gpus: str, loglevel: str) -> None:
     supervisor.stop()
 
 
+SHUTDOWN_GRACE_SECONDS = 5
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -199,8 +202,15 @@ def serve(host: str, port: int, workers: int, loglevel: str) -> None:
     click.echo(f"finetune is serving at http://{host}:{port} (API docs at http://{host}:{port}/docs)", err=True)
     try:
         # log_config=None: uvicorn's loggers keep the handler configured above instead of their own.
+        # timeout_graceful_shutdown: a Ctrl-C answers the requests in flight for a few seconds, then drops them.
         uvicorn.run(
-            "app.main:create_app", factory=True, host=host, port=port, log_level=loglevel.lower(), log_config=None
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            log_level=loglevel.lower(),
+            log_config=None,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )
     finally:
         click.echo("stopping the workers (running jobs checkpoint and go back to the queue)...", err=True)

@@ -84,6 +84,8 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     validated_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
+    validation_attempts: Mapped[int] = mapped_column(default=0, server_default="0")  # tasks that started on it
+    validation_sent_at: Mapped[datetime | None]  # when its validation task was last sent
 
 
 class Job(Base):
