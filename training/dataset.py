@@ -577,6 +577,8 @@ def _image_problem(path: Path, name: str, settings: EngineSettings, decode: bool
             if decode:
                 img.draft("RGB", (64, 64))  # JPEG: scaled IDCT, still reads and checks every byte
                 img.load()
+    except MemoryError:
+        raise  # the validator's memory limit, not this file's fault: the whole validation stops
     except Image.DecompressionBombError as error:
         return f"{name}: too many pixels to open ({error})"
     except UnidentifiedImageError:
