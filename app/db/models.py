@@ -54,6 +54,7 @@ class ApiKey(Base):
     key_prefix: Mapped[str] = mapped_column(String(16))  # enough to tell keys apart in a listing
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # None: until revoked
 
     project: Mapped[Project] = relationship(lazy="joined")
 

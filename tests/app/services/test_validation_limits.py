@@ -30,7 +30,12 @@ def validate(app, settings, dataset_id: str) -> dict:
     run_dataset_validation(app.state.session_factory, app.state.store, settings, dataset_id)
     with transaction(app.state.session_factory) as session:
         row = session.get(Dataset, dataset_id)
-        return {"status": row.status, "code": row.error_code, "message": row.error_message, "tries": row.validation_attempts}
+        return {
+            "status": row.status,
+            "code": row.error_code,
+            "message": row.error_message,
+            "tries": row.validation_attempts,
+        }
 
 
 def large_png(width: int, height: int) -> bytes:
