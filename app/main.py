@@ -17,6 +17,7 @@ from app.api import backbones, datasets, downloads, health, jobs, live, spec
 from app.api.deps import reject_unknown_query
 from app.api.dry_runs import DryRunPool
 from app.api.errors import install_error_handlers
+from app.api.event_hub import EventHub
 from app.api.limits import BodyLimitMiddleware, HostAllowlistMiddleware
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.context import Services
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await event_hub.aclose()
         if services.stream is not None:
             await services.stream.aclose()
         service_metrics.close()
@@ -79,6 +81,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = registry
     dry_runs = DryRunPool(settings.dry_run_threads, settings.dry_run_timeout_seconds)
     app.state.dry_runs = dry_runs
+    event_hub = EventHub(
+        services.factory, services.stream, settings.max_streams_per_process, settings.max_streams_per_project
+    )
+    app.state.event_hub = event_hub
 
     for module in (datasets, jobs, live, downloads, backbones, spec, health):
         app.include_router(module.router)
