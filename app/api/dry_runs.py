@@ -17,6 +17,10 @@ T = TypeVar("T")
 WAITING_PER_THREAD = 8  # dry runs allowed to wait for a thread, per thread
 
 
+def _import_engine() -> None:
+    import training.dryrun  # noqa: F401
+
+
 class DryRunPool:
     def __init__(self, threads: int, timeout_seconds: float) -> None:
         self.threads = threads
@@ -25,6 +29,7 @@ class DryRunPool:
         self.max_pending = threads * (1 + WAITING_PER_THREAD)
         self._pending = 0
         self._lock = threading.Lock()
+        self._engine_loaded: asyncio.Future[None] | None = None
 
     async def run(self, plan: Callable[[], T]) -> T:
         with self._lock:
@@ -34,6 +39,11 @@ class DryRunPool:
                     code="dry_run_busy",
                 )
             self._pending += 1
+        try:
+            await self._load_engine()
+        except BaseException:
+            self._release()
+            raise
         future = asyncio.get_running_loop().run_in_executor(self.executor, plan)
         future.add_done_callback(lambda _: self._release())
         try:
@@ -44,6 +54,13 @@ class DryRunPool:
                 "the server is busy: try again shortly",
                 code="dry_run_timeout",
             ) from None
+
+    async def _load_engine(self) -> None:
+        """Import torch and the engine once, in a dry-run thread, outside the time limit: the first dry run
+        of a process waits for it (seconds on a busy host) instead of timing out."""
+        if self._engine_loaded is None:
+            self._engine_loaded = asyncio.get_running_loop().run_in_executor(self.executor, _import_engine)
+        await asyncio.shield(self._engine_loaded)
 
     def _release(self) -> None:
         with self._lock:
