@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 
 _PENDING = "finetune.after_commit"
+DEFER = "finetune.defer_sends"  # set by ``transaction``: sends wait until the session has let go of its connection
+_COMMITTED = "finetune.committed_sends"
 
 
 def send_after_commit(session: Session, send: Callable[[], object]) -> None:
@@ -26,6 +28,20 @@ def send_after_commit(session: Session, send: Callable[[], object]) -> None:
 
 def _run_pending(session: Session) -> None:
     pending: list[Callable[[], object]] = session.info.pop(_PENDING, [])
+    if session.info.get(DEFER):
+        # The session still holds its connection here; a send that writes (dispatched_at) would take a
+        # second one, and a crowd of requests doing that at once exhausts the pool while each holds one.
+        session.info.setdefault(_COMMITTED, []).extend(pending)
+        return
+    run_sends(pending)
+
+
+def run_committed_sends(session: Session) -> None:
+    """The sends of a deferred session's committed transaction, once the session is closed."""
+    run_sends(session.info.pop(_COMMITTED, []))
+
+
+def run_sends(pending: list[Callable[[], object]]) -> None:
     for send in pending:
         try:
             send()

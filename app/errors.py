@@ -63,5 +63,15 @@ class InvalidSpec(Unprocessable):
     code = "invalid_spec"
 
 
+class TooManyRequests(ServiceError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class ServiceUnavailable(ServiceError):
+    status_code = 503
+    code = "unavailable"
+
+
 class LeaseLost(Exception):
     """The worker no longer owns the job (its lease expired and the job moved on): stop writing to it."""

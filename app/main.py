@@ -15,7 +15,10 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from app.api import backbones, datasets, downloads, health, jobs, live, spec
 from app.api.deps import reject_unknown_query
+from app.api.dry_runs import DryRunPool
 from app.api.errors import install_error_handlers
+from app.api.event_hub import EventHub
+from app.api.limits import BodyLimitMiddleware, HostAllowlistMiddleware
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.context import Services
 from app.observability.metrics import ServiceMetrics
@@ -49,9 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await event_hub.aclose()
         if services.stream is not None:
             await services.stream.aclose()
         service_metrics.close()
+        dry_runs.close()
         services.close()
 
     app = FastAPI(
@@ -74,10 +79,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     service_metrics = ServiceMetrics(services)  # jobs, queues, durations, heartbeats, throughput: at scrape time
     registry.register(service_metrics)
     app.state.metrics_registry = registry
+    dry_runs = DryRunPool(settings.dry_run_threads, settings.dry_run_timeout_seconds)
+    app.state.dry_runs = dry_runs
+    event_hub = EventHub(
+        services.factory, services.stream, settings.max_streams_per_process, settings.max_streams_per_project
+    )
+    app.state.event_hub = event_hub
 
     for module in (datasets, jobs, live, downloads, backbones, spec, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)  # before parsing and auth
+    app.add_middleware(HostAllowlistMiddleware, allowed=settings.host_allowlist)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response, a 500 included, carries the id
     return app

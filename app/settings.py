@@ -96,9 +96,51 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(
         10.0, gt=0, description="How often a worker records its heartbeat; three missed beats count it as down."
     )
+    max_request_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="Largest request body of every route but the data set upload, counted as it streams in "
+        "(before parsing or authentication); past it: 413.",
+    )
+    max_epochs: int = Field(1000, ge=1, description="Most training.epochs a spec may ask for.")
+    max_runtime_seconds: int = Field(
+        7 * 24 * 3600, ge=1, description="Largest training.max_runtime a spec may ask for, in seconds."
+    )
+    max_total_steps: int = Field(
+        1_000_000, ge=1, description="Most optimizer steps a run may plan (epochs x steps per epoch, or max_steps)."
+    )
+    dry_run_threads: int = Field(2, ge=1, description="Threads of the dry-run executor (apart from other routes').")
+    dry_run_timeout_seconds: float = Field(
+        20.0, gt=0, description="A dry run not planned within this time is answered 503 dry_run_timeout."
+    )
+    validation_memory_mb: int = Field(
+        2048, ge=64, description="Address-space limit of the child process that extracts and checks an upload."
+    )
+    validation_timeout_seconds: float = Field(
+        1800.0, gt=0, description="Time limit of the child process that extracts and checks an upload."
+    )
+    validation_max_attempts: int = Field(
+        3, ge=1, description="Validations of one data set that may die (a lost worker) before it ends failed."
+    )
+    max_streams_per_process: int = Field(
+        200, ge=1, description="Open event streams (SSE) one API process serves; past it: 429."
+    )
+    max_streams_per_project: int = Field(
+        50, ge=1, description="Open event streams (SSE) one project (API key) may hold in one API process."
+    )
+    metrics_token: str | None = Field(
+        None,
+        description="A bearer token /metrics requires. Unset: /metrics answers only requests from the "
+        "loopback address (a Prometheus beside the server, or a sidecar).",
+    )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Host header values the API answers (comma-separated names, '*' for any). Default: "
+        "localhost, 127.0.0.1 and ::1 in embedded mode (no DNS rebinding onto a laptop), any in production.",
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="The training engine's limits (FT_...).")
 
-    @field_validator("allowed_data_roots", mode="before")
+    @field_validator("allowed_data_roots", "allowed_hosts", mode="before")
     @classmethod
     def _split_roots(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -109,6 +151,12 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         """No database server configured: the laptop mode."""
         return self.database_url is None
+
+    @property
+    def host_allowlist(self) -> list[str]:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        return ["localhost", "127.0.0.1", "::1"] if self.is_embedded else ["*"]
 
     @property
     def logs_as(self) -> Literal["json", "text"]:

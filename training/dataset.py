@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import math
@@ -41,6 +42,10 @@ _COPY_CHUNK = MIB
 # Entries smaller than this are never refused for their compression ratio: a blank BMP or a text file
 # legitimately compresses a few hundred times. The total-size limit still bounds them all.
 _RATIO_MIN_BYTES = MIB
+# A tar header member (a pax extended header, a GNU long name or link) is read whole into memory by
+# tarfile before the entry it describes: a real one holds a path and a few fields, never this much.
+MAX_HEADER_MEMBER_BYTES = 64 * 1024
+_ZIP_LOCAL_HEADER_BYTES = 30
 _MAX_WRAPPER_FOLDERS = 3
 _DECODE_CHUNK = 64  # images per thread task: tiny images are dominated by per-task overhead
 _THREADED_MIN_SECONDS = 0.0005  # per image, below which decoding threads only contend for the GIL
@@ -112,6 +117,10 @@ class _ExtractBudget:
         self.max_entries = settings.extract_max_files
         self.max_bytes = settings.extract_max_mb * MIB
         self.max_ratio = settings.extract_max_ratio
+        self.archive_bytes = archive.stat().st_size
+        # The whole archive may write at most max_ratio times its own size (small sets of blank images
+        # compress well: never less than _RATIO_MIN_BYTES).
+        self.max_expanded = max(self.max_ratio * self.archive_bytes, _RATIO_MIN_BYTES)
         self.entries = 0
         self.written = 0
 
@@ -128,6 +137,12 @@ class _ExtractBudget:
         self.written += size
         if self.written > self.max_bytes:
             raise self._too_big(self.written)
+        if self.written > self.max_expanded:
+            raise _invalid(
+                f"{self.archive}: expands more than {self.max_ratio} times its size of {self.archive_bytes} bytes "
+                f"(over {self.written} bytes written, at entry {entry}); refused as a possible archive bomb "
+                "(FT_EXTRACT_MAX_RATIO)"
+            )
         if compressed is not None:
             self.check_ratio(entry, written_in_entry, compressed)
 
@@ -176,11 +191,34 @@ def _write_entry(source: IO[bytes], target: Path, entry: str, budget: _ExtractBu
             budget.add(entry, written, compressed, len(chunk))
 
 
+def _check_zip_spans(archive: Path, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse entries whose stored bytes overlap (one compressed stream named by many entries multiplies
+    what a small archive writes), read from each entry's own local header."""
+    assert zf.fp is not None
+    spans = []
+    for info in infos:
+        zf.fp.seek(info.header_offset)
+        header = zf.fp.read(_ZIP_LOCAL_HEADER_BYTES)
+        if len(header) < _ZIP_LOCAL_HEADER_BYTES or header[:4] != b"PK\x03\x04":
+            raise _invalid(f"{archive.name}: entry {info.filename} has no local header where the directory says")
+        name_len, extra_len = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+        start = info.header_offset
+        spans.append((start, start + _ZIP_LOCAL_HEADER_BYTES + name_len + extra_len + info.compress_size, info))
+    spans.sort(key=lambda span: span[0])
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise _invalid(
+                f"{archive.name}: entries {first.filename} and {second.filename} overlap in the archive; "
+                "refused as a possible zip bomb"
+            )
+
+
 def _extract_zip(archive: Path, staging: Path, budget: _ExtractBudget) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         budget.count_entries(len(infos))
         budget.check_declared_total(sum(info.file_size for info in infos))
+        _check_zip_spans(archive, zf, infos)
         for info in infos:
             problem = _special_file_problem(archive.name, info.filename, info.external_attr >> 16)
             if problem:
@@ -197,9 +235,27 @@ def _extract_zip(archive: Path, staging: Path, budget: _ExtractBudget) -> None:
                 _write_entry(source, target, info.filename, budget, info.compress_size)
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses a header member (pax, GNU long name or link) over
+    ``MAX_HEADER_MEMBER_BYTES`` before tarfile reads it whole into memory."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _HEADER_MEMBER_TYPES and self.size > MAX_HEADER_MEMBER_BYTES:
+            kind = "a pax extended header" if self.type in _PAX_TYPES else "a GNU long name"
+            raise _invalid(
+                f"{Path(str(tarfile_.name or 'archive')).name}: {kind} of {self.size} bytes "
+                f"(the limit is {MAX_HEADER_MEMBER_BYTES // 1024} KiB); refused"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc, no-any-return]
+
+
+_PAX_TYPES = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE})
+_HEADER_MEMBER_TYPES = _PAX_TYPES | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+
+
 def _extract_tar(archive: Path, staging: Path, budget: _ExtractBudget) -> None:
     # Stream mode: one pass over a compressed tar, members read in order, nothing seeks back.
-    with tarfile.open(archive, mode="r|*") as tar:
+    with tarfile.open(archive, mode="r|*", tarinfo=_BoundedTarInfo) as tar:
         for member in tar:
             budget.count_entries()
             if member.issym() or member.islnk():
@@ -229,7 +285,7 @@ def _is_zip(archive: Path) -> bool:
 def _open_as_tar(archive: Path) -> None:
     """Raise DatasetError when the file is not a tar archive (plain or compressed)."""
     try:
-        with tarfile.open(archive, mode="r|*"):
+        with tarfile.open(archive, mode="r|*", tarinfo=_BoundedTarInfo):
             pass
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
         raise _invalid(f"{archive.name}: not a zip or tar archive ({error})") from None
@@ -251,9 +307,11 @@ def safe_extract(archive: Path, dest: Path, settings: EngineSettings) -> Path:
     """Extract a .zip, .tar or compressed tar into ``dest`` (created, or empty), refusing anything unsafe.
 
     Refused, naming the entry: absolute paths, '..', symlinks and hard links, device files and pipes, more
-    than ``extract_max_files`` entries, more than ``extract_max_mb`` written, a zip entry above
-    ``extract_max_ratio``. Bytes are counted as written, not taken from headers. The archive extracts into a
-    staging folder beside ``dest`` that is deleted when anything goes wrong, so ``dest`` is never half-full.
+    than ``extract_max_files`` entries, more than ``extract_max_mb`` written, a zip entry or the whole
+    archive expanding more than ``extract_max_ratio`` times, zip entries whose stored bytes overlap, a tar
+    header member (pax, GNU long name) over 64 KiB. Bytes are counted as written, not taken from headers.
+    The archive extracts into a staging folder beside ``dest`` that is deleted when anything goes wrong, so
+    ``dest`` is never half-full.
     ``__MACOSX/`` and names starting with '.' are left out.
     """
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -519,6 +577,8 @@ def _image_problem(path: Path, name: str, settings: EngineSettings, decode: bool
             if decode:
                 img.draft("RGB", (64, 64))  # JPEG: scaled IDCT, still reads and checks every byte
                 img.load()
+    except MemoryError:
+        raise  # the validator's memory limit, not this file's fault: the whole validation stops
     except Image.DecompressionBombError as error:
         return f"{name}: too many pixels to open ({error})"
     except UnidentifiedImageError:

@@ -24,7 +24,10 @@ class EngineSettings(BaseSettings):
     extract_max_mb: int = Field(20480, ge=1, description="Largest total size an archive may extract to, in MiB.")
     extract_max_files: int = Field(2_000_000, ge=1, description="Most entries an archive may hold.")
     extract_max_ratio: int = Field(
-        200, ge=1, description="Largest compression ratio of an archive entry (zip bombs exceed it)."
+        200,
+        ge=1,
+        description="Largest expansion of an archive entry, and of the whole archive (bytes written at most this "
+        "many times the archive's size, never less than 1 MiB): archive bombs exceed it.",
     )
     image_max_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted, in pixels (width x height).")
 

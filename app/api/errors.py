@@ -29,7 +29,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
-    413: "upload_too_large",
+    413: "request_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
 }
@@ -116,16 +116,18 @@ ERROR_RESPONSE: dict[str, Any] = {"model": ErrorResponse}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for the error codes a route can answer with (401, 422 and 500 always)."""
+    """OpenAPI responses for the error codes a route can answer with (400, 401, 413, 422 and 500 always)."""
     descriptions = {
         400: "Malformed request",
         401: "Missing or invalid API key",
         404: "Not found in this project",
         409: "Conflict with the object's state",
-        413: "Upload over the size limit",
+        413: "Request body (or upload) over the size limit",
         415: "Wrong content type",
         422: "Invalid parameters or spec",
+        429: "Too many requests of this kind at once",
         500: "Server error",
+        503: "The server is busy or a dependency is down",
     }
-    wanted = sorted({400, 401, 422, 500, *codes})
+    wanted = sorted({400, 401, 413, 422, 500, *codes})
     return {code: {**ERROR_RESPONSE, "description": descriptions[code]} for code in wanted}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 from collections.abc import Callable
 
@@ -10,8 +12,10 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from app.api.deps import QueueDep, SessionFactoryDep, StoreDep
+from app.api.deps import QueueDep, SessionFactoryDep, SettingsDep, StoreDep
+from app.errors import NotFound
 from app.schemas.health import Health, Readiness
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +23,18 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="Alive")
-def healthz() -> Health:
+async def healthz() -> Health:
+    """Answered on the event loop itself: no thread pool to wait for, whatever else is running."""
     return Health()
 
 
 def _probe(check: Callable[[], object]) -> str:
+    """Either "ok" or "unavailable": the exception's text (hosts, paths, driver messages) goes to the log only."""
     try:
         check()
-    except Exception as error:
-        log.warning("readiness check failed: %s", error)
-        return f"unavailable: {type(error).__name__}: {error}"[:300]
+    except Exception:
+        log.warning("readiness check failed", exc_info=True)
+        return "unavailable"
     return "ok"
 
 
@@ -64,5 +70,20 @@ async def readyz(
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-def metrics(request: Request) -> Response:
+def metrics(request: Request, settings: SettingsDep) -> Response:
+    """With FT_METRICS_TOKEN set, only to ``Authorization: Bearer <token>``; without it, only to the loopback
+    address. Anyone else gets a 404, as if there were no such route."""
+    if not _may_scrape(request, settings):
+        raise NotFound("no route GET /metrics")
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _may_scrape(request: Request, settings: Settings) -> bool:
+    if settings.metrics_token is not None:
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {settings.metrics_token}".encode())
+    host = request.client.host if request.client is not None else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -6,7 +6,6 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import (
     CallerDep,
@@ -16,6 +15,7 @@ from app.api.deps import (
     SessionFactoryDep,
     SettingsDep,
 )
+from app.api.dry_runs import DryRunPool
 from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
 from app.clock import from_unix_seconds
@@ -96,13 +96,17 @@ def create_job(
     return Job.from_row(row)
 
 
-@router.post("/validate", response_model=DryRun, summary="Dry-run a spec", responses=error_responses(404, 409))
+@router.post(
+    "/validate", response_model=DryRun, summary="Dry-run a spec", responses=error_responses(404, 409, 429, 503)
+)
 async def validate_job(
-    body: JobValidate, caller: CallerDep, factory: SessionFactoryDep, settings: SettingsDep
+    request: Request, body: JobValidate, caller: CallerDep, factory: SessionFactoryDep, settings: SettingsDep
 ) -> DryRun:
     """The resolved spec, parameter counts, steps per epoch and the learning rate of every parameter group
-    at every step, without running or storing anything."""
-    return await run_in_threadpool(jobs.dry_run_job, factory, settings, caller.project_id, body.spec)
+    at up to 2000 steps of the run, without running or storing anything. Planned in threads of its own,
+    within a time limit (503 `dry_run_timeout` past it; 429 `dry_run_busy` when too many wait)."""
+    pool: DryRunPool = request.app.state.dry_runs
+    return await pool.run(lambda: jobs.dry_run_job(factory, settings, caller.project_id, body.spec))
 
 
 @router.get("", response_model=JobList, summary="List jobs", openapi_extra=METADATA_FILTER, responses=error_responses())

@@ -1,10 +1,11 @@
 """``GET /v1/jobs/{id}/events/stream``: a job's events as server-sent events, live.
 
 Each event's SSE id is its ``seq``. A client that reconnects with ``Last-Event-ID`` (or ``?after=``)
-gets every event after that one: the database is read first (it holds them all), then the job's Redis
-stream is tailed; an event is committed to the database before it reaches the stream, so a gap seen in
-the stream is filled from the database. Without Redis (the embedded mode) the database is polled.
-The stream ends after the job's terminal status event.
+gets every event after that one: the database is read first (it holds them all), then live events come
+from the process's one reader (``app.api.event_hub``: the jobs' Redis streams, or without Redis the
+database); an event is committed to the database before it reaches the stream, so a gap seen live is
+filled from the database. The stream ends after the job's terminal status event. Streams are capped per
+process and per project (429).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,9 +23,10 @@ from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import CallerDep, SessionFactoryDep
 from app.api.errors import error_responses
+from app.api.event_hub import EventHub
 from app.db.session import transaction
 from app.errors import Unprocessable
-from app.events import EventStream, event_payload
+from app.events import event_payload
 from app.repositories import job_records
 from app.schemas.jobs import JobEvent
 from app.services import jobs
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 PAGE = 500
-POLL_SECONDS = 0.2  # the embedded mode's database polling
-BLOCK_MS = 10_000  # how long one Redis read waits before the database is looked at again
 PING_SECONDS = 15
 
 
@@ -54,52 +53,36 @@ def _events_after(factory: sessionmaker[Session], job_id: str, after: int) -> li
 
 
 async def follow(
-    factory: sessionmaker[Session], stream: EventStream | None, job_id: str, after: int, request: Request
+    factory: sessionmaker[Session], hub: EventHub, job_id: str, after: int, request: Request
 ) -> AsyncIterator[dict[str, str]]:
-    """Events with seq > ``after``, as they come, until the terminal status event."""
+    """Events with seq > ``after``, as they come, until the terminal status event. The process's one
+    reader (``EventHub``) brings live events; the database is read at the start and to fill a gap."""
     last = after
-    position = await _last_id(stream, job_id)  # before the database read: nothing falls in between
-    while True:
-        events = await run_in_threadpool(_events_after, factory, job_id, last)
-        for event in events:
-            yield _sse(event)
-            last = event["seq"]
-            if is_terminal(event):
-                return
-        if len(events) == PAGE:
-            continue  # more to replay
-        if stream is None or position is None:
-            await asyncio.sleep(POLL_SECONDS)
-        else:
-            while True:  # tail the stream while it is contiguous with what was sent
+    async with hub.subscribe(job_id) as live:  # before the database read: nothing falls in between
+        while True:
+            events = await run_in_threadpool(_events_after, factory, job_id, last)
+            for event in events:
+                yield _sse(event)
+                last = event["seq"]
+                if is_terminal(event):
+                    return
+            if len(events) == PAGE:
+                continue  # more to replay
+            while True:  # live events while they are contiguous with what was sent
                 try:
-                    position, live = await stream.wait(job_id, position, BLOCK_MS)
-                except redis.RedisError:
-                    log.warning("job %s: the event stream failed; reading the database instead", job_id)
-                    await asyncio.sleep(POLL_SECONDS)
-                    break
-                fresh = [e for e in live if e["seq"] > last]
-                if not live or any(e["seq"] != last + 1 + i for i, e in enumerate(fresh)):
-                    break  # a timeout, or a gap (an event whose XADD was lost): read the database
-                for event in fresh:
-                    yield _sse(event)
-                    last = event["seq"]
-                    if is_terminal(event):
+                    event = await asyncio.wait_for(live.get(), timeout=PING_SECONDS)
+                except TimeoutError:
+                    if await request.is_disconnected():
                         return
-        if await request.is_disconnected():
-            return
-
-
-async def _last_id(stream: EventStream | None, job_id: str) -> str | None:
-    """Where to start tailing the stream; None when there is no stream or Redis does not answer (the
-    database is polled then)."""
-    if stream is None:
-        return None
-    try:
-        return await stream.last_id(job_id)
-    except redis.RedisError:
-        log.warning("job %s: the event stream is unreachable; polling the database", job_id)
-        return None
+                    continue
+                if event["seq"] <= last:
+                    continue  # already sent from the database
+                if event["seq"] != last + 1:
+                    break  # a gap (an event the stream lost, or a full queue): read the database
+                yield _sse(event)
+                last = event["seq"]
+                if is_terminal(event):
+                    return
 
 
 @router.get(
@@ -107,7 +90,7 @@ async def _last_id(stream: EventStream | None, job_id: str) -> str | None:
     summary="Follow a job's events (server-sent events)",
     responses={
         200: {"description": "A text/event-stream of job events", "content": {"text/event-stream": {}}},
-        **error_responses(404),
+        **error_responses(404, 429),
     },
 )
 async def stream_events(
@@ -130,5 +113,18 @@ async def stream_events(
         if not last_event_id.isdigit():
             raise Unprocessable("Last-Event-ID must be an event seq (an integer)", param="Last-Event-ID")
         start = max(start, int(last_event_id))
-    stream: EventStream | None = request.app.state.stream
-    return EventSourceResponse(follow(factory, stream, job_id, start, request), ping=PING_SECONDS)
+    hub: EventHub = request.app.state.event_hub
+    hub.reserve(caller.project_id)  # 429 past the caps, before the response starts
+
+    async def counted() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for message in follow(factory, hub, job_id, start, request):
+                yield message
+        finally:
+            hub.release(caller.project_id)
+
+    try:
+        return EventSourceResponse(counted(), ping=PING_SECONDS)
+    except BaseException:
+        hub.release(caller.project_id)
+        raise

@@ -54,6 +54,7 @@ class ApiKey(Base):
     key_prefix: Mapped[str] = mapped_column(String(16))  # enough to tell keys apart in a listing
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # None: until revoked
 
     project: Mapped[Project] = relationship(lazy="joined")
 
@@ -84,6 +85,8 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     validated_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
+    validation_attempts: Mapped[int] = mapped_column(default=0, server_default="0")  # tasks that started on it
+    validation_sent_at: Mapped[datetime | None]  # when its validation task was last sent
 
 
 class Job(Base):

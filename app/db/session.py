@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.dispatch import install_dispatch_hooks
+from app.dispatch import DEFER, install_dispatch_hooks, run_committed_sends
 from app.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -62,6 +62,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session in one transaction: committed when the block ends, rolled back when it raises."""
-    with factory() as session, session.begin():
+    """A session in one transaction: committed when the block ends, rolled back when it raises. Tasks
+    queued with ``send_after_commit`` go out after the commit, once the session has returned its
+    connection to the pool (a request never holds one connection while it waits for another)."""
+    with factory(info={DEFER: True}) as session, session.begin():
         yield session
+    run_committed_sends(session)

@@ -13,8 +13,10 @@ HTTP counts and latencies are observed by ``app.api.middleware``; everything els
   (each job runs in a pool child that exits with it); ``increase(...[1d])`` gives any recent window.
 - ``finetune_worker_last_heartbeat_seconds{worker}`` (Unix time) and ``finetune_workers_alive``, from the
   heartbeats the workers record (``app.observability.heartbeats``).
-- ``finetune_job_images_per_second{job_id}``: training throughput of each running job, from its latest step
-  metrics of the current attempt (or its latest epoch's, when the attempt has no step metrics yet).
+- ``finetune_images_per_second``: training throughput of all running jobs together, each from its latest step
+  metrics of the current attempt (or its latest epoch's, when the attempt has no step metrics yet). No label
+  names a job: anyone who can scrape must not learn other projects' job ids (a job's own throughput is in
+  its events).
 - ``finetune_metrics_source_up{source}``: 1 when the database, the broker and the heartbeat store answered
   this scrape; a source that did not answer leaves its metrics out instead of failing the scrape.
 """
@@ -203,10 +205,10 @@ class ServiceMetrics(Collector):
                 [status], list(zip(bounds, [*found["buckets"], found["count"]], strict=True)), found["sum"]
             )
         throughput = GaugeMetricFamily(
-            "finetune_job_images_per_second", "Training throughput of each running job.", labels=["job_id"]
+            "finetune_images_per_second",
+            "Training throughput of all running jobs together (images per second).",
+            value=sum(speeds.values()),
         )
-        for job_id, speed in sorted(speeds.items()):
-            throughput.add_metric([job_id], speed)
         return [jobs, histogram, throughput]
 
     def _broker(self) -> list[Metric]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job
@@ -56,8 +56,32 @@ def finish_validation(session: Session, dataset_id: str, **values: object) -> bo
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def validating_since(session: Session, before: datetime) -> list[str]:
+def validation_sent_before(session: Session, before: datetime) -> list[str]:
+    """Data sets still validating whose task was last sent before ``before`` (or never recorded)."""
+    sent = func.coalesce(Dataset.validation_sent_at, Dataset.created_at)
     query = select(Dataset.id).where(
-        Dataset.status == DatasetStatus.VALIDATING, Dataset.deleted_at.is_(None), Dataset.created_at < before
+        Dataset.status == DatasetStatus.VALIDATING, Dataset.deleted_at.is_(None), sent < before
     )
     return list(session.scalars(query.order_by(Dataset.id)))
+
+
+def mark_validation_sent(session: Session, dataset_ids: list[str], when: datetime) -> None:
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id.in_(dataset_ids))
+        .values(validation_sent_at=when)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def start_validation_attempt(session: Session, dataset_id: str) -> int | None:
+    """Count one more validation attempt on a validating data set; its attempts now, or None when it is
+    not validating."""
+    result = session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.status == DatasetStatus.VALIDATING)
+        .values(validation_attempts=Dataset.validation_attempts + 1)
+        .returning(Dataset.validation_attempts)
+        .execution_options(synchronize_session=False)
+    )
+    return result.scalar_one_or_none()

@@ -2,9 +2,15 @@
 task calls ``run_dataset_validation``.
 
 The engine's checks (``training.dataset.validate_dataset``) extract the archive safely and decode every
-image; the data set ends ``ready`` with its classes and counts, or ``failed`` with every reason. It runs in
-two short transactions around the long check, so no database lock is held while images decode, and the
-final write is a compare-and-set on ``validating``: a redelivered task changes nothing.
+image, in a child process with a memory and a time limit (``training.isolated``); the data set ends
+``ready`` with its classes and counts, or ``failed`` with every reason (``validation_crashed`` or
+``validation_timeout`` when the child hit a limit). It runs in two short transactions around the long
+check, so no database lock is held while images decode, and the final write is a compare-and-set on
+``validating``: a redelivered task changes nothing.
+
+Each task that starts on a data set counts an attempt first. A validation whose worker dies (and whose
+message the broker hands out again) is tried at most ``validation_max_attempts`` times; the next one
+ends it ``failed`` with ``validation_crashed`` instead of dying again.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from app.services.datasets import dataset_work_dir
 from app.settings import Settings
 from app.statuses import DatasetStatus
 from app.store import CHUNK_BYTES, ArtifactStore, ObjectMissing
-from training.dataset import DatasetError, DatasetReport, resolve_source, validate_dataset
+from training.dataset import DatasetError, DatasetReport, resolve_source
+from training.isolated import ChildLimits, validate_in_child
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +88,8 @@ def _check(store: ArtifactStore, settings: Settings, dataset: Dataset) -> dict[s
         if _sha256(archive) != dataset.sha256:
             reason = f"{dataset.filename}: the stored archive does not match the uploaded one (sha256); upload it again"
             return _failed("dataset_corrupt", reason, [reason])
-        return _ready(validate_dataset(archive, work_dir, settings.engine))
+        limits = ChildLimits(settings.validation_memory_mb, settings.validation_timeout_seconds)
+        return _ready(validate_in_child(archive, work_dir, settings.engine, limits))
     except ObjectMissing:
         reason = f"{dataset.filename}: the uploaded archive is missing from the artifact store; upload it again"
         return _failed("dataset_missing", reason, [reason])
@@ -101,8 +109,17 @@ def run_dataset_validation(
             return None
         if dataset.status != DatasetStatus.VALIDATING:
             return DatasetStatus(dataset.status)
+        attempts = datasets.start_validation_attempt(session, dataset_id) or 0
         session.expunge(dataset)
-    values = _check(store, settings, dataset)
+    if attempts > settings.validation_max_attempts:
+        died = attempts - 1
+        reason = (
+            f"{dataset.filename}: validation died {died} times without an answer (the worker was lost each "
+            f"time; FT_VALIDATION_MAX_ATTEMPTS={settings.validation_max_attempts}); the archive was refused"
+        )
+        values = _failed("validation_crashed", reason, [reason])
+    else:
+        values = _check(store, settings, dataset)
     with transaction(factory) as session:
         if not datasets.finish_validation(session, dataset_id, **values):
             log.info("data set %s was validated by another task meanwhile", dataset_id)

@@ -67,6 +67,7 @@ def create_dataset(
         bytes=stored.size,
         sha256=stored.sha256,
         created_at=utcnow(),
+        validation_sent_at=utcnow(),  # sent after the commit; a send that fails is re-sent by the sweep
     )
     datasets.add(session, dataset)
     idempotency.remember(session, project_id, idempotency_key, dataset.id, 201)
@@ -121,6 +122,11 @@ def delete_dataset(
 
 
 def stale_validations(session: Session, older_than_seconds: float) -> list[str]:
-    """Data sets still ``validating`` after this long: their task was lost; the worker's sweep re-sends it
-    (validation is idempotent)."""
-    return datasets.validating_since(session, utcnow() - timedelta(seconds=older_than_seconds))
+    """Data sets still ``validating`` whose task was sent this long ago: it was lost, and the sweep sends it
+    again (validation is idempotent). Each is marked sent now, so it is re-sent once per interval, not at
+    every sweep; a validation that keeps dying is ended by its attempt count."""
+    now = utcnow()
+    stale = datasets.validation_sent_before(session, now - timedelta(seconds=older_than_seconds))
+    if stale:
+        datasets.mark_validation_sent(session, stale, now)
+    return stale

@@ -91,7 +91,9 @@ def sweep(services: Services) -> SweepReport:
         for job_id in report.redispatched:
             queue_for_training(session, queue, job_id)
     with transaction(services.factory) as session:
-        report.revalidated = datasets.stale_validations(session, STALE_VALIDATION.total_seconds())
+        # Never while a validation may still be running: its child process is killed at the time limit.
+        stale_after = max(STALE_VALIDATION.total_seconds(), settings.validation_timeout_seconds + 60)
+        report.revalidated = datasets.stale_validations(session, stale_after)
         for dataset_id in report.revalidated:
             send_after_commit(session, lambda d=dataset_id: queue.send_validate_dataset(d))  # type: ignore[misc]
         idempotency.purge_expired(session)

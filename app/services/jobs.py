@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
 from app.db.session import transaction
-from app.errors import Conflict, InvalidSpec, NotFound
+from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable
 from app.ids import is_id, new_id
 from app.queue import TaskQueue
 from app.repositories import datasets, job_records, jobs
@@ -26,6 +26,7 @@ from app.statuses import DatasetStatus, EventType, JobStatus
 from training.catalog import get_backbone, weights_cache_path
 from training.dataset import scan_image_folder
 from training.errors import TrainingError
+from training.plan import PlannedRun
 from training.spec import Spec
 
 WEIGHTS_ARTIFACT = "model.safetensors"  # the final weights a succeeded job publishes (the worker's name)
@@ -134,14 +135,50 @@ def _same_backbone(earlier: dict[str, Any], spec: Spec, source: str) -> None:
         )
 
 
+def check_run_length(settings: Settings, spec: Spec) -> None:
+    """The operator's ceilings on epochs and wall-clock time: a 422 naming the field and the setting."""
+    if spec.training.epochs > settings.max_epochs:
+        raise InvalidSpec(
+            f"spec.training.epochs: {spec.training.epochs} is over this server's limit of {settings.max_epochs} "
+            "epochs (FT_MAX_EPOCHS)",
+            param="spec.training.epochs",
+            code="spec_over_limit",
+        )
+    runtime = spec.training.max_runtime.total_seconds()
+    if runtime > settings.max_runtime_seconds:
+        raise InvalidSpec(
+            f"spec.training.max_runtime: {runtime:.0f} s is over this server's limit of "
+            f"{settings.max_runtime_seconds} s (FT_MAX_RUNTIME_SECONDS)",
+            param="spec.training.max_runtime",
+            code="spec_over_limit",
+        )
+
+
+def check_planned_steps(settings: Settings, spec: Spec, train_counts: list[int], has_val: bool) -> PlannedRun:
+    """The operator's ceiling on optimizer steps, from the data set's class counts (no images read)."""
+    plan = PlannedRun.of(spec, train_counts, has_val=has_val)
+    if plan.total_steps > settings.max_total_steps:
+        raise InvalidSpec(
+            f"spec.training.epochs: {spec.training.epochs} epochs of {plan.steps_per_epoch} steps plan "
+            f"{plan.total_steps} optimizer steps, over this server's limit of {settings.max_total_steps} "
+            "(FT_MAX_TOTAL_STEPS); lower the epochs, raise data.batch_size or set training.max_steps",
+            param="spec.training.epochs",
+            code="spec_over_limit",
+        )
+    return plan
+
+
 def check_spec(
     session: Session, settings: Settings, project_id: str, spec: Spec, *, lock_dataset: bool = False
 ) -> CheckedSpec:
-    """What the engine would refuse later, refused now: a data set that is missing or not ready, a host
-    path outside the allowed folders, pretrained weights this server cannot get, a bad ``init_from``."""
+    """What the engine would refuse later, refused now: a run longer than the operator allows, a data set
+    that is missing or not ready, a host path outside the allowed folders, pretrained weights this server
+    cannot get, a bad ``init_from``."""
+    check_run_length(settings, spec)
     dataset = None
     if spec.data.dataset is not None:
         dataset = _check_dataset(session, project_id, spec.data.dataset, lock=lock_dataset)
+        check_planned_steps(settings, spec, *_dataset_counts(dataset))
     elif spec.data.path is not None:
         _under_allowed_root(settings, spec.data.path, "spec.data.path")
     _check_weights(settings, spec)
@@ -238,12 +275,17 @@ def list_artifacts(session: Session, project_id: str, job_id: str) -> list[Artif
 # --- the dry run ----------------------------------------------------------------------------
 
 
+def _dataset_counts(dataset: Dataset) -> tuple[list[int], bool]:
+    """Images per class in an uploaded set's train/, in label order, and whether it has a val/ split."""
+    counts = dataset.counts or {}
+    train = counts.get("train", {})
+    return [int(train[name]) for name in dataset.class_names or []], "val" in counts
+
+
 def _train_counts(checked: CheckedSpec) -> tuple[list[int], bool]:
     """Images per class in train/, in label order, and whether the set has a val/ split."""
     if checked.dataset is not None:
-        counts = checked.dataset.counts or {}
-        train = counts.get("train", {})
-        return [int(train[name]) for name in checked.dataset.class_names or []], "val" in counts
+        return _dataset_counts(checked.dataset)
     path = Path(checked.spec.data.path or "")
     if not path.is_dir():
         raise InvalidSpec(
@@ -260,15 +302,19 @@ def _train_counts(checked: CheckedSpec) -> tuple[list[int], bool]:
 
 def dry_run_job(factory: sessionmaker[Session], settings: Settings, project_id: str, spec: Spec) -> DryRun:
     """The run planned without running it: resolved spec, parameter counts, steps, the lr of every group at
-    every step. Stores nothing. The checks read the database in a short transaction; the plan (torch, on
-    the meta device) runs after it, holding no lock."""
+    the steps it shows. Stores nothing. The checks read the database in a short transaction; the plan
+    (torch, on the meta device) runs after it, holding no lock, and gives up past the dry-run time limit."""
     with transaction(factory) as session:
         checked = check_spec(session, settings, project_id, spec)
     train_counts, has_val = _train_counts(checked)
-    from training.dryrun import dry_run  # torch: imported on the first dry run, never at startup
+    check_planned_steps(settings, checked.spec, train_counts, has_val)
+    from training.dryrun import Deadline, DryRunTimeout, dry_run  # torch: on the first dry run, not at startup
 
+    deadline = Deadline.after(settings.dry_run_timeout_seconds)  # the plan's own time, torch's import apart
     try:
-        plan = dry_run(checked.spec, train_counts=train_counts, has_val=has_val)
+        plan = dry_run(checked.spec, train_counts=train_counts, has_val=has_val, deadline=deadline)
+    except DryRunTimeout as error:
+        raise ServiceUnavailable(f"{error.message} (FT_DRY_RUN_TIMEOUT_SECONDS)", code=error.code) from None
     except TrainingError as error:
         raise InvalidSpec(error.message, code=error.code) from None
     return DryRun.model_validate(plan.to_dict())

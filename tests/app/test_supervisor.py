@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 from app.supervisor import Child, Supervisor
 
@@ -38,3 +39,41 @@ def test_stop_asks_politely_first_then_kills(tmp_path):
     supervisor.stop()
     assert marker.read_text() == "ok"  # it heard SIGTERM and stopped on its own
     assert time.monotonic() - started < 5
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has died and waits for its reaper
+
+
+def test_children_die_with_a_supervisor_that_is_killed(tmp_path):
+    """kill -9 of the parent (no stop, no signal handler) leaves no child running: PR_SET_PDEATHSIG."""
+    import signal
+    import subprocess
+
+    pids = tmp_path / "pids"
+    parent_code = (
+        "import os, sys, time\n"
+        "from app.supervisor import Child, Supervisor\n"
+        "child = [sys.executable, '-c', 'import time; time.sleep(600)']\n"
+        "s = Supervisor([Child('a', child, dict(os.environ)), Child('b', child, dict(os.environ))])\n"
+        "s.start()\n"
+        f"open({str(pids)!r}, 'w').write(' '.join(str(c.process.pid) for c in s.children))\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 30
+    while not pids.exists() or not pids.read_text():
+        assert time.monotonic() < deadline, "the supervisor did not start its children"
+        time.sleep(0.1)
+    children = [int(pid) for pid in pids.read_text().split()]
+    assert all(_alive(pid) for pid in children)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in children), "a child outlived its killed supervisor"

@@ -1,0 +1,37 @@
+"""The size of a planned run, from the class counts of its data set alone: no torch, no images read.
+
+The service checks a spec's planned steps against the operator's ceiling with this before it queues
+anything; the dry run and the engine count steps the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from training.dataset import planned_train_images, train_batches
+from training.spec import Spec
+
+
+def steps_per_epoch(spec: Spec, train_images: int) -> int:
+    """Optimizer steps per epoch, as the engine will count them."""
+    return math.ceil(train_batches(train_images, spec.data.batch_size) / spec.training.grad_accum_steps)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    train_images: int
+    steps_per_epoch: int
+    total_steps: int  # epochs x steps per epoch, cut by training.max_steps
+
+    @classmethod
+    def of(cls, spec: Spec, train_counts: Sequence[int], *, has_val: bool) -> PlannedRun:
+        images = planned_train_images(
+            train_counts, has_val=has_val, val_split=spec.data.val_split, subset_per_class=spec.data.subset_per_class
+        )
+        per_epoch = steps_per_epoch(spec, images)
+        total = per_epoch * spec.training.epochs
+        if spec.training.max_steps is not None:
+            total = min(total, spec.training.max_steps)
+        return cls(train_images=images, steps_per_epoch=per_epoch, total_steps=total)
