@@ -3,6 +3,7 @@
 Each child runs in a session of its own, so that a Ctrl-C at the terminal reaches only the parent,
 which then stops the children in order: SIGTERM (a worker checkpoints its job and hands it back),
 then SIGKILL after a grace period. A child that exits on its own is restarted, with a backoff.
+A child with a ``log_path`` writes its output (stdout and stderr) there, appended, instead of the terminal.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class Child:
     name: str
     argv: list[str]
     env: dict[str, str]
+    log_path: Path | None = None  # None: the parent's stdout and stderr
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
@@ -43,7 +46,19 @@ class Supervisor:
         self._thread.start()
 
     def _spawn(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv, env=child.env, start_new_session=True)
+        if child.log_path is None:
+            child.process = subprocess.Popen(child.argv, env=child.env, start_new_session=True)
+        else:
+            child.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with child.log_path.open("ab") as log_file:  # the child holds its own descriptor
+                child.process = subprocess.Popen(
+                    child.argv,
+                    env=child.env,
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
