@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -20,7 +20,7 @@ from training.dataset import planned_train_images, train_batches
 from training.freezing import FreezePlan
 from training.optim import build_optimizer, plan_param_groups
 from training.schedule import LRSchedule
-from training.spec import Spec, monitor_mode
+from training.spec import MonitorMetric, Spec, monitor_mode
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def preview_lr(spec: Spec, steps_per_epoch: int, *, num_classes: int = 2, max_po
 def _improving_metrics(spec: Spec, epoch: int) -> dict[str, float]:
     """Metrics that improve every epoch, for previewing a plateau schedule."""
     metrics = {}
-    for name in ("val_loss", "val_acc", "val_acc_top5", "train_loss", "train_acc"):
+    for name in get_args(MonitorMetric):
         metrics[name] = 1.0 / (epoch + 1) if monitor_mode(name) == "min" else 1.0 - 1.0 / (epoch + 2)
     return metrics
 
