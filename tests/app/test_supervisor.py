@@ -38,3 +38,17 @@ def test_stop_asks_politely_first_then_kills(tmp_path):
     supervisor.stop()
     assert marker.read_text() == "ok"  # it heard SIGTERM and stopped on its own
     assert time.monotonic() - started < 5
+
+
+def test_a_child_with_a_log_path_writes_its_output_there_appended(tmp_path):
+    log = tmp_path / "logs" / "serve.log"
+    log.parent.mkdir()
+    log.write_text("earlier run\n")
+    code = "import sys; print('banner on stdout', flush=True); print('warning on stderr', file=sys.stderr)"
+    child = Child("chatty", [sys.executable, "-c", code], dict(os.environ), log_path=log)
+    supervisor = Supervisor([child], grace_seconds=5)
+    supervisor.start()
+    assert child.process is not None
+    child.process.wait(30)
+    supervisor.stop()
+    assert log.read_text().splitlines()[:3] == ["earlier run", "banner on stdout", "warning on stderr"]
