@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import socket
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -430,15 +431,32 @@ def fetch_weights(info: WeightsInfo, settings: EngineSettings) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written to a temporary file and moved into place: an interrupted download leaves no partial file.
-        torch.hub.download_url_to_file(
-            info.url, str(path), hash_prefix=hash_prefix.group(1) if hash_prefix else None, progress=sys.stderr.isatty()
-        )
+        with _socket_timeout(DOWNLOAD_STALL_SECONDS):  # torch.hub sets none: a black-holed network would hang
+            torch.hub.download_url_to_file(
+                info.url,
+                str(path),
+                hash_prefix=hash_prefix.group(1) if hash_prefix else None,
+                progress=sys.stderr.isatty(),
+            )
     except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError; a bad hash a RuntimeError
         raise WeightsUnavailable(
             f"could not download pretrained weights {info.name} from {info.url} to {path}: {_cause(error)} "
             "(offline: copy the file there from a machine that has it, or train from scratch with weights: null)"
         ) from None
     return path
+
+
+DOWNLOAD_STALL_SECONDS = 60.0  # a connect or a read that waits this long fails the download
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torchvision's file names end in -<sha256 prefix>.pth
