@@ -61,6 +61,6 @@ def test_a_test_monitor_selects_the_published_epoch_on_test(colour_set, tmp_path
 def test_a_val_monitor_without_validation_data_is_refused_naming_the_field(colour_set, tmp_path, sections, where):
     spec = tiny_spec(colour_set, data={"val_split": 0}, **sections)
     with pytest.raises(TrainingError) as caught:
-        Trainer(spec, tmp_path)
+        Trainer(spec, tmp_path).fit()
     assert caught.value.code == "invalid_spec"
     assert str(caught.value).startswith(f"{where}: ") and "val_split" in str(caught.value)
