@@ -22,7 +22,13 @@ from app.commands.jobs import jobs
 from app.commands.options import EXIT_CODES_HELP, GlobalOptions
 
 if TYPE_CHECKING:
+    import threading
+    from pathlib import Path
+
     from sqlalchemy.orm import Session
+
+    from app.serving import ServeAddress
+    from app.settings import Settings
 
 
 @click.group(
@@ -42,11 +48,13 @@ if TYPE_CHECKING:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the API objects as JSON on stdout, and nothing else there."
 )
+@click.option("--quiet", "-q", is_flag=True, help="Show no progress bar or spinner on stderr (errors still print).")
 @click.pass_context
-def main(ctx: click.Context, url: str | None, api_key: str | None, as_json: bool) -> None:
+def main(ctx: click.Context, url: str | None, api_key: str | None, as_json: bool, quiet: bool) -> None:
     options = ctx.ensure_object(GlobalOptions)
     options.url, options.api_key = url, api_key
     options.json = options.json or as_json
+    options.quiet = options.quiet or quiet
 
 
 main.add_command(datasets)
@@ -62,12 +70,25 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="The migration to bring the database to.")
 def db_upgrade(revision: str) -> None:
     """Apply the migrations to FT_DATABASE_URL (default: the SQLite file under FT_HOME)."""
-    from app.db.migrate import upgrade
+    from app.db.migrate import redacted_url, upgrade
     from app.settings import Settings
 
     settings = Settings()
     upgrade(settings, revision)
-    click.echo(f"database at {_redacted(settings.sqlalchemy_url)} is at {revision}")
+    click.echo(f"database at {redacted_url(settings.sqlalchemy_url)} is at {revision}")
+
+
+def _ready_database() -> Settings:
+    """The settings, their database ready: the embedded one migrated, a server one checked (a clear error)."""
+    from app.db.migrate import DatabaseNotReady, prepare_database
+    from app.settings import Settings
+
+    settings = Settings()
+    try:
+        prepare_database(settings)
+    except DatabaseNotReady as error:
+        raise click.ClickException(str(error)) from None
+    return settings
 
 
 @main.group()
@@ -79,9 +100,8 @@ def keys() -> None:
 def _key_session() -> Iterator[Session]:
     """One transaction on the service's database, for the key commands."""
     from app.db.session import engine_for, session_factory, transaction
-    from app.settings import Settings
 
-    engine = engine_for(Settings())
+    engine = engine_for(_ready_database())
     try:
         with transaction(session_factory(engine)) as session:
             yield session
@@ -270,28 +290,57 @@ SHUTDOWN_GRACE_SECONDS = 5
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0), help="Local training workers.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def serve(host: str, port: int, workers: int, loglevel: str) -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Print the service's log and the workers' output here (embedded mode: they go to FT_HOME/logs/serve.log).",
+)
+def serve(host: str, port: int, workers: int, loglevel: str, verbose: bool) -> None:
     """Run the API and local workers: the embedded mode needs no server (SQLite, files, a file broker).
 
-    With FT_DATABASE_URL/FT_BROKER_URL set it serves production settings; --workers 0 runs the API alone.
+    With FT_DATABASE_URL/FT_BROKER_URL set it serves production settings (the database migrated beforehand
+    with `finetune db upgrade`; logs on stderr); --workers 0 runs the API alone.
     """
+    import logging
+    import threading
+    import time
+
     import uvicorn
 
-    from app.db.migrate import upgrade
     from app.observability.logs import configure_logging
+    from app.serving import ServeAddress, serve_log_path
     from app.settings import Settings
     from app.supervisor import Child, Supervisor
 
+    started = time.time()
     settings = Settings()
-    configure_logging(settings.logs_as, loglevel)
-    upgrade(settings)
+    # Production logs go where its log pipeline reads them; the embedded mode's to a file unless asked.
+    log_path = None if verbose or not settings.is_embedded else serve_log_path(settings)
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        configure_logging(settings.logs_as, loglevel, stream=log_path.open("a", encoding="utf-8", buffering=1))
+        terminal = logging.StreamHandler(sys.stderr)  # what needs a person: errors (a port in use...)
+        terminal.setLevel(logging.ERROR)
+        logging.getLogger().addHandler(terminal)
+        click.echo(f"starting finetune: FT_HOME {settings.home.resolve()}, logs in {log_path}", err=True)
+    else:
+        configure_logging(settings.logs_as, loglevel)
+    settings = _ready_database()
     env = {**os.environ, "FT_HOME": str(settings.home.resolve())}
-    children = [Child(f"worker-{i}", _worker_argv("gpu", loglevel), env) for i in range(workers)]
+    children = [Child(f"worker-{i}", _worker_argv("gpu", loglevel), env, log_path) for i in range(workers)]
     if workers:
-        children.append(Child("worker-cpu", _worker_argv("cpu", loglevel), env))  # data set validation
+        children.append(Child("worker-cpu", _worker_argv("cpu", loglevel), env, log_path))  # data set validation
     supervisor = Supervisor(children)
     supervisor.start()
-    click.echo(f"finetune is serving at http://{host}:{port} (API docs at http://{host}:{port}/docs)", err=True)
+    address = ServeAddress(host, port)
+    stopped = threading.Event()
+    announcer = threading.Thread(
+        target=_announce_when_ready,
+        args=(address, settings, workers, log_path, started, stopped),
+        name="announce",
+        daemon=True,
+    )
+    announcer.start()
     try:
         # log_config=None: uvicorn's loggers keep the handler configured above instead of their own.
         # timeout_graceful_shutdown: a Ctrl-C answers the requests in flight for a few seconds, then drops them.
@@ -305,8 +354,34 @@ def serve(host: str, port: int, workers: int, loglevel: str) -> None:
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )
     finally:
+        stopped.set()
         click.echo("stopping the workers (running jobs checkpoint and go back to the queue)...", err=True)
         supervisor.stop()
+
+
+def _announce_when_ready(
+    address: ServeAddress,
+    settings: Settings,
+    workers: int,
+    log_path: Path | None,
+    started: float,
+    stopped: threading.Event,
+) -> None:
+    """Print the block a person reads once the API answers and the workers have beaten."""
+    import socket
+    import time
+
+    from app.serving import ready_block, wait_until_ready
+
+    host = socket.gethostname()
+    names = [f"gpu@{host}", f"cpu@{host}"] if workers else []
+    not_ready = wait_until_ready(address, settings, names, started, stopping=stopped.is_set)
+    if stopped.is_set():
+        return
+    block = ready_block(
+        address, settings, workers=workers, log_path=log_path, seconds=time.time() - started, not_ready=not_ready
+    )
+    click.echo(block, err=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from training.settings import EngineSettings
@@ -146,6 +146,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _resolve_weight_downloads(self) -> Settings:
+        """Pretrained weights download on demand in the embedded mode, as torchvision does; production says."""
+        if self.engine.allow_weight_downloads is None:
+            self.engine = self.engine.model_copy(update={"allow_weight_downloads": self.is_embedded})
+        return self
 
     @property
     def is_embedded(self) -> bool:

@@ -8,6 +8,7 @@ A parent that is killed outright (SIGKILL, the OOM killer) runs none of that: ea
 SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), and a Celery worker's pool children ask the same of
 it, so nothing is left running as an orphan. A job its worker was running then loses its lease and is
 requeued from its last checkpoint, as after any lost worker.
+A child with a ``log_path`` writes its output (stdout and stderr) there, appended, instead of the terminal.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Child:
     name: str
     argv: list[str]
     env: dict[str, str]
+    log_path: Path | None = None  # None: the parent's stdout and stderr
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
@@ -71,7 +74,22 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         # PDEATHSIG fires when the *thread* that forked the child exits: children are spawned from the main
         # thread (start) and the watcher (restarts), both of which live as long as the supervisor.
-        child.process = subprocess.Popen(child.argv, env=child.env, start_new_session=True, preexec_fn=self._preexec)
+        if child.log_path is None:
+            child.process = subprocess.Popen(
+                child.argv, env=child.env, start_new_session=True, preexec_fn=self._preexec
+            )
+        else:
+            child.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with child.log_path.open("ab") as log_file:  # the child holds its own descriptor
+                child.process = subprocess.Popen(
+                    child.argv,
+                    env=child.env,
+                    start_new_session=True,
+                    preexec_fn=self._preexec,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
         child.started_at = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 

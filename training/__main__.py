@@ -106,9 +106,9 @@ def summary_table(history: list[dict[str, Any]], final: dict[str, Any] | None, t
         table.add_column(column, justify="right")
     for row in history:
         table.add_row(*(_cell(row.get(c)) for c in columns))
-    if final:
+    if final or test:
         table.caption = "published weights: " + ", ".join(
-            f"{k} {_cell(v)}" for k, v in {**final, **(test or {})}.items()
+            f"{k} {_cell(v)}" for k, v in {**(final or {}), **(test or {})}.items()
         )
     return table
 

@@ -3,14 +3,18 @@
 A closed registry of families: each says where the family keeps its classifier, how its layers
 group into stages (stem first, for freezing and layer-wise learning rates), and which builder
 arguments set its dropout, stochastic depth and input size. Pretrained weights come through
-torchvision's weights enums and its cache under ``$TORCH_HOME``; nothing is downloaded unless
-the operator allows it.
+torchvision's weights enums and its cache under ``$TORCH_HOME``; weights missing from the cache are
+downloaded as torchvision does, unless the operator turned downloads off (``FT_ALLOW_WEIGHT_DOWNLOADS``),
+and a failed download is a ``weights_unavailable`` error naming the URL, the cache path and the cause.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import re
+import socket
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -409,14 +413,60 @@ def _weights_enum(name: str, weights: str) -> torchvision.models.WeightsEnum:
     return chosen
 
 
-def require_cached_weights(info: WeightsInfo, settings: EngineSettings) -> None:
-    """Raise unless the weights are in torchvision's cache or downloads are allowed: never hang offline."""
+def fetch_weights(info: WeightsInfo, settings: EngineSettings) -> Path:
+    """The weights' file in torchvision's cache, downloaded first when missing and downloads are allowed.
+
+    Offline, or with downloads off, this fails fast with a ``WeightsUnavailable`` a person can act on,
+    never a hang and never a urllib traceback.
+    """
     path = weights_cache_path(info)
-    if not path.is_file() and not settings.allow_weight_downloads:
+    if path.is_file():
+        return path
+    if settings.allow_weight_downloads is False:
         raise WeightsUnavailable(
             f"pretrained weights {info.name} are not in the local cache: expected {path} "
             "(put the file there, or allow downloads with FT_ALLOW_WEIGHT_DOWNLOADS=1)"
         )
+    hash_prefix = _HASH_IN_NAME.search(info.file_name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written to a temporary file and moved into place: an interrupted download leaves no partial file.
+        with _socket_timeout(DOWNLOAD_STALL_SECONDS):  # torch.hub sets none: a black-holed network would hang
+            torch.hub.download_url_to_file(
+                info.url,
+                str(path),
+                hash_prefix=hash_prefix.group(1) if hash_prefix else None,
+                progress=sys.stderr.isatty(),
+            )
+    except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError; a bad hash a RuntimeError
+        raise WeightsUnavailable(
+            f"could not download pretrained weights {info.name} from {info.url} to {path}: {_cause(error)} "
+            "(offline: copy the file there from a machine that has it, or train from scratch with weights: null)"
+        ) from None
+    return path
+
+
+DOWNLOAD_STALL_SECONDS = 60.0  # a connect or a read that waits this long fails the download
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torchvision's file names end in -<sha256 prefix>.pth
+
+
+def _cause(error: BaseException) -> str:
+    reason = getattr(error, "reason", None)  # urllib's URLError wraps the socket error
+    cause = reason if isinstance(reason, BaseException) else error
+    text = str(cause).strip() or type(cause).__name__
+    return text.splitlines()[0]
 
 
 def _pretrained_model(
@@ -461,7 +511,7 @@ def build_model(
     context = empty_weights() if empty else contextlib.nullcontext()
     with context:
         if weights is not None and not empty:
-            require_cached_weights(weights, settings)
+            fetch_weights(weights, settings)
             model = _pretrained_model(spec.name, weights, family, kwargs, image_size)
         else:
             model = torchvision.models.get_model(spec.name, num_classes=num_classes, **kwargs)

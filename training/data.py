@@ -506,7 +506,7 @@ def normalize(
 class DataBundle:
     class_names: list[str]
     train: BatchSource
-    val: BatchSource
+    val: BatchSource | None  # None: trained on all of train/ (val_split 0, no val/)
     test: BatchSource | None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -542,9 +542,10 @@ def load_data(
     if spec_data.subset_per_class is not None:
         train = subset_per_class(train, spec_data.subset_per_class, seed)
     val = layout.val
-    if val is None:
+    if val is None and spec_data.val_split > 0:
         train, val = stratified_split(train, spec_data.val_split, seed)
-    splits = {"train": train, "val": val} | ({"test": layout.test} if layout.test is not None else {})
+    splits = {"train": train} | ({"val": val} if val is not None else {})
+    splits |= {"test": layout.test} if layout.test is not None else {}
     total = decoded_bytes(sum(len(records) for records in splits.values()), image_size)
     in_memory = spec_data.in_memory is True or (
         spec_data.in_memory == "auto" and total <= settings.in_memory_max_mb * MIB
@@ -579,7 +580,7 @@ def load_data(
         )
 
     train_source = make(train, True)
-    val_source = make(val, False)
+    val_source = make(val, False) if val is not None else None  # val_split 0 and no val/: no validation
     test_source = make(layout.test, False) if layout.test is not None else None
     if normalization is None:
         stats_from = train_source if isinstance(train_source, InMemoryImages) else train

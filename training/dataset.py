@@ -641,8 +641,10 @@ def _record_order(record: ImageRecord) -> tuple[int, str]:
 
 def val_count(n: int, fraction: float) -> int:
     """Images of a class of ``n`` held out for validation: round(fraction * n), at least one when the
-    class has two or more, never all of them."""
-    return min(max(math.floor(fraction * n + 0.5), 1), n - 1) if n >= 2 else 0
+    class has two or more, never all of them; none at all when ``fraction`` is 0 (no validation)."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(max(math.floor(fraction * n + 0.5), 1), n - 1)
 
 
 def planned_train_images(

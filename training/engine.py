@@ -37,7 +37,7 @@ from training.optim import apply_decoupled_weight_decay, build_optimizer, plan_p
 from training.regularization import EarlyStopping, Mixer, classification_loss, make_ema
 from training.schedule import LRSchedule
 from training.settings import EngineSettings, engine_settings
-from training.spec import Spec, monitor_mode
+from training.spec import MonitorMetric, Spec, missing_split_problem, monitor_mode
 
 Status = Literal["completed", "early_stopped", "max_steps", "cancelled", "preempted"]
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -210,18 +210,20 @@ class Trainer:
         self._check_monitors()
 
     def _check_monitors(self) -> None:
-        spec = self.spec
-        monitors = {"training.monitor": spec.training.monitor}
-        if spec.regularization.early_stopping is not None:
-            monitors["regularization.early_stopping.monitor"] = spec.regularization.early_stopping.monitor
-        if spec.scheduler.name == "plateau":
-            monitors["scheduler.monitor"] = spec.scheduler.monitor
-        for where, metric in monitors.items():
-            if metric == "val_acc_top5" and self.num_classes <= 5:
+        splits = {name for name, count in self.data.counts.items() if count}
+        # The metric that picks the best epoch: with no validation data and none named, there is none (the
+        # last epoch's weights are published).
+        self.monitor: MonitorMetric | None = self.spec.training.monitor or ("val_acc" if "val" in splits else None)
+        for where, metric in self.spec.monitors().items():
+            problem = missing_split_problem(where, metric, splits)
+            if problem is not None:
+                raise TrainingError(problem, code="invalid_spec")
+            if metric.endswith("acc_top5") and self.num_classes <= 5:
                 raise TrainingError(
-                    f"{where}: val_acc_top5 needs more than five classes; this data set has {self.num_classes}",
+                    f"{where}: {metric} needs more than five classes; this data set has {self.num_classes}",
                     code="invalid_spec",
                 )
+        self.test_every_epoch = any(m.startswith("test_") for m in self.spec.monitors().values())
 
     def _setup_model(self) -> None:
         spec = self.spec
@@ -505,7 +507,7 @@ class Trainer:
         eval_start = time.perf_counter()
         state = self.state
         sums = state.sums
-        val = self.evaluate(self.model, self.data.val)
+        val = self.evaluate(self.model, self.data.val) if self.data.val is not None else {}
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": state.step,
@@ -517,7 +519,9 @@ class Trainer:
             "trainable_params": sum(p.numel() for p in self.trainable),
             "images_per_second": sums.seen / max(sums.seconds, 1e-9),
         }
-        if self.ema is not None:
+        if self.test_every_epoch and self.data.test is not None:  # asked for: a test_ metric picks the best
+            metrics.update({f"test_{k}": v for k, v in self.evaluate(self.model, self.data.test).items()})
+        if self.ema is not None and self.data.val is not None:
             ema = self.evaluate(self.ema.module, self.data.val)
             metrics.update({f"ema_val_{k}": v for k, v in ema.items()})
         metrics["epoch_seconds"] = sums.seconds + (time.perf_counter() - eval_start)
@@ -535,7 +539,9 @@ class Trainer:
 
     def _update_best(self, metrics: dict[str, Any]) -> bool:
         """Track the best epoch by ``training.monitor``, the EMA weights competing with the model's."""
-        monitor = self.spec.training.monitor
+        monitor = self.monitor
+        if monitor is None:
+            return False
         better = (lambda a, b: a < b) if monitor_mode(monitor) == "min" else (lambda a, b: a > b)
         candidates = [("model", metrics[monitor])]
         if self.ema is not None and f"ema_{monitor}" in metrics:
@@ -646,10 +652,10 @@ class Trainer:
             source, epoch = best["source"], best["epoch"]
         else:
             last = self.state.history[-1]
-            monitor = self.spec.training.monitor
-            ema_value = last.get(f"ema_{monitor}")
+            monitor = self.monitor
+            ema_value = last.get(f"ema_{monitor}") if monitor is not None else None
             source = "model"
-            if ema_value is not None:
+            if ema_value is not None and monitor is not None:
                 better = ema_value < last[monitor] if monitor_mode(monitor) == "min" else ema_value > last[monitor]
                 source = "ema" if better else "model"
             epoch = last_epoch
@@ -658,7 +664,9 @@ class Trainer:
 
     def _finish(self, status: Status) -> FitResult:
         module, source, epoch = self._published_model()
-        final = {f"val_{k}": v for k, v in self.evaluate(module, self.data.val).items()}
+        final = {}
+        if self.data.val is not None:
+            final = {f"val_{k}": v for k, v in self.evaluate(module, self.data.val).items()}
         test = None
         if self.data.test is not None:
             test = {f"test_{k}": v for k, v in self.evaluate(module, self.data.test).items()}

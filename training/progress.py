@@ -75,10 +75,11 @@ class ConsoleProgress(Callbacks):
 
     def on_epoch(self, metrics: dict[str, Any]) -> None:
         assert self.info is not None
-        self.console.print(
-            f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.3f} | "
-            f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f} | {metrics['epoch_seconds']:.1f}s",
-            highlight=False,
-        )
+        parts = [f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.3f}"]
+        for split in ("val", "test"):  # val: none when trained on all of train/; test: when a monitor asks
+            if f"{split}_loss" in metrics:
+                parts.append(f"{split} loss {metrics[f'{split}_loss']:.4f} acc {metrics[f'{split}_acc']:.3f}")
+        parts.append(f"{metrics['epoch_seconds']:.1f}s")
+        self.console.print(" | ".join(parts), highlight=False)
         if metrics["epoch"] < self.info.epochs:
             self._new_epoch(metrics["epoch"] + 1)

@@ -13,8 +13,10 @@ class EngineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore")
 
-    allow_weight_downloads: bool = Field(
-        False, description="Let torchvision download pretrained weights missing from $TORCH_HOME's cache."
+    allow_weight_downloads: bool | None = Field(
+        None,
+        description="Let torchvision download pretrained weights missing from $TORCH_HOME's cache. Default: on "
+        "for the engine alone and the embedded service (as torchvision does), off when FT_DATABASE_URL is set.",
     )
     in_memory_max_mb: int = Field(
         2048,

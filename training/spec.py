@@ -40,7 +40,9 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 UnitInterval = Annotated[float, Field(gt=0.0, le=1.0)]
 
-MonitorMetric = Literal["val_loss", "val_acc", "val_acc_top5", "train_loss", "train_acc"]
+MonitorMetric = Literal[
+    "val_loss", "val_acc", "val_acc_top5", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_top5"
+]
 DATASET_ID = re.compile(r"^ds_[0-9A-Za-z]+$")
 
 
@@ -238,8 +240,10 @@ class DataSpec(StrictModel):
     image_size: PositiveInt | Literal["native"] = Field(
         32, description="Square input size in pixels, or 'native' for the backbone's own."
     )
-    val_split: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
-        0.1, description="Fraction of train/ held out (stratified, seeded) when there is no val/."
+    val_split: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.1,
+        description="Fraction of train/ held out (stratified, seeded) when there is no val/; "
+        "0: train on all of train/, without validation.",
     )
     batch_size: PositiveInt = 64
     eval_batch_size: PositiveInt | None = Field(None, description="Default: twice batch_size.")
@@ -581,7 +585,12 @@ class TrainingSpec(StrictModel):
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: on CUDA for convolutional backbones.")
     grad_accum_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps (smoke runs).")
-    monitor: MonitorMetric = Field("val_acc", description="The metric that picks the best epoch.")
+    monitor: MonitorMetric | None = Field(
+        None,
+        description="The metric that picks the best epoch (a test_ metric evaluates test/ every epoch). "
+        "Default: val_acc; none without validation data (val_split: 0 and no val/), "
+        "and then the last epoch's weights are published.",
+    )
     final_weights: Literal["best", "last"] = Field("best", description="Which epoch's weights are published.")
     keep_checkpoints: Literal["best_and_last", "all"] = Field(
         "best_and_last", description="Checkpoints kept on disk: the best and the last, or every epoch's."
@@ -620,7 +629,20 @@ class Spec(StrictModel):
             return get_backbone(self.backbone.name).native_size
         return self.data.image_size
 
+    def monitors(self) -> dict[str, MonitorMetric]:
+        """Every metric the run watches, by the path of the field that names it."""
+        found: dict[str, MonitorMetric] = {}
+        if self.training.monitor is not None:
+            found["training.monitor"] = self.training.monitor
+        if self.regularization.early_stopping is not None:
+            found["regularization.early_stopping.monitor"] = self.regularization.early_stopping.monitor
+        if isinstance(self.scheduler, PlateauSchedule):
+            found["scheduler.monitor"] = self.scheduler.monitor
+        return found
+
     def _resolve_defaults(self) -> None:
+        if self.training.monitor is None and self.data.val_split > 0:
+            self.training.monitor = "val_acc"  # validation data there is: a held-out part of train/, or val/
         reg = self.regularization
         if reg.weight_decay_mode is None:
             reg.weight_decay_mode = "decoupled" if self.optimizer.name == "adamw" else "l2"
@@ -761,3 +783,16 @@ def load_spec(source: str | Path | dict[str, Any]) -> Spec:
 def spec_json_schema() -> dict[str, Any]:
     """The JSON schema of a spec, every model named in ``$defs``."""
     return Spec.model_json_schema()
+
+
+def missing_split_problem(where: str, metric: MonitorMetric, splits: set[str]) -> str | None:
+    """Why ``metric`` cannot be watched on data with only ``splits`` (of train, val, test), or None."""
+    split = metric.split("_", 1)[0]
+    if split == "val" and "val" not in splits:
+        return (
+            f"{where}: {metric} needs validation data and this run has none (data.val_split is 0 and the data "
+            "has no val/); watch a train_ or test_ metric instead, or hold out part of train/ with data.val_split"
+        )
+    if split == "test" and "test" not in splits:
+        return f"{where}: {metric} needs a test/ split and the data has none"
+    return None

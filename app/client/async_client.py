@@ -19,7 +19,7 @@ from typing import IO, Any, TypeVar
 import httpx
 
 from app.client import calls
-from app.client.calls import Call, Moment, SpecInput, Statuses
+from app.client.calls import Call, Moment, SpecInput, Statuses, UploadProgress
 from app.client.config import (
     DEFAULT_TIMEOUT,
     Retry,
@@ -159,9 +159,12 @@ class AsyncDatasets:
         name: str | None = None,
         filename: str | None = None,
         idempotency_key: str | None = None,
+        on_progress: UploadProgress | None = None,
     ) -> Dataset:
         return await self._client.send(
-            calls.upload_dataset(file, name=name, filename=filename, idempotency_key=idempotency_key)
+            calls.upload_dataset(
+                file, name=name, filename=filename, idempotency_key=idempotency_key, on_progress=on_progress
+            )
         )
 
     async def list(

@@ -5,13 +5,14 @@ the API."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -48,35 +49,72 @@ Statuses = JobStatus | str | Iterable[JobStatus | str]
 Moment = datetime | int
 
 
+UploadProgress = Callable[[int, int], None]  # (bytes of the file sent so far, the file's size)
+
+
 @dataclass(frozen=True)
 class UploadFile:
     """A file sent as the multipart field ``file``. Each attempt reads it afresh from where it started,
-    in chunks (httpx streams a file object): an upload never holds the archive in memory."""
+    in chunks (httpx streams a file object): an upload never holds the archive in memory. ``on_progress``
+    hears how much of it each attempt has sent (a retry starts again from 0)."""
 
     source: Path | IO[bytes]
     filename: str
     start: int = 0
+    on_progress: UploadProgress | None = None
 
     @classmethod
-    def of(cls, source: str | Path | IO[bytes], filename: str | None = None) -> UploadFile:
+    def of(
+        cls, source: str | Path | IO[bytes], filename: str | None = None, on_progress: UploadProgress | None = None
+    ) -> UploadFile:
         if isinstance(source, str | Path):
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"no file {path}")
-            return cls(path, filename or path.name)
+            return cls(path, filename or path.name, on_progress=on_progress)
         if not source.seekable():
             raise ClientError("upload a path or a seekable binary file (a retry reads it again from its start)")
         default = Path(str(getattr(source, "name", "upload"))).name
-        return cls(source, filename or default, source.tell())
+        return cls(source, filename or default, source.tell(), on_progress)
 
     @contextmanager
     def files(self) -> Iterator[dict[str, tuple[str, IO[bytes], str]]]:
-        if isinstance(self.source, Path):
-            with self.source.open("rb") as file:
-                yield {"file": (self.filename, file, "application/octet-stream")}
-        else:
-            self.source.seek(self.start)
-            yield {"file": (self.filename, self.source, "application/octet-stream")}
+        with ExitStack() as stack:
+            if isinstance(self.source, Path):
+                file: IO[bytes] = stack.enter_context(self.source.open("rb"))
+            else:
+                file = self.source
+                file.seek(self.start)
+            if self.on_progress is not None:
+                file = cast(IO[bytes], ProgressReader(file, self.on_progress))
+            yield {"file": (self.filename, file, "application/octet-stream")}
+
+
+class ProgressReader:
+    """A binary file that reports, after each read, how many of its bytes have been read (what an upload
+    has sent: httpx reads the file as the body streams). httpx seeks it to its start and sizes it through
+    ``fileno`` or ``seek``/``tell``, which pass through."""
+
+    def __init__(self, file: IO[bytes], on_progress: UploadProgress) -> None:
+        self._file = file
+        self._on_progress = on_progress
+        here = file.tell()
+        self._size = file.seek(0, os.SEEK_END)
+        file.seek(here)
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        self._on_progress(self._file.tell(), self._size)
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
 
 @dataclass(frozen=True)
@@ -166,14 +204,19 @@ def get_backbone(name: str) -> Call[Backbone]:
 
 
 def upload_dataset(
-    source: str | Path | IO[bytes], *, name: str | None, filename: str | None, idempotency_key: str | None
+    source: str | Path | IO[bytes],
+    *,
+    name: str | None,
+    filename: str | None,
+    idempotency_key: str | None,
+    on_progress: UploadProgress | None = None,
 ) -> Call[Dataset]:
     return Call(
         "POST",
         "/v1/datasets",
         model(Dataset),
         form={"name": name} if name is not None else {},
-        upload=UploadFile.of(source, filename),
+        upload=UploadFile.of(source, filename, on_progress),
         headers={"Idempotency-Key": idempotency_key or new_idempotency_key()},
     )
 

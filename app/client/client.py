@@ -22,7 +22,7 @@ from typing import IO, Any, TypeVar
 import httpx
 
 from app.client import calls
-from app.client.calls import Call, Moment, SpecInput, Statuses
+from app.client.calls import Call, Moment, SpecInput, Statuses, UploadProgress
 from app.client.config import (
     DEFAULT_TIMEOUT,
     Retry,
@@ -174,12 +174,16 @@ class Datasets:
         name: str | None = None,
         filename: str | None = None,
         idempotency_key: str | None = None,
+        on_progress: UploadProgress | None = None,
     ) -> Dataset:
         """Stream an archive (.zip, .tar, .tar.gz...) from a path or a seekable binary file, never
-        reading it whole. Answers at once with status ``validating``; see ``wait``. A retry with the
-        same ``idempotency_key`` (one is made if not given) returns the same data set."""
+        reading it whole (``on_progress(sent, size)`` after each chunk). Answers at once with status
+        ``validating``; see ``wait``. A retry with the same ``idempotency_key`` (one is made if not given)
+        returns the same data set."""
         return self._client.send(
-            calls.upload_dataset(file, name=name, filename=filename, idempotency_key=idempotency_key)
+            calls.upload_dataset(
+                file, name=name, filename=filename, idempotency_key=idempotency_key, on_progress=on_progress
+            )
         )
 
     def list(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from app.commands.options import EXIT_FAILED, GlobalOptions, json_option, pass_options
+from app.commands.options import EXIT_FAILED, GlobalOptions, json_option, pass_options, quiet_option
 
 
 @click.group()
@@ -21,21 +21,27 @@ def datasets() -> None:
 @click.option("--name", default=None, help="A name to tell it by (default: the file's name).")
 @click.option("--wait", is_flag=True, help="Wait for validation: exit 0 when ready, 1 (with the reasons) when not.")
 @json_option
+@quiet_option
 @pass_options
 def upload(options: GlobalOptions, path: Path, name: str | None, wait: bool) -> None:
-    """Upload an archive, streamed.
+    """Upload an archive, streamed from disk, with a progress bar (bytes, rate, time left) on a terminal.
 
     PATH is a .zip, .tar or .tar.gz/.tgz/.tar.xz holding train/<class>/<image> (with optional val/ and
     test/) or <class>/<image>."""
-    from app.client.models import DatasetStatus
-    from app.commands.output import dataset_view, stderr_console, stdout_console
+    from contextlib import nullcontext
 
-    err = stderr_console()
+    from app.client.models import DatasetStatus
+    from app.commands.output import dataset_view, stderr_console, stdout_console, transfer_bar
+
+    quiet = options.quiet or options.json
     with options.client() as client:
-        with err.status(f"uploading {path.name} ({path.stat().st_size:,} bytes)..."):
-            dataset = client.datasets.upload(path, name=name)
+        with transfer_bar(quiet=quiet) as bar:
+            task = bar.add_task(f"uploading {path.name}", total=path.stat().st_size)
+            dataset = client.datasets.upload(
+                path, name=name, on_progress=lambda sent, size: bar.update(task, completed=sent, total=size)
+            )
         if wait:
-            with err.status(f"validating {dataset.id}..."):
+            with stderr_console().status(f"validating {dataset.id}...") if not quiet else nullcontext():
                 dataset = client.datasets.wait(dataset.id)
     if options.json:
         options.emit(dataset)

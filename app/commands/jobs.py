@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from app.commands.options import EXIT_FAILED, EXIT_INTERRUPTED, GlobalOptions, fail, json_option, pass_options
+from app.commands.options import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    GlobalOptions,
+    fail,
+    json_option,
+    pass_options,
+    quiet_option,
+)
 
 if TYPE_CHECKING:
     from app.client import Client
@@ -168,15 +176,14 @@ def logs(options: GlobalOptions, job_id: str, follow: bool) -> None:
     help="A file or folder to write to (default: ./<job>.safetensors for the weights, ./<artifact> otherwise).",
 )
 @json_option
+@quiet_option
 @pass_options
 def download(options: GlobalOptions, job_id: str, artifact: str, out: Path | None) -> None:
     """Download a job's weights or another artifact.
 
     Resumes after a broken connection (and from a .part an interrupted run left); the sha256 is checked."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
     from app.client.errors import NotFound
-    from app.commands.output import stderr_console, stdout_console
+    from app.commands.output import stdout_console, transfer_bar
 
     default_name = f"{job_id}.safetensors" if artifact == "model.safetensors" else Path(artifact).name
     target = out or Path(default_name)
@@ -188,9 +195,8 @@ def download(options: GlobalOptions, job_id: str, artifact: str, out: Path | Non
             choices = ", ".join(sorted(listed)) or "none yet"
             raise NotFound(404, "not_found", f"job {job_id} has no artifact {artifact!r} (it has: {choices})")
         expected = listed[artifact]
-        bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=stderr_console(), transient=True)
-        with bar:
-            task = bar.add_task("download", total=expected.bytes)
+        with transfer_bar(quiet=options.quiet or options.json) as bar:
+            task = bar.add_task(f"downloading {artifact}", total=expected.bytes)
             done = client.jobs.download_artifact(
                 job_id,
                 artifact,

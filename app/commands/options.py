@@ -40,6 +40,7 @@ class GlobalOptions:
     url: str | None = None
     api_key: str | None = None
     json: bool = False
+    quiet: bool = False  # no progress bars or spinners on stderr (errors still go there)
 
     @contextmanager
     def client(self) -> Iterator[Client]:
@@ -71,6 +72,23 @@ def to_jsonable(value: Any) -> Any:
 
 
 pass_options = click.make_pass_decorator(GlobalOptions, ensure=True)
+
+
+def quiet_option(command: F) -> F:
+    """``--quiet``/``-q`` on a command as well as on ``finetune`` itself: no progress shown, errors still."""
+
+    def turn_on(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(GlobalOptions).quiet = True
+
+    return click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        expose_value=False,
+        callback=turn_on,
+        help="Show no progress bar or spinner on stderr (errors still print there).",
+    )(command)
 
 
 def json_option(command: F) -> F:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -41,6 +42,21 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+def transfer_bar(*, quiet: bool) -> Progress:
+    """A progress bar for a long transfer, on stderr: bytes done of the total, rate, time left. Drawn only on a
+    terminal and cleared at the end; ``quiet`` (``--quiet``, ``--json``) draws nothing."""
+    return Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+        disable=quiet,
+    )
 
 
 def moment(unix: int | None) -> str:

@@ -1,6 +1,8 @@
 """Alembic, from code: ``finetune db upgrade`` and the embedded mode's start apply the migrations here.
 
-The app never calls ``create_all``: every schema change is a migration under ``migrations/``.
+The app never calls ``create_all``: every schema change is a migration under ``migrations/``. The embedded
+SQLite file migrates itself on first use (``prepare_database``); a server database (production) is migrated
+only by ``finetune db upgrade``, and a command run before it says so instead of failing on a missing table.
 """
 
 from __future__ import annotations
@@ -9,7 +11,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 import migrations
 from app.db.session import engine_for
@@ -42,3 +48,40 @@ def downgrade(settings: Settings, revision: str) -> None:
         command.downgrade(alembic_config(engine), revision)
     finally:
         engine.dispose()
+
+
+class DatabaseNotReady(Exception):
+    """The database cannot serve yet: unreachable, or not at the migrations' head. The message says what to do."""
+
+
+def prepare_database(settings: Settings) -> None:
+    """Make the settings' database ready for the service, or say what to run.
+
+    Embedded (the SQLite file under FT_HOME): apply the migrations, as ``serve`` does, so that any command
+    works on a fresh home. A server database: check that it is at head; migrating it stays an explicit step.
+    """
+    if settings.is_embedded:
+        upgrade(settings)
+        return
+    where = redacted_url(settings.sqlalchemy_url)
+    engine = engine_for(settings)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except DBAPIError as error:
+        cause = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
+        raise DatabaseNotReady(f"cannot reach the database at {where}: {cause}") from None
+    finally:
+        engine.dispose()
+    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    if current != heads:
+        at = ", ".join(sorted(current)) or "none (no tables yet)"
+        raise DatabaseNotReady(
+            f"the database at {where} is at migration {at}, not {', '.join(sorted(heads))}: "
+            "run `finetune db upgrade` (with the same FT_DATABASE_URL) first"
+        )
+
+
+def redacted_url(url: str) -> str:
+    """A database URL fit to print: the password hidden."""
+    return make_url(url).render_as_string(hide_password=True)

@@ -64,7 +64,10 @@ def _monitored(metrics: dict[str, Any], monitor: MonitorMetric) -> float | None:
 
 
 def _is_better(job: Job, metrics: dict[str, Any]) -> bool:
-    monitor: MonitorMetric = job.spec["training"]["monitor"]
+    # None (val_split 0): val_acc when the data set has a val/ split after all, else no best epoch.
+    monitor: MonitorMetric | None = job.spec["training"].get("monitor") or ("val_acc" if "val_acc" in metrics else None)
+    if monitor is None:
+        return False
     value = _monitored(metrics, monitor)
     if value is None:
         return False

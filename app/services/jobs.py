@@ -27,7 +27,7 @@ from training.catalog import get_backbone, weights_cache_path
 from training.dataset import scan_image_folder
 from training.errors import TrainingError
 from training.plan import PlannedRun
-from training.spec import Spec
+from training.spec import Spec, missing_split_problem
 
 WEIGHTS_ARTIFACT = "model.safetensors"  # the final weights a succeeded job publishes (the worker's name)
 
@@ -95,6 +95,18 @@ def _check_dataset(session: Session, project_id: str, dataset_id: str, *, lock: 
             code="dataset_not_ready",
         )
     return dataset
+
+
+def _check_monitors(spec: Spec, dataset: Dataset) -> None:
+    """A monitor on a split the run will not have (val_ with val_split 0 and no val/; test_ without test/)."""
+    counts = dataset.counts or {}
+    splits = {"train"} | {name for name in ("val", "test") if counts.get(name)}
+    if spec.data.val_split > 0:
+        splits.add("val")
+    for where, metric in spec.monitors().items():
+        problem = missing_split_problem(where, metric, splits)
+        if problem is not None:
+            raise InvalidSpec(f"{problem} (data set {dataset.id})", param=f"spec.{where}")
 
 
 def _check_init_from(session: Session, settings: Settings, project_id: str, spec: Spec) -> str | None:
@@ -179,6 +191,7 @@ def check_spec(
     if spec.data.dataset is not None:
         dataset = _check_dataset(session, project_id, spec.data.dataset, lock=lock_dataset)
         check_planned_steps(settings, spec, *_dataset_counts(dataset))
+        _check_monitors(spec, dataset)
     elif spec.data.path is not None:
         _under_allowed_root(settings, spec.data.path, "spec.data.path")
     _check_weights(settings, spec)

@@ -46,3 +46,42 @@ def test_help_lists_the_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "db" in result.output and "keys" in result.output
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``finetune ARGS`` in a process of its own, as a person runs it."""
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True)
+
+
+def test_keys_create_works_on_a_fresh_embedded_home(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(tmp_path / "fresh")}
+    created = run_cli("keys", "create", "--project", "vision", env=env)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().startswith("ftk_") and "Traceback" not in created.stderr
+    assert (tmp_path / "fresh" / "finetune.db").is_file()  # migrated on first use, as serve does
+
+
+def test_a_command_on_an_unmigrated_server_database_says_to_run_db_upgrade(postgres_url, tmp_path):
+    from tests.app.conftest import _create_postgres_database, drop_postgres_database
+
+    database_url = _create_postgres_database(postgres_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
+    env |= {"FT_HOME": str(tmp_path / "home"), "FT_DATABASE_URL": database_url}
+    try:
+        refused = run_cli("keys", "create", "--project", "vision", env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert "run `finetune db upgrade`" in refused.stderr and "no tables yet" in refused.stderr
+        assert run_cli("db", "upgrade", env=env).returncode == 0  # production migrates explicitly, then it works
+        assert run_cli("keys", "create", "--project", "vision", env=env).returncode == 0
+    finally:
+        drop_postgres_database(postgres_url, database_url)
+
+
+def test_an_unreachable_server_database_is_one_line_not_a_traceback(tmp_path):
+    from tests.app.servers import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(tmp_path / "home")}
+    env["FT_DATABASE_URL"] = f"postgresql+psycopg://postgres:secret@127.0.0.1:{free_port()}/nothing"
+    refused = run_cli("keys", "create", "--project", "vision", env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "cannot reach the database at postgresql+psycopg://postgres:***@127.0.0.1" in refused.stderr

@@ -40,3 +40,16 @@ def test_auth_off_is_logged_loudly(caplog):
     with caplog.at_level(logging.WARNING):
         Settings(auth_enabled=False).warn_if_open()
     assert "AUTH IS OFF" in caplog.text
+
+
+def test_weight_downloads_are_on_when_embedded_off_in_production_unless_told(monkeypatch):
+    monkeypatch.delenv("FT_ALLOW_WEIGHT_DOWNLOADS", raising=False)
+    monkeypatch.delenv("FT_DATABASE_URL", raising=False)
+    assert Settings().engine.allow_weight_downloads is True  # embedded: as torchvision does
+    monkeypatch.setenv("FT_ALLOW_WEIGHT_DOWNLOADS", "false")
+    assert Settings().engine.allow_weight_downloads is False
+    monkeypatch.setenv("FT_DATABASE_URL", "postgresql+psycopg://db/finetune")
+    monkeypatch.delenv("FT_ALLOW_WEIGHT_DOWNLOADS")
+    assert Settings().engine.allow_weight_downloads is False  # production: only when its operator says
+    monkeypatch.setenv("FT_ALLOW_WEIGHT_DOWNLOADS", "true")
+    assert Settings().engine.allow_weight_downloads is True

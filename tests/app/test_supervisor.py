@@ -77,3 +77,17 @@ def test_children_die_with_a_supervisor_that_is_killed(tmp_path):
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in children), "a child outlived its killed supervisor"
+
+
+def test_a_child_with_a_log_path_writes_its_output_there_appended(tmp_path):
+    log = tmp_path / "logs" / "serve.log"
+    log.parent.mkdir()
+    log.write_text("earlier run\n")
+    code = "import sys; print('banner on stdout', flush=True); print('warning on stderr', file=sys.stderr)"
+    child = Child("chatty", [sys.executable, "-c", code], dict(os.environ), log_path=log)
+    supervisor = Supervisor([child], grace_seconds=5)
+    supervisor.start()
+    assert child.process is not None
+    child.process.wait(30)
+    supervisor.stop()
+    assert log.read_text().splitlines()[:3] == ["earlier run", "banner on stdout", "warning on stderr"]

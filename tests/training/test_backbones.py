@@ -1,5 +1,7 @@
 """Backbones: every torchvision classifier builds with a new head, trains, and exports loadable weights."""
 
+import socket
+
 import pytest
 import torch
 import torchvision
@@ -115,12 +117,42 @@ def test_pretrained_weights_load_from_the_torch_cache(tmp_path, monkeypatch):
     assert built.weights.name == "IMAGENET1K_V1"
 
 
-def test_missing_weights_fail_naming_the_cache_file(tmp_path, monkeypatch):
+def test_missing_weights_with_downloads_off_fail_naming_the_cache_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailable) as caught:
-        build_model(BackboneSpec(name="resnet18", weights="IMAGENET1K_V1"), 3, 32, settings=EngineSettings())
+        build_model(
+            BackboneSpec(name="resnet18", weights="IMAGENET1K_V1"),
+            3,
+            32,
+            settings=EngineSettings(allow_weight_downloads=False),
+        )
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in str(caught.value)
     assert "FT_ALLOW_WEIGHT_DOWNLOADS" in str(caught.value)
+
+
+def unreachable_network(monkeypatch) -> None:
+    """Every HTTPS request goes through a proxy on a port nobody listens on: refused at once, no network used."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, closed)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_failed_download_names_the_url_the_cache_path_and_the_cause(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    unreachable_network(monkeypatch)
+    assert EngineSettings().allow_weight_downloads is None  # the engine alone downloads, as torchvision does
+    with pytest.raises(WeightsUnavailable) as caught:
+        build_model(BackboneSpec(name="resnet18", weights="DEFAULT"), 3, 32, settings=EngineSettings())
+    message = str(caught.value)
+    assert caught.value.code == "weights_unavailable"
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "refused" in message.lower()  # the cause, in a line: no urllib traceback
+    assert not list((tmp_path / "hub" / "checkpoints").iterdir())  # nothing half-written left in the cache
 
 
 @pytest.mark.slow

@@ -46,6 +46,21 @@ def test_run_trains_and_prints_a_summary(colour_set, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+def test_an_offline_pretrained_run_exits_1_naming_the_url_and_the_cache_path(colour_set, tmp_path, monkeypatch):
+    from tests.training.test_backbones import unreachable_network
+
+    unreachable_network(monkeypatch)  # the subprocess inherits it
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("FT_ALLOW_WEIGHT_DOWNLOADS", raising=False)
+    spec = tmp_path / "spec.json"
+    spec.write_text(tiny_spec(colour_set, backbone={"name": "resnet18", "weights": "DEFAULT"}).model_dump_json())
+    out = run_cli("run", str(spec), "--out", str(tmp_path / "run"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    said = " ".join(out.stderr.split())  # the console wraps long lines
+    assert "error (weights_unavailable)" in said
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in said
+
+
 def test_backbones_lists_the_registry():
     out = run_cli("backbones", "--json")
     rows = json.loads(out.stdout)

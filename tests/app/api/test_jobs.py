@@ -87,6 +87,27 @@ async def test_a_data_set_that_is_not_ready_is_a_409(client, app, settings):
     assert broker_messages(app, GPU_QUEUE) == []
 
 
+async def test_val_split_0_trains_on_all_of_train_and_a_val_monitor_without_val_data_is_a_422(client, dataset):
+    job = await submit(client, job_body(dataset["id"], data={"val_split": 0}))
+    assert job["spec"]["data"]["val_split"] == 0 and job["spec"]["training"]["monitor"] is None
+    without_val = {
+        "regularization": {"early_stopping": {"patience": 2}},  # its monitor: val_loss by default
+        "training": {"monitor": "val_acc"},
+    }
+    for section, value in without_val.items():
+        response = await client.post(
+            "/v1/jobs", json=job_body(dataset["id"], data={"val_split": 0}, **{section: value})
+        )
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid_spec" and error["param"] == f"spec.{section}." + (
+            "early_stopping.monitor" if section == "regularization" else "monitor"
+        )
+        assert "needs validation data" in error["message"] and "val_split" in error["message"]
+    response = await client.post("/v1/jobs", json=job_body(dataset["id"], training={"monitor": "test_acc"}))
+    assert response.status_code == 422 and "test/" in response.json()["error"]["message"]  # this set has no test/
+
+
 async def test_an_unknown_data_set_is_a_404(client):
     response = await client.post("/v1/jobs", json=job_body("ds_01JAAAAAAAAAAAAAAAAAAAAAAA"))
     assert response.status_code == 404

@@ -4,6 +4,7 @@ pagination through every page, a streamed upload, idempotent creates and retries
 from __future__ import annotations
 
 import hashlib
+import os
 import tracemalloc
 
 import httpx
@@ -178,14 +179,38 @@ def test_an_upload_streams_the_file(api, tmp_path):
     with archive.open("wb") as out:
         for i in range(12):
             out.write(bytes([i]) * MB)
+    progress: list[tuple[int, int]] = []
     tracemalloc.start()
     try:
-        uploaded = api.datasets.upload(archive)
+        uploaded = api.datasets.upload(archive, on_progress=lambda sent, size: progress.append((sent, size)))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert uploaded.bytes == 12 * MB
     assert peak < 4 * MB, f"the client held {peak / MB:.1f} MB to upload a 12 MB file"
+    sent = [n for n, _ in progress]
+    assert {size for _, size in progress} == {12 * MB}
+    assert len(sent) > 12 and sent == sorted(sent) and sent[-1] == 12 * MB  # chunk by chunk, as the body streams
+
+
+def test_a_cut_upload_is_retried_with_its_key_and_its_progress_starts_over(proxy, api_key, tmp_path):
+    archive = tmp_path / "cut.tar"
+    archive.write_bytes(os.urandom(6 * MB))
+    progress: list[int] = []
+
+    def cut_once(sent: int, _size: int) -> None:
+        progress.append(sent)
+        if sent >= 2 * MB and proxy.cuts == 0:
+            proxy.cut()  # the network drops mid-body
+
+    with Client(proxy.url, api_key, retry=Retry(attempts=4, backoff=0.05)) as client:
+        uploaded = client.datasets.upload(archive, on_progress=cut_once, idempotency_key="upload-once")
+        listed = client.datasets.list().data
+    assert proxy.cuts == 1
+    restart = next(i for i in range(1, len(progress)) if progress[i] < progress[i - 1])
+    assert progress[restart - 1] >= 2 * MB and progress[restart] < 2 * MB and progress[-1] == 6 * MB
+    assert uploaded.bytes == 6 * MB and uploaded.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert [d.id for d in listed if d.sha256 == uploaded.sha256] == [uploaded.id]  # one data set, not two
 
 
 def test_an_upload_over_the_limit_is_payload_too_large(api, tmp_path):
