@@ -21,6 +21,7 @@ from app.context import Services
 from app.observability.metrics import ServiceMetrics
 from app.services.dispatching import sweep
 from app.settings import Settings, get_settings
+from app.webhooks import routes as webhooks
 
 API_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.register(service_metrics)
     app.state.metrics_registry = registry
 
-    for module in (datasets, jobs, live, downloads, backbones, spec, health):
+    for module in (datasets, jobs, live, downloads, backbones, spec, webhooks, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
