@@ -19,6 +19,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.context import Services
 from app.observability.metrics import ServiceMetrics
+from app.openai_compat import routes as openai_compat
 from app.services.dispatching import sweep
 from app.settings import Settings, get_settings
 from app.webhooks import routes as webhooks
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.register(service_metrics)
     app.state.metrics_registry = registry
 
-    for module in (datasets, jobs, live, downloads, backbones, spec, webhooks, health):
+    for module in (datasets, jobs, live, downloads, backbones, spec, webhooks, openai_compat, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))

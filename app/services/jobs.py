@@ -220,6 +220,17 @@ def list_events(
     return job_records.events_page(session, job.id, types=types, after=after, limit=limit)
 
 
+def list_events_newest_first(
+    session: Session, project_id: str, job_id: str, *, after_event: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    """Newest first, past the event ``after_event`` (an id): OpenAI's order for a job's events."""
+    job = get_job(session, project_id, job_id)
+    page = job_records.events_newest_first(session, job.id, before_event=after_event, limit=limit)
+    if page is None:
+        raise NotFound(f"no event {after_event} of job {job_id}", param="after")
+    return page
+
+
 def epoch_table(session: Session, project_id: str, job_id: str) -> list[EpochMetrics]:
     return job_records.epochs(session, get_job(session, project_id, job_id).id)
 
