@@ -4,23 +4,49 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from app.schemas.jobs import Metadata
 from training.spec import Spec
 
 Auto = Literal["auto"]
+_AUTO_INT: dict[str, Any] = {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}, {"type": "null"}]}
+_AUTO_NUMBER: dict[str, Any] = {
+    "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "auto"}, {"type": "null"}]
+}
 OpenAIStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Hyperparameters(BaseModel):
+    """Each a positive number or "auto" (this service's default, or what the spec says)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: PositiveInt | Auto | None = Field(None, description="spec.training.epochs")
-    batch_size: PositiveInt | Auto | None = Field(None, description="spec.data.batch_size")
-    learning_rate_multiplier: PositiveFloat | Auto | None = Field(
-        None, description="Multiplies spec.optimizer.lr (the optimizer's default lr unless the spec sets one)."
+    n_epochs: int | Auto | None = Field(None, description="spec.training.epochs", json_schema_extra=_AUTO_INT)
+    batch_size: int | Auto | None = Field(None, description="spec.data.batch_size", json_schema_extra=_AUTO_INT)
+    learning_rate_multiplier: float | Auto | None = Field(
+        None,
+        description="Multiplies spec.optimizer.lr (the optimizer's default lr unless the spec sets one).",
+        json_schema_extra=_AUTO_NUMBER,
     )
+
+    @field_validator("n_epochs", "batch_size", mode="wrap")
+    @classmethod
+    def _count(cls, value: Any, _handler: Any) -> Any:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("a positive integer or 'auto'")
+        return value
+
+    @field_validator("learning_rate_multiplier", mode="wrap")
+    @classmethod
+    def _multiplier(cls, value: Any, _handler: Any) -> Any:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ValueError("a positive number or 'auto'")
+        return float(value)
 
 
 class SupervisedMethod(BaseModel):
