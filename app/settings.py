@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         description="Networks (CIDR, comma-separated) a webhook URL may reach although they are loopback, "
         "private, link-local or reserved (e.g. 10.0.0.0/8 for an internal receiver). Empty: public addresses only.",
     )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="The MLflow tracking server jobs with an mlflow integration log to (credentials: MLflow's own "
+        "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the workers' environment). Unset: such "
+        "jobs are refused.",
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="The training engine's limits (FT_...).")
 
     @field_validator("allowed_data_roots", mode="before")

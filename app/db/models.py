@@ -105,6 +105,7 @@ class Job(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the resolved spec: what runs
     init_from: Mapped[str | None] = mapped_column(ID)  # ftjob_... or ckpt_... when the spec starts from one
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # [{type: mlflow, mlflow: {...}}]
     status: Mapped[str] = mapped_column(String(16))
     # The state machine's bookkeeping (app.services.job_state).
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims so far; the running one is `attempt`

@@ -93,8 +93,6 @@ def job_create(session: Session, project_id: str, request: FineTuningJobCreate) 
             "(or let spec.data.val_split hold out a part of train/)",
             param="validation_file",
         )
-    if request.integrations:
-        raise Unprocessable("integrations are not supported by this service", param="integrations")
     spec = copy.deepcopy(request.spec or {})
     data = _section(spec, "data")
     if data.get("dataset") not in (None, request.training_file):
@@ -108,11 +106,12 @@ def job_create(session: Session, project_id: str, request: FineTuningJobCreate) 
         data["batch_size"] = hyper.batch_size
     if request.seed is not None:
         _section(spec, "training")["seed"] = request.seed
-    created = _validated({"spec": spec, "name": request.suffix, "metadata": request.metadata})
+    rest = {"name": request.suffix, "metadata": request.metadata, "integrations": request.integrations}
+    created = _validated({"spec": spec, **rest})
     if isinstance(hyper.learning_rate_multiplier, float | int):
         scaled = created.spec.model_dump(mode="json")
         scaled["optimizer"]["lr"] = created.spec.optimizer.lr * hyper.learning_rate_multiplier
-        created = _validated({"spec": scaled, "name": request.suffix, "metadata": request.metadata})
+        created = _validated({"spec": scaled, **rest})
     return created
 
 
@@ -159,6 +158,7 @@ def fine_tuning_job(row: Job) -> FineTuningJob:
         training_file=row.dataset_id,
         estimated_finish=round(time.time() + eta) if eta is not None else None,
         metadata=shown.metadata or None,
+        integrations=[integration.model_dump(mode="json") for integration in shown.integrations],
         method=MethodShown(supervised={"hyperparameters": hyper}),
         user_provided_suffix=row.name,
         spec=spec,

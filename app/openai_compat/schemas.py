@@ -81,7 +81,9 @@ class FineTuningJobCreate(BaseModel):
         None, description="The job's name."
     )
     metadata: Metadata | None = None
-    integrations: list[dict[str, Any]] | None = Field(None, description="Not supported by this service yet.")
+    integrations: list[dict[str, Any]] | None = Field(
+        None, description='[{"type": "mlflow", "mlflow": {"experiment", "run_name", "tags"}}]; W&B is not supported.'
+    )
     spec: dict[str, Any] | None = Field(
         None, description="This service's whole job spec (extra_body={'spec': {...}}); the fields above override it."
     )

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
 from app.db.session import transaction
-from app.errors import Conflict, InvalidSpec, NotFound
+from app.errors import Conflict, InvalidSpec, NotFound, Unprocessable
 from app.ids import is_id, new_id
 from app.queue import TaskQueue
 from app.repositories import datasets, job_records, jobs
@@ -149,6 +149,18 @@ def check_spec(
     return CheckedSpec(spec=spec, dataset=dataset, init_from=init_from)
 
 
+def _check_integrations(settings: Settings, request: JobCreate) -> list[dict[str, Any]] | None:
+    if not request.integrations:
+        return None
+    if settings.mlflow_tracking_uri is None:
+        raise Unprocessable(
+            "this server has no MLflow tracking server (an operator sets FT_MLFLOW_TRACKING_URI)",
+            param="integrations.0",
+            code="integration_unavailable",
+        )
+    return [integration.model_dump(mode="json") for integration in request.integrations]
+
+
 # --- jobs -----------------------------------------------------------------------------------
 
 
@@ -165,6 +177,7 @@ def create_job(
     record = idempotency.replayed(session, project_id, idempotency_key)
     if record is not None:
         return get_job(session, project_id, record.resource_id), record.status_code
+    integrations = _check_integrations(settings, request)
     checked = check_spec(session, settings, project_id, request.spec, lock_dataset=True)
     now = utcnow()
     job = Job(
@@ -174,6 +187,7 @@ def create_job(
         name=request.name,
         spec=checked.spec.model_dump(mode="json"),
         init_from=checked.init_from,
+        integrations=integrations,
         status=JobStatus.QUEUED,
         attempt=0,
         max_attempts=settings.job_max_attempts,

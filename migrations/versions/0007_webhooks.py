@@ -1,4 +1,5 @@
-"""Webhooks: endpoints per project, the delivery outbox written with each status change, and every attempt.
+"""Webhooks: endpoints per project, the delivery outbox written with each status change, and every attempt;
+and the integrations a job is tracked in (MLflow).
 
 Revision ID: 0007
 Revises: 0002
@@ -16,6 +17,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("integrations", sa.JSON(), nullable=True))
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -96,3 +99,5 @@ def downgrade() -> None:
     op.drop_table("webhook_deliveries")
     op.drop_index(op.f("ix_webhook_endpoints_project_id_id"), table_name="webhook_endpoints")
     op.drop_table("webhook_endpoints")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("integrations")

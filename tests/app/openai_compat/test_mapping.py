@@ -92,7 +92,7 @@ async def test_bad_create_requests_are_errors_that_name_the_field(client, app, s
         ({"hyperparameters": {"n_epochs": 0}}, 422, "hyperparameters.n_epochs"),
         ({"method": {"type": "dpo"}}, 422, "method.type"),
         ({"validation_file": "ds_other"}, 422, "validation_file"),
-        ({"integrations": [{"type": "wandb"}]}, 422, "integrations"),
+        ({"integrations": [{"type": "wandb"}]}, 422, "integrations.0.type"),
         ({"model": "alexnet", "spec": {"backbone": {"name": "vgg11"}, "data": {"image_size": 32}}}, 422, "model"),
         ({"model": "resnet1000"}, 422, "spec.backbone.name"),
         ({"spec": {"data": {"image_size": 32}, "optimizer": {"lr": -1}}}, 422, "spec.optimizer.lr"),
