@@ -74,8 +74,8 @@ def post(settings: Settings, url: str, secret: str, message_id: str, body: bytes
         return Outcome(None, f"blocked: {blocked}", _since(started))
     except httpx.TimeoutException:
         return Outcome(None, f"no answer within {settings.webhook_timeout_seconds:g} s", _since(started))
-    except httpx.HTTPError as error:
-        return Outcome(None, f"{type(error).__name__}: {error}", _since(started))
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as error:  # recorded as the attempt's failure
+        return Outcome(None, f"{type(error).__name__}: {error}"[:500], _since(started))
 
 
 def _since(started: float) -> int:
