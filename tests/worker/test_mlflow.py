@@ -70,6 +70,11 @@ def _warnings(services, job_id: str) -> list[str]:
     return [row.message for row in rows]
 
 
+# Tracking is the worker's and the same whatever the service's database: one backend keeps the suite short.
+ONE_BACKEND = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+@ONE_BACKEND
 def test_a_tracked_job_logs_params_metrics_per_epoch_and_artifacts(services, colour_archive, mlflow_url):
     services.settings = services.settings.model_copy(update={"mlflow_tracking_uri": mlflow_url})
     dataset_id = upload_ready_dataset(services, colour_archive)
@@ -92,6 +97,7 @@ def test_a_tracked_job_logs_params_metrics_per_epoch_and_artifacts(services, col
     assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} == {"model.json", "model.safetensors"}
 
 
+@ONE_BACKEND
 def test_an_unreachable_tracking_server_warns_and_the_job_still_succeeds(services, colour_archive):
     services.settings = services.settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
     dataset_id = upload_ready_dataset(services, colour_archive)
