@@ -20,6 +20,7 @@ import click
 from app.commands.datasets import datasets
 from app.commands.jobs import jobs
 from app.commands.options import EXIT_CODES_HELP, GlobalOptions
+from app.commands.webhooks import webhooks
 
 if TYPE_CHECKING:
     import threading
@@ -59,6 +60,7 @@ def main(ctx: click.Context, url: str | None, api_key: str | None, as_json: bool
 
 main.add_command(datasets)
 main.add_command(jobs)
+main.add_command(webhooks)
 
 
 @main.group()

@@ -12,6 +12,7 @@ from app.events import EventStream, install_stream_hooks
 from app.queue import TaskQueue
 from app.settings import Settings
 from app.store import ArtifactStore, LocalArtifactStore
+from app.webhooks.outbox import install_outbox_hooks
 
 
 @dataclass
@@ -29,12 +30,14 @@ class Services:
         factory = session_factory(engine)
         stream = EventStream(settings.redis_url, settings.broker_key_prefix) if settings.redis_url else None
         install_stream_hooks(factory, stream)
+        queue = TaskQueue(settings)
+        install_outbox_hooks(factory, queue)  # webhook deliveries go out once their status change commits
         return cls(
             settings=settings,
             engine=engine,
             factory=factory,
             store=LocalArtifactStore(settings.artifacts_path),
-            queue=TaskQueue(settings),
+            queue=queue,
             stream=stream,
         )
 

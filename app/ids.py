@@ -25,6 +25,8 @@ PREFIXES = {
     "project": "proj",
     "api_key": "key",
     "artifact": "art",
+    "webhook": "wh",
+    "delivery": "msg",  # Standard Webhooks message ids: the webhook-id header
 }
 
 

@@ -22,8 +22,10 @@ from app.api.limits import BodyLimitMiddleware, HostAllowlistMiddleware
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.context import Services
 from app.observability.metrics import ServiceMetrics
+from app.openai_compat import routes as openai_compat
 from app.services.dispatching import sweep
 from app.settings import Settings, get_settings
+from app.webhooks import routes as webhooks
 
 API_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.event_hub = event_hub
 
-    for module in (datasets, jobs, live, downloads, backbones, spec, health):
+    for module in (datasets, jobs, live, downloads, backbones, spec, webhooks, openai_compat, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery  # type: ignore[import-untyped]
 
 from app.settings import Settings
-from app.tasks import QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET
+from app.tasks import DELIVER_WEBHOOK, QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET
 
 # A broker that does not answer makes the send fail fast instead of hanging the request; the row is
 # committed already, and the worker's sweep re-sends what was never delivered.
@@ -80,6 +80,9 @@ class TaskQueue:
 
     def send_validate_dataset(self, dataset_id: str) -> str:
         return self._send(VALIDATE_DATASET, dataset_id)
+
+    def send_deliver_webhook(self, delivery_id: str) -> str:
+        return self._send(DELIVER_WEBHOOK, delivery_id)
 
     def check(self) -> None:
         """Raise unless the broker accepts a connection (readiness)."""

@@ -8,6 +8,7 @@ first use, and the app takes them through a dependency.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from functools import cache
 from pathlib import Path
@@ -138,6 +139,26 @@ class Settings(BaseSettings):
         description="Host header values the API answers (comma-separated names, '*' for any). Default: "
         "localhost, 127.0.0.1 and ::1 in embedded mode (no DNS rebinding onto a laptop), any in production.",
     )
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0],
+        description="Seconds to wait before each retry of a webhook delivery (comma-separated; each with +-20% "
+        "jitter); past the last one the delivery is given up. Default: 5 s doubling-ish up to 12 h, about a day "
+        "in all.",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a webhook receiver has to answer one delivery attempt."
+    )
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR, comma-separated) a webhook URL may reach although they are loopback, "
+        "private, link-local or reserved (e.g. 10.0.0.0/8 for an internal receiver). Empty: public addresses only.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="The MLflow tracking server jobs with an mlflow integration log to (credentials: MLflow's own "
+        "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN in the workers' environment). Unset: such "
+        "jobs are refused.",
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="The training engine's limits (FT_...).")
 
     @field_validator("allowed_data_roots", "allowed_hosts", mode="before")
@@ -153,6 +174,27 @@ class Settings(BaseSettings):
         if self.engine.allow_weight_downloads is None:
             self.engine = self.engine.model_copy(update={"allow_weight_downloads": self.is_embedded})
         return self
+
+    @field_validator("webhook_retry_schedule", "webhook_allowed_networks", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _positive_delays(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every retry delay must be a positive number of seconds")
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad one
+        return value
 
     @property
     def is_embedded(self) -> bool:

@@ -32,6 +32,7 @@ from app.services.job_records import (
 )
 from app.statuses import EventType
 from training.callbacks import CheckpointInfo
+from worker.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class EventPublisher(threading.Thread):
         self.on_lease_lost = on_lease_lost
         self.items: queue.Queue[Item | None] = queue.Queue()
         self.lease_lost = False
+        self.tracker: MlflowTracker | None = None  # set by the runner when the job is tracked in MLflow
 
     def put(self, item: Item) -> None:
         self.items.put(item)
@@ -128,6 +130,18 @@ class EventPublisher(threading.Thread):
                 record_epoch_metrics(session, self.job_id, item.metrics, owner=owner)
             else:
                 append_event(session, self.job_id, item.type, item.data, item.message)
+        if isinstance(item, Epoch) and self.tracker is not None:
+            self.warn_if(self.tracker.log_epoch(item.metrics))
+
+    def warn_if(self, problem: str | None) -> None:
+        """A tracking problem becomes a warning event on the job; it never fails it."""
+        if problem is None:
+            return
+        try:
+            with transaction(self.services.factory) as session:
+                append_event(session, self.job_id, EventType.WARNING, {"integration": "mlflow"}, problem)
+        except SQLAlchemyError:
+            log.warning("job %s: could not record the warning %r", self.job_id, problem)
 
     def _upload(self, item: Checkpoint) -> None:
         info, store = item.info, self.services.store

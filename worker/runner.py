@@ -40,6 +40,7 @@ from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, 
 from training.spec import Spec
 from worker.lease import LeaseKeeper
 from worker.publisher import Checkpoint, Epoch, EventPublisher, Note, Step, checkpoint_key
+from worker.tracking import MlflowTracker, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Inputs:
     data: Path
     init_from: Path | None
     resume_from: Path | None
+    tracker: MlflowTracker | None = None
 
 
 def fetch(store: ArtifactStore, key: str, dest: Path) -> Path:
@@ -123,6 +125,7 @@ class JobRunner:
         self.preempt = preempt
         self.owner = new_owner(worker_name)
         self.run_dir = services.settings.work_path / job_id
+        self.tracker: MlflowTracker | None = None
 
     def run(self) -> str:
         with job_context(self.job_id):  # every log record of the attempt names the job, its threads' too
@@ -154,6 +157,7 @@ class JobRunner:
         callbacks = JobCallbacks(publisher, keeper, self.preempt, self.run_dir / "staging")
         try:
             inputs = self._inputs()
+            publisher.tracker = self.tracker = inputs.tracker
             trainer = Trainer(
                 inputs.spec,
                 self.run_dir,
@@ -184,8 +188,10 @@ class JobRunner:
         if result.status == "preempted":
             return self._release()
         if result.status == "cancelled":
+            self._end_tracking(publisher, "cancelled")
             return self._finish(JobStatus.CANCELLED)
         self._publish_artifacts(result.checkpoint_path)
+        self._end_tracking(publisher, "succeeded", [self.run_dir / CARD_ARTIFACT, self.run_dir / WEIGHTS_ARTIFACT])
         published = {"published": self._published_metrics()}
         return self._finish(JobStatus.SUCCEEDED, final_metrics=published["published"], test_metrics=result.test)
 
@@ -201,6 +207,7 @@ class JobRunner:
             latest = record_rows.latest_checkpoint(session, self.job_id)
             resume_key = (latest.store_key, Path(latest.store_key).name) if latest is not None else None
             init_keys = self._init_keys(session, job)
+            tracker = tracker_for(services.settings.mlflow_tracking_uri, job.id, job.integrations, job.spec, job.name)
         if dataset is None:
             from training.dataset import DatasetError
 
@@ -216,7 +223,7 @@ class JobRunner:
             resume_from = self.run_dir / "checkpoints" / name
             if not resume_from.is_file():
                 fetch(services.store, key, resume_from)
-        return Inputs(spec=spec, data=data, init_from=init_from, resume_from=resume_from)
+        return Inputs(spec=spec, data=data, init_from=init_from, resume_from=resume_from, tracker=tracker)
 
     def _init_keys(self, session: Any, job: Job) -> list[tuple[str, str]]:
         """Store keys of the weights ``init_from`` names: an earlier job's (with its card), or a checkpoint."""
@@ -260,6 +267,11 @@ class JobRunner:
         published: dict[str, Any] = card["metrics"]["published"]
         return published
 
+    def _end_tracking(self, publisher: EventPublisher, status: str, artifacts: list[Path] | None = None) -> None:
+        """The MLflow run's end (after the publisher drained): pending epochs, artifacts, its status."""
+        if self.tracker is not None:
+            publisher.warn_if(self.tracker.finish(status, artifacts or []))
+
     def _finish(self, status: JobStatus, **results: Any) -> str:
         self.keeper.stop()  # the job is about to leave running: nothing left to watch
         with transaction(self.services.factory) as session:
@@ -282,6 +294,7 @@ class JobRunner:
         if keeper.stop_reason == "lost" or publisher.lease_lost:
             return "lease lost"
         keeper.stop()
+        self._end_tracking(publisher, "failed")
         with transaction(self.services.factory) as session:
             append_event(
                 session, self.job_id, EventType.ERROR, {"code": code, "traceback": traceback.format_exc()}, message

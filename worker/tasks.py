@@ -1,7 +1,8 @@
 """The worker's tasks: thin adapters that take an id and hand it to the code that does the work.
 
 ``finetune.train_job`` runs ``worker.runner.run_job`` (claim, train, record); ``finetune.validate_dataset``
-runs ``app.services.dataset_validation.run_dataset_validation``. Both are idempotent, so the redelivery
+runs ``app.services.dataset_validation.run_dataset_validation``; ``finetune.deliver_webhook`` runs
+``app.webhooks.delivery.attempt_delivery``. All are idempotent, so the redelivery
 that ``acks_late`` allows is safe: a second delivery finds the job claimed or the data set validated.
 
 Signals: SIGTERM to the worker (a deploy, a spot reclaim) starts Celery's warm shutdown in the parent,
@@ -27,7 +28,8 @@ from app.db.session import transaction
 from app.services.dataset_validation import run_dataset_validation
 from app.services.job_state import JobError, abort_job
 from app.settings import Settings
-from app.tasks import TRAIN_JOB, VALIDATE_DATASET
+from app.tasks import DELIVER_WEBHOOK, TRAIN_JOB, VALIDATE_DATASET
+from app.webhooks.delivery import attempt_delivery
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,11 @@ def register(celery: Celery, settings: Settings, *, warm_training: bool = False)
         services = process_services(settings)
         status = run_dataset_validation(services.factory, services.store, settings, dataset_id)
         return str(status)
+
+    @celery.task(name=DELIVER_WEBHOOK)  # type: ignore[untyped-decorator]
+    def deliver_webhook(delivery_id: str) -> str:
+        """One attempt; a failure schedules the retry in the row, which the API's sweep sends when due."""
+        return attempt_delivery(process_services(settings).factory, settings, delivery_id)
 
 
 def draining_marker(pid: int) -> Path:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
-from app.api.deps import CallerDep, IdempotencyKeyHeader, QueueDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import Caller, CallerDep, IdempotencyKeyHeader, QueueDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
 from app.api.uploads import UPLOAD_REQUEST_BODY, receive_upload
+from app.db.models import Dataset as DatasetRow
 from app.ids import new_id
+from app.queue import TaskQueue
 from app.schemas.common import Deleted
 from app.schemas.datasets import Dataset, DatasetList
 from app.services import datasets
 from app.services.idempotency import IdempotencyKey, request_hash
+from app.settings import Settings
 from app.statuses import DatasetStatus
+from app.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -43,6 +49,23 @@ async def upload_dataset(
 ) -> Dataset:
     """Streams the archive to the store and answers at once with status `validating`; validation runs
     off the request path and ends `ready` (classes, counts) or `failed` (reasons)."""
+    row, status = await accept_upload(request, caller, session, settings, store, queue, idempotency_key)
+    response.status_code = status
+    return Dataset.from_row(row)
+
+
+async def accept_upload(
+    request: Request,
+    caller: Caller,
+    session: Session,
+    settings: Settings,
+    store: ArtifactStore,
+    queue: TaskQueue,
+    idempotency_key: str | None,
+    check_fields: Callable[[dict[str, str]], None] | None = None,
+) -> tuple[DatasetRow, int]:
+    """An archive streamed to the store and its data set row made, validation queued: the row and the status
+    to answer with. ``check_fields`` vets the form's other fields (``POST /v1/files``' purpose) first."""
     dataset_id = new_id("dataset")
     upload = await receive_upload(
         request, store, lambda filename: datasets.archive_key(dataset_id, filename), settings.max_upload_bytes
@@ -52,6 +75,8 @@ async def upload_dataset(
         body = {"name": upload.name, "filename": upload.filename, "sha256": upload.stored.sha256}
         key = IdempotencyKey(idempotency_key, "datasets.create", request_hash(body), settings.idempotency_ttl_seconds)
     try:
+        if check_fields is not None:
+            check_fields(upload.fields)
         row, status, created = await run_in_threadpool(
             datasets.create_dataset,
             session,
@@ -68,8 +93,7 @@ async def upload_dataset(
         raise
     if not created:  # an earlier request with this key made the data set: this copy is not needed
         await run_in_threadpool(store.delete_prefix, f"datasets/{dataset_id}")
-    response.status_code = status
-    return Dataset.from_row(row)
+    return row, status
 
 
 @router.get("", response_model=DatasetList, summary="List data sets", responses=error_responses())

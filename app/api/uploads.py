@@ -55,6 +55,7 @@ class Upload:
     stored: StoredObject
     filename: str
     name: str | None
+    fields: dict[str, str] = field(default_factory=dict)  # the other small text fields (purpose...)
 
 
 @dataclass
@@ -152,6 +153,9 @@ class _UploadReader:
             raise Unprocessable("name: at most 200 characters", param="name")
         return name or None
 
+    def text_fields(self) -> dict[str, str]:
+        return {name: raw.decode("utf-8", "replace") for name, raw in self.fields.items() if name != "name"}
+
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(
@@ -205,7 +209,7 @@ async def receive_upload(
     except BaseException:
         await _abort(reader)
         raise
-    return Upload(stored=stored, filename=reader.filename, name=name)
+    return Upload(stored=stored, filename=reader.filename, name=name, fields=reader.text_fields())
 
 
 async def _abort(reader: _UploadReader) -> None:

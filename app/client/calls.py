@@ -38,6 +38,11 @@ from app.client.models import (
     JobStatus,
     Readiness,
     Spec,
+    WebhookDelivery,
+    WebhookDeliveryList,
+    WebhookEndpoint,
+    WebhookEndpointList,
+    WebhookEndpointWithSecret,
 )
 
 T = TypeVar("T")
@@ -322,3 +327,41 @@ def artifact_path(job_id: str, name: str) -> str:
 
 def weights_path(job_id: str) -> str:
     return f"{job_path(job_id)}/weights"
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+
+def create_webhook(url: str, events: Iterable[str], description: str) -> Call[WebhookEndpointWithSecret]:
+    # Not retried: a second POST would make a second endpoint with a second secret.
+    body = {"url": url, "events": list(events), "description": description}
+    return Call("POST", "/v1/webhooks", model(WebhookEndpointWithSecret), json=body, idempotent=False)
+
+
+def list_webhooks(*, after: str | None, limit: int | None) -> Call[WebhookEndpointList]:
+    return Call("GET", "/v1/webhooks", model(WebhookEndpointList), params=_query(after=after, limit=limit))
+
+
+def get_webhook(webhook_id: str) -> Call[WebhookEndpoint]:
+    return Call("GET", f"/v1/webhooks/{segment(webhook_id)}", model(WebhookEndpoint))
+
+
+def delete_webhook(webhook_id: str) -> Call[Deleted]:
+    return Call("DELETE", f"/v1/webhooks/{segment(webhook_id)}", model(Deleted), idempotent=False)
+
+
+def rotate_webhook_secret(webhook_id: str) -> Call[WebhookEndpointWithSecret]:
+    path = f"/v1/webhooks/{segment(webhook_id)}/rotate-secret"
+    return Call("POST", path, model(WebhookEndpointWithSecret), idempotent=False)
+
+
+def list_webhook_deliveries(
+    webhook_id: str, *, status: str | None, after: str | None, limit: int | None
+) -> Call[WebhookDeliveryList]:
+    path = f"/v1/webhooks/{segment(webhook_id)}/deliveries"
+    return Call("GET", path, model(WebhookDeliveryList), params=_query(status=status, after=after, limit=limit))
+
+
+def redeliver_webhook(webhook_id: str, delivery_id: str) -> Call[WebhookDelivery]:
+    path = f"/v1/webhooks/{segment(webhook_id)}/deliveries/{segment(delivery_id)}/redeliver"
+    return Call("POST", path, model(WebhookDelivery))

@@ -54,6 +54,11 @@ from app.client.models import (
     JobEvent,
     JobList,
     Readiness,
+    WebhookDelivery,
+    WebhookDeliveryList,
+    WebhookEndpoint,
+    WebhookEndpointList,
+    WebhookEndpointWithSecret,
 )
 from app.client.sse import EventCursor, SSEDecoder
 from app.schemas.common import ListPage
@@ -93,6 +98,7 @@ class Client:
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
         self.backbones = Backbones(self)
+        self.webhooks = Webhooks(self)
 
     def __enter__(self) -> Client:
         return self
@@ -443,3 +449,38 @@ class Backbones:
 
     def get(self, name: str) -> Backbone:
         return self._client.send(calls.get_backbone(name))
+
+
+class Webhooks:
+    """``/v1/webhooks``: endpoints that receive the project's job events, signed (Standard Webhooks)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, url: str, events: Iterable[str], *, description: str = "") -> WebhookEndpointWithSecret:
+        """The endpoint with its signing secret: shown this once."""
+        return self._client.send(calls.create_webhook(url, events, description))
+
+    def list(self, *, after: str | None = None, limit: int | None = None) -> WebhookEndpointList:
+        return self._client.send(calls.list_webhooks(after=after, limit=limit))
+
+    def list_all(self, *, page_size: int = 100) -> Iterator[WebhookEndpoint]:
+        return self._client._pages(lambda after: self.list(after=after, limit=page_size))
+
+    def get(self, webhook_id: str) -> WebhookEndpoint:
+        return self._client.send(calls.get_webhook(webhook_id))
+
+    def delete(self, webhook_id: str) -> Deleted:
+        return self._client.send(calls.delete_webhook(webhook_id))
+
+    def rotate_secret(self, webhook_id: str) -> WebhookEndpointWithSecret:
+        return self._client.send(calls.rotate_webhook_secret(webhook_id))
+
+    def deliveries(
+        self, webhook_id: str, *, status: str | None = None, after: str | None = None, limit: int | None = None
+    ) -> WebhookDeliveryList:
+        """One page of the endpoint's deliveries, newest first, with their attempts."""
+        return self._client.send(calls.list_webhook_deliveries(webhook_id, status=status, after=after, limit=limit))
+
+    def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
+        return self._client.send(calls.redeliver_webhook(webhook_id, delivery_id))

@@ -29,6 +29,14 @@ from app.schemas.jobs import (
     LRPreview,
 )
 from app.statuses import TERMINAL_JOB_STATUSES, DatasetStatus, EventType, JobStatus
+from app.webhooks.schemas import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookDeliveryList,
+    WebhookEndpoint,
+    WebhookEndpointList,
+    WebhookEndpointWithSecret,
+)
 from training.spec import Spec
 
 __all__ = [
@@ -64,6 +72,12 @@ __all__ = [
     "LRPreview",
     "Readiness",
     "Spec",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookDeliveryList",
+    "WebhookEndpoint",
+    "WebhookEndpointList",
+    "WebhookEndpointWithSecret",
 ]
 
 

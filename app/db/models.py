@@ -108,6 +108,7 @@ class Job(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the resolved spec: what runs
     init_from: Mapped[str | None] = mapped_column(ID)  # ftjob_... or ckpt_... when the spec starts from one
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # [{type: mlflow, mlflow: {...}}]
     status: Mapped[str] = mapped_column(String(16))
     # The state machine's bookkeeping (app.services.job_state).
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims so far; the running one is `attempt`
@@ -233,3 +234,63 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class WebhookEndpoint(Base):
+    """Where a project's job events are sent. The signing secret is kept as it was shown (a receiver needs the
+    same bytes to verify): it is a credential of the receiver's, like the URL, not a password of ours."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index(None, "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON)  # job.queued, job.succeeded...
+    description: Mapped[str] = mapped_column(String(500), default="")
+    secret: Mapped[str] = mapped_column(String(100))  # whsec_ + base64 of 32 random bytes
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one message to one endpoint, written in the transaction of the status change it reports.
+    Its id is the ``webhook-id`` of every attempt, so a receiver can deduplicate retries."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(None, "endpoint_id", "id"),  # an endpoint's deliveries, newest first
+        Index(None, "status", "next_attempt_at"),  # the sweep for due deliveries
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(ID)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the body, fixed when the event happened
+    status: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    redelivered_at: Mapped[datetime | None]  # asked again by hand: one attempt, no automatic retries after it
+    next_attempt_at: Mapped[datetime | None]  # NULL once delivered or given up
+    # When a delivery task was last sent for the due attempt; NULL: not yet (the sweep sends it).
+    dispatched_at: Mapped[datetime | None]
+    locked_until: Mapped[datetime | None]  # an attempt under way: no second worker takes it meanwhile
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """One try at sending a delivery: what the receiver answered (or why nothing came back), and how fast."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # 1, 2, 3... per delivery
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -24,6 +24,20 @@ def events_page(
     return keyset_page(session, query, JobEvent.seq, after=after, limit=limit, newest_first=False)
 
 
+def events_newest_first(
+    session: Session, job_id: str, *, before_event: str | None, limit: int
+) -> tuple[list[JobEvent], bool] | None:
+    """A page of the job's events, newest first, older than the event ``before_event`` (an id); None when
+    that event is not the job's."""
+    before_seq = None
+    if before_event is not None:
+        before_seq = session.scalar(select(JobEvent.seq).where(JobEvent.id == before_event, JobEvent.job_id == job_id))
+        if before_seq is None:
+            return None
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    return keyset_page(session, query, JobEvent.seq, after=before_seq, limit=limit, newest_first=True)
+
+
 def epoch_row(session: Session, job_id: str, epoch: int) -> EpochMetrics | None:
     return session.get(EpochMetrics, (job_id, epoch))
 

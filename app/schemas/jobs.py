@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.clock import unix_seconds, utcnow
 from app.schemas.common import ListPage
@@ -34,10 +34,36 @@ def _seconds(moment: datetime | None) -> int | None:
     return unix_seconds(moment) if moment is not None else None
 
 
+class MlflowSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="The MLflow experiment (made if missing)."
+    )
+    run_name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        None, description="Default: the job's name, else its id."
+    )
+    tags: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=32)] = Field(default_factory=dict)
+
+
+class MlflowIntegration(BaseModel):
+    """Track the job in MLflow: the resolved spec as params, every epoch's metrics, the model card and the
+    weights as artifacts, the job id as the tag ``finetune.job_id``. The server is the operator's setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["mlflow"]
+    mlflow: MlflowSettings
+
+
+Integrations = Annotated[list[MlflowIntegration], Field(max_length=1, description="Where else to track the job.")]
+
+
 class JobCreate(BaseModel):
     spec: Spec = Field(description="The run. Over the API, data.dataset names a ready data set (ds_...).")
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     metadata: Metadata | None = None
+    integrations: Integrations | None = None
 
 
 class JobValidate(BaseModel):
@@ -78,6 +104,7 @@ class Job(BaseModel):
     metrics: JobMetrics
     error: JobError | None
     result_artifacts: list[str] = Field(description="Names of the files the job produced (GET .../artifacts).")
+    integrations: list[MlflowIntegration] = Field(default_factory=list)
     created_at: int
     updated_at: int
     started_at: int | None
@@ -110,6 +137,7 @@ class Job(BaseModel):
             ),
             error=error,
             result_artifacts=[artifact.name for artifact in row.artifacts],
+            integrations=[MlflowIntegration.model_validate(item) for item in row.integrations or []],
             created_at=unix_seconds(row.created_at),
             updated_at=unix_seconds(row.updated_at),
             started_at=_seconds(row.started_at),

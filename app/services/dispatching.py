@@ -27,6 +27,7 @@ from app.queue import TaskQueue
 from app.services import datasets, idempotency
 from app.services.job_state import requeue_expired_leases
 from app.statuses import JobStatus
+from app.webhooks.service import send_due_deliveries
 
 _MAX_RUNTIME = TypeAdapter(timedelta)
 
@@ -70,6 +71,7 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)  # lost leases, back to queued
     redispatched: list[str] = field(default_factory=list)  # queued jobs whose task was (re)sent
     revalidated: list[str] = field(default_factory=list)
+    webhooks: list[str] = field(default_factory=list)  # webhook deliveries due (retries, lost sends)
 
 
 def sweep(services: Services) -> SweepReport:
@@ -97,6 +99,8 @@ def sweep(services: Services) -> SweepReport:
         for dataset_id in report.revalidated:
             send_after_commit(session, lambda d=dataset_id: queue.send_validate_dataset(d))  # type: ignore[misc]
         idempotency.purge_expired(session)
-    if report.requeued or report.redispatched or report.revalidated:
+    with transaction(services.factory) as session:
+        report.webhooks = send_due_deliveries(session, queue, settings)
+    if report.requeued or report.redispatched or report.revalidated or report.webhooks:
         log.info("sweep: %s", report)
     return report

@@ -6,8 +6,9 @@
       └──cancel──> cancelled
 
 Each transition is one compare-and-set ``UPDATE jobs ... WHERE id = ? AND status IN (...) [AND owner = ?]``
-and appends a ``status`` event in the same transaction: of two workers racing, exactly one matches the
-row, and the record of what happened commits with the change. Terminal statuses never change.
+and appends a ``status`` event and the webhook outbox rows (``app.webhooks.outbox``) in the same
+transaction: of two workers racing, exactly one matches the row, and the record of what happened (and the
+deliveries that announce it) commits with the change. Terminal statuses never change.
 
 Attempts: ``attempt`` counts the claims, so while a job runs it is the number of the running attempt
 (1-based). A worker that dies loses its lease; the reaper (``requeue_expired_leases``) puts the job back to
@@ -33,6 +34,7 @@ from app.errors import Conflict, NotFound
 from app.repositories import jobs
 from app.services.job_records import append_event
 from app.statuses import TERMINAL_JOB_STATUSES, EventType, JobStatus
+from app.webhooks.outbox import record_job_status
 
 QUEUED, RUNNING, CANCELLING = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING
 SUCCEEDED, FAILED, CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
@@ -83,6 +85,7 @@ def _transition(
         if jobs.compare_and_set(session, job_id, statuses=[status], values=row_values, where=where):
             event_data = {"from": str(status), "to": str(target), **(data or {})}
             append_event(session, job_id, EventType.STATUS, event_data, message or f"{status} -> {target}")
+            record_job_status(session, job_id, target)  # webhooks: the outbox row commits with the change
             return status
     return None
 
@@ -90,6 +93,7 @@ def _transition(
 def record_created(session: Session, job: Job) -> None:
     """The first status event of a new job (written by ``app.services.jobs.create_job``)."""
     append_event(session, job.id, EventType.STATUS, {"from": None, "to": str(QUEUED)}, "job queued")
+    record_job_status(session, job.id, QUEUED)
 
 
 def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
 from app.db.session import transaction
-from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable
+from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
 from app.queue import TaskQueue
 from app.repositories import datasets, job_records, jobs
@@ -199,6 +199,18 @@ def check_spec(
     return CheckedSpec(spec=spec, dataset=dataset, init_from=init_from)
 
 
+def _check_integrations(settings: Settings, request: JobCreate) -> list[dict[str, Any]] | None:
+    if not request.integrations:
+        return None
+    if settings.mlflow_tracking_uri is None:
+        raise Unprocessable(
+            "this server has no MLflow tracking server (an operator sets FT_MLFLOW_TRACKING_URI)",
+            param="integrations.0",
+            code="integration_unavailable",
+        )
+    return [integration.model_dump(mode="json") for integration in request.integrations]
+
+
 # --- jobs -----------------------------------------------------------------------------------
 
 
@@ -215,6 +227,7 @@ def create_job(
     record = idempotency.replayed(session, project_id, idempotency_key)
     if record is not None:
         return get_job(session, project_id, record.resource_id), record.status_code
+    integrations = _check_integrations(settings, request)
     checked = check_spec(session, settings, project_id, request.spec, lock_dataset=True)
     now = utcnow()
     job = Job(
@@ -224,6 +237,7 @@ def create_job(
         name=request.name,
         spec=checked.spec.model_dump(mode="json"),
         init_from=checked.init_from,
+        integrations=integrations,
         status=JobStatus.QUEUED,
         attempt=0,
         max_attempts=settings.job_max_attempts,
@@ -268,6 +282,17 @@ def list_events(
 ) -> tuple[list[JobEvent], bool]:
     job = get_job(session, project_id, job_id)
     return job_records.events_page(session, job.id, types=types, after=after, limit=limit)
+
+
+def list_events_newest_first(
+    session: Session, project_id: str, job_id: str, *, after_event: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    """Newest first, past the event ``after_event`` (an id): OpenAI's order for a job's events."""
+    job = get_job(session, project_id, job_id)
+    page = job_records.events_newest_first(session, job.id, before_event=after_event, limit=limit)
+    if page is None:
+        raise NotFound(f"no event {after_event} of job {job_id}", param="after")
+    return page
 
 
 def epoch_table(session: Session, project_id: str, job_id: str) -> list[EpochMetrics]:

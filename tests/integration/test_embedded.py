@@ -1,5 +1,6 @@
 """The embedded mode, started the way the README starts it (`make serve`): no Redis, no PostgreSQL,
-no Docker. Upload, train, follow live, download, use the weights; Ctrl-C stops it all cleanly."""
+no Docker. Upload, train, follow live, download, use the weights, hear of the end by a signed webhook;
+Ctrl-C stops it all cleanly."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 from tests.app.servers import REPO, free_port
+from tests.app.webhooks.receiver import running_receiver
 from tests.integration.test_service import predict_accuracy
 
 pytestmark = pytest.mark.slow
@@ -23,6 +26,7 @@ def test_make_serve_runs_the_whole_flow_with_no_servers(cifar, tmp_path):
     port = free_port()
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(home)}
+    env["FT_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the test's receiver
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
         ["make", "serve", f"PORT={port}"], cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True
@@ -38,7 +42,13 @@ def test_make_serve_runs_the_whole_flow_with_no_servers(cifar, tmp_path):
                 pass
             assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(0.3)
-        with httpx.Client(base_url=url, timeout=60) as client, cifar[1].open("rb") as archive:
+        with (
+            httpx.Client(base_url=url, timeout=60) as client,
+            cifar[1].open("rb") as archive,
+            running_receiver() as receiver,
+        ):
+            hook = {"url": receiver.url, "events": ["job.succeeded"]}
+            secret = client.post("/v1/webhooks", json=hook).json()["secret"]
             ds = client.post("/v1/datasets", files={"file": ("cifar10.zip", archive)}).json()["id"]
             while client.get(f"/v1/datasets/{ds}").json()["status"] == "validating":
                 time.sleep(0.3)
@@ -55,6 +65,9 @@ def test_make_serve_runs_the_whole_flow_with_no_servers(cifar, tmp_path):
             job = client.get(f"/v1/jobs/{job_id}").json()
             weights = client.get(f"/v1/jobs/{job_id}/weights").content
             card = client.get(f"/v1/jobs/{job_id}/artifacts/model.json").json()
+            (delivered,) = receiver.wait_for(1, timeout=60)
+            told = Webhook(secret).verify(delivered.body, delivered.headers)
+            assert told["type"] == "job.succeeded" and told["data"]["id"] == job_id
         assert events[-1]["data"]["to"] == "succeeded" and job["status"] == "succeeded"
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         assert predict_accuracy(weights, card, cifar[0] / "test") == job["metrics"]["test"]["test_acc"]

@@ -14,13 +14,15 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from app.api import backbones, datasets, downloads, health, jobs, live, spec
 from app.db.session import transaction
+from app.openai_compat import routes as openai_compat
 from app.services.projects import create_api_key
+from app.webhooks import routes as webhooks
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ROUTES = [
     route
-    for module in (datasets, jobs, live, downloads, backbones, spec, health)
+    for module in (datasets, jobs, live, downloads, backbones, spec, webhooks, openai_compat, health)
     for route in module.router.routes
     if isinstance(route, APIRoute)
 ]
@@ -48,7 +50,7 @@ EXCLUDED = [positive_data_acceptance]
 # A multipart form field is text whatever the schema's type: a "wrong type" (the name -60 sent as a number)
 # arrives as the string "-60", a valid name. Type mutations of the upload form prove nothing, so that
 # operation skips the "invalid data is rejected" check; its invalid inputs are tested in test_datasets.py.
-MULTIPART = {("/v1/datasets", "POST")}
+MULTIPART = {("/v1/datasets", "POST"), ("/v1/files", "POST")}
 
 
 @pytest.fixture
