@@ -11,10 +11,12 @@ from app.api.deps import CallerDep, IdempotencyKeyHeader, QueueDep, SessionDep, 
 from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
 from app.api.uploads import UPLOAD_REQUEST_BODY, receive_upload
+from app.errors import NotFound
 from app.ids import new_id
 from app.schemas.common import Deleted
-from app.schemas.datasets import Dataset, DatasetList
+from app.schemas.datasets import ClassThumbnails, Dataset, DatasetList, DatasetThumbnails
 from app.services import datasets
+from app.services.dataset_validation import read_thumbnails
 from app.services.idempotency import IdempotencyKey, request_hash
 from app.statuses import DatasetStatus
 
@@ -88,6 +90,27 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=Dataset, summary="Get a data set", responses=error_responses(404))
 def get_dataset(dataset_id: DatasetId, caller: CallerDep, session: SessionDep) -> Dataset:
     return Dataset.from_row(datasets.get_dataset(session, caller.project_id, dataset_id))
+
+
+@router.get(
+    "/{dataset_id}/thumbnails",
+    response_model=DatasetThumbnails,
+    summary="A few thumbnails per class",
+    responses=error_responses(404),
+)
+def dataset_thumbnails(
+    dataset_id: DatasetId, caller: CallerDep, session: SessionDep, store: StoreDep
+) -> DatasetThumbnails:
+    """The first few training images of each class, small, made when the data set validated."""
+    dataset = datasets.get_dataset(session, caller.project_id, dataset_id)
+    record = read_thumbnails(store, dataset.id)
+    if record is None:
+        raise NotFound(f"data set {dataset_id} has no thumbnails (it is not ready, or was validated before them)")
+    classes = [
+        ClassThumbnails(name=name, images=[f"data:image/png;base64,{png}" for png in pngs])
+        for name, pngs in record["classes"].items()
+    ]
+    return DatasetThumbnails(dataset_id=dataset.id, pixels=record["pixels"], classes=classes)
 
 
 @router.delete(
