@@ -17,6 +17,7 @@ from app.api import backbones, datasets, downloads, health, jobs, live, spec
 from app.api.deps import reject_unknown_query
 from app.api.errors import install_error_handlers
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
+from app.console.routes import mount_console
 from app.context import Services
 from app.observability.metrics import ServiceMetrics
 from app.services.dispatching import sweep
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (datasets, jobs, live, downloads, backbones, spec, health):
         app.include_router(module.router)
+    mount_console(app)  # after the API's routes: /v1, /healthz and /docs come first
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     app.add_middleware(RequestIdMiddleware)  # outermost: every response, a 500 included, carries the id
