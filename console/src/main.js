@@ -11,6 +11,7 @@ import { renderNewJob } from "./views/newjob.js";
 
 const main = document.getElementById("main");
 let current = null;
+let routed = false;
 
 const ROUTES = [
   [/^\/jobs\/(ftjob_[A-Za-z0-9]+)$/, "jobs", (m, q, ctx) => renderJob(main, m[1], ctx)],
@@ -50,7 +51,10 @@ async function route() {
     console.error(error); // a page that could not render is a bug: the browser tests fail on it
     replace(main, h("h1", {}, "Something went wrong"), errorBox(error));
   }
-  if (!controller.signal.aborted) main.focus({ preventScroll: true });
+  // After a navigation, focus moves to the new page (as a page load would put it at the top); the first page
+  // leaves it where the browser starts, before the skip link.
+  if (!controller.signal.aborted && routed) main.focus({ preventScroll: true });
+  routed = true;
 }
 
 function navigate(hash) {

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ CHROMIUM = Path(os.environ.get("FT_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = REPO / "build" / "console-screenshots"
 WIDTHS = (1280, 390)
 DOCS_SCREENSHOT = REPO / "docs" / "job-page.png"
+FINETUNE = str(Path(sys.executable).with_name("finetune"))
 
 pytestmark = pytest.mark.slow
 
@@ -58,18 +60,17 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    """``finetune serve`` with auth on and one worker, in a temporary FT_HOME, and an API key for it."""
-    home = tmp_path_factory.mktemp("console-home")
+@contextmanager
+def finetune_serve(home: Path, *, auth: bool, workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``finetune serve`` as a person starts it, in ``home``, on a free port; stopped with Ctrl-C (SIGINT)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
-    env |= {"FT_HOME": str(home), "FT_AUTH_ENABLED": "true"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(home)}
+    if auth:
+        env["FT_AUTH_ENABLED"] = "true"
     log = home / "serve.log"
-    finetune = str(Path(sys.executable).with_name("finetune"))
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [finetune, "serve", "--port", str(port), "--workers", "1", "--loglevel", "WARNING"],
+            [FINETUNE, "serve", "--port", str(port), "--workers", str(workers), "--loglevel", "WARNING"],
             cwd=REPO,
             env=env,
             stdout=out,
@@ -79,10 +80,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(process, url, log)
-        created = subprocess.run(
-            [finetune, "keys", "create", "--project", "console"], env=env, capture_output=True, text=True, check=True
-        )
-        yield Console(url, created.stdout.strip(), home, process)
+        yield url, process
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:
@@ -90,6 +88,18 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The embedded service with auth on and one worker, in a temporary FT_HOME, and an API key for it."""
+    home = tmp_path_factory.mktemp("console-home")
+    with finetune_serve(home, auth=True, workers=1) as (url, process):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(home)}
+        created = subprocess.run(
+            [FINETUNE, "keys", "create", "--project", "console"], env=env, capture_output=True, text=True, check=True
+        )
+        yield Console(url, created.stdout.strip(), home, process)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.console.conftest import DOCS_SCREENSHOT, Console, Page, open_page
+from tests.console.conftest import DOCS_SCREENSHOT, Console, Page, finetune_serve, open_page
 
 pytestmark = pytest.mark.slow
 
@@ -269,4 +269,18 @@ def test_sign_in_with_an_api_key(browser: object, console: Console) -> None:
         assert p.evaluate("sessionStorage.getItem('finetune.apiKey')") is None
     finally:
         context.close()
+    assert not page.watch.problems, page.watch.problems
+
+
+def test_the_embedded_mode_opens_straight_in(browser: object, tmp_path: Path) -> None:
+    """Auth is off in the embedded mode: no sign-in, no key, nothing to sign out of."""
+    with finetune_serve(tmp_path, auth=False, workers=0) as (url, process):
+        context, page = open_page(browser, Console(url, "", tmp_path, process), signed_in=False)
+        try:
+            page.goto("/jobs")
+            p = page.page
+            p.wait_for_selector("#job-list[data-jobs='0']")
+            assert p.is_hidden("#signout") and p.locator("form.signin").count() == 0
+        finally:
+            context.close()
     assert not page.watch.problems, page.watch.problems

@@ -20,7 +20,9 @@ export function progressCell(job) {
     {},
     h("progress", { max: 1, value: p.fraction, "aria-label": `${job.id}: ${label}` }),
     h("span", {}, ` ${label}`),
-    p.eta_seconds !== null && p.eta_seconds !== undefined ? h("span.muted", {}, ` · ETA ${fmt.duration(p.eta_seconds)}`) : null,
+    p.eta_seconds !== null && p.eta_seconds !== undefined && !TERMINAL.has(job.status)
+      ? h("span.muted", {}, ` · ETA ${fmt.duration(p.eta_seconds)}`)
+      : null,
   );
 }
 
