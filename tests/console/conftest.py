@@ -1,5 +1,5 @@
 """The console in a real browser: Debian's Chromium driven by Playwright, against one real embedded server
-(``finetune serve``: SQLite, files, a worker child) with auth on, for the whole session.
+(``finetune serve``: SQLite, files, a worker child) with auth on, for the whole module.
 
 Every page a test opens is watched: a console error, an uncaught exception, a failed request or an HTTP error
 the test did not declare fails the test. Screenshots of each page at 1280 and 390 px go to
@@ -90,7 +90,7 @@ def finetune_serve(home: Path, *, auth: bool, workers: int) -> Iterator[tuple[st
             process.wait(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """The embedded service with auth on and one worker, in a temporary FT_HOME, and an API key for it."""
     home = tmp_path_factory.mktemp("console-home")
@@ -102,15 +102,17 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         yield Console(url, created.stdout.strip(), home, process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded CIFAR-10 subset (12 train and 4 test images per class, 32 px) as a tar.gz."""
     root = make_cifar_subset(tmp_path_factory.mktemp("console-cifar") / "cifar10", per_class=12, test_per_class=4)
     return Path(shutil.make_archive(str(root), "gztar", root))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one test module: Playwright's sync API runs an event loop until it stops, which the
+    suite's async tests must not find running."""
     if not CHROMIUM.is_file():
         service_missing("Chromium", str(CHROMIUM), FileNotFoundError("not installed: `make browser` installs it"))
     from playwright.sync_api import sync_playwright

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dataset_id(browser: object, console: Console, cifar_archive: Path) -> str:
     """The subset, uploaded through the data sets page (progress bar and all) and validated to ready."""
     context, page = open_page(browser, console)
@@ -130,15 +130,14 @@ def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
         points = int(loss.get_attribute("data-points") or 0)
         if points and (not seen or points > seen[-1]) and p.inner_text("h1 .badge") == "running":
             seen.append(points)
-        if len(seen) == 2 and not paused:
+        if len(seen) >= 2 and not paused and p.get_attribute(".live-state", "data-state") == "live":
             p.click("#live-toggle")  # pause
             assert p.inner_text(".live-state") == "paused"
-            p.wait_for_timeout(1500)
+            p.wait_for_timeout(700)
             p.click("#live-toggle")  # resume, after the last event seen
             paused = True
         p.wait_for_timeout(100)
-    assert len(seen) >= 3, f"the loss curve did not grow while the job ran: {seen}"
-    assert paused
+    assert len(seen) >= 2 and paused, f"the loss curve did not grow while the job ran: {seen}"
     p.wait_for_selector("h1 .badge:text('succeeded')")
     with console.api() as api:
         events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()
@@ -231,6 +230,17 @@ def test_the_jobs_list_filters_by_status_and_metadata(page: Page, console: Conso
     rows = p.eval_on_selector_all("tbody tr td[data-label='Status']", "cs => cs.map(c => c.textContent)")
     assert rows == ["cancelled"] * len(cancelled)
 
+    # Pages by cursor: one job a page here, newest first.
+    with console.api() as api:
+        newest = [job["id"] for job in api.get("/v1/jobs", params={"limit": 2}).json()["data"]]
+    page.goto("/jobs?limit=1")
+    p.wait_for_selector("#job-list[data-jobs='1']")
+    assert p.get_attribute("#job-list input[type=checkbox]", "aria-label") == f"compare {newest[0]}"
+    p.click("text=Next page")
+    p.wait_for_selector(f"#job-list input[aria-label='compare {newest[1]}']")
+    p.click("text=First page")
+    p.wait_for_selector(f"#job-list input[aria-label='compare {newest[0]}']")
+
 
 def test_everything_is_reachable_with_the_keyboard(page: Page) -> None:
     page.goto("/jobs")
@@ -246,7 +256,7 @@ def test_everything_is_reachable_with_the_keyboard(page: Page) -> None:
     p.keyboard.press("Shift+Tab")
     p.keyboard.press("Enter")  # on "Data sets"
     p.wait_for_selector("h1:text('Data sets')")
-    assert p.evaluate("document.activeElement.id") == "main"  # focus moves to the new page
+    p.wait_for_function("document.activeElement.id === 'main'")  # focus moves to the new page
 
 
 def test_sign_in_with_an_api_key(browser: object, console: Console) -> None:

@@ -278,7 +278,6 @@ export async function renderJob(main, jobId, { signal }) {
     }
   }
 
-  const logged = [];
   function logRow(event) {
     const row = h(
       "tr",
@@ -336,7 +335,6 @@ export async function renderJob(main, jobId, { signal }) {
       },
       onEvent: (event) => {
         lastSeq = event.seq;
-        logged.push(event.seq);
         logBody.append(logRow(event));
         logArea.dataset.lastSeq = String(event.seq);
         plot(chartSet, event);
