@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,26 @@ def test_a_data_set_shows_its_class_counts_and_thumbnails(page: Page, dataset_id
     assert thumbs == [4] * 10
     assert p.eval_on_selector_all("#thumbnails img", "is => is.every(i => i.complete && i.naturalWidth === 32)")
     page.snap("dataset")
+
+
+def test_a_data_set_that_fails_validation_shows_why(page: Page, tmp_path: Path) -> None:
+    from PIL import Image
+
+    archive = tmp_path / "one-class.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        picture = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(picture, format="PNG")
+        out.writestr("train/cat/0.png", picture.getvalue())
+    page.goto("/datasets")
+    p = page.page
+    p.set_input_files("#dataset-file", str(archive))
+    p.click("#upload")
+    p.click("#uploaded")
+    reason = p.locator("section.problems li").first
+    reason.wait_for()
+    assert "only one class folder (train/cat/)" in reason.inner_text()
+    assert "dataset_invalid" in p.inner_text("section.problems")
+    page.snap("dataset-failed")
 
 
 def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
