@@ -9,6 +9,16 @@
 # reserves GPUs. A CUDA base would add a second copy of those libraries (gigabytes) and its own Python.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# --- console: the web console's scripts and styles, built from console/ with npm's lock --------------
+# A stage of its own: Node.js stays out of the service's images; only the built files are copied on.
+FROM node:20-bookworm-slim AS console
+WORKDIR /src/console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY console/src/ src/
+COPY examples/ /src/examples/
+RUN npm run build
+
 # --- builder: the project and its locked dependencies in a virtual environment -----------------------
 FROM ${PYTHON_IMAGE} AS builder
 # pip compiles every module to bytecode as it installs: the runtime's user cannot write it later.
@@ -28,6 +38,7 @@ COPY training/ training/
 COPY app/ app/
 COPY worker/ worker/
 COPY migrations/ migrations/
+COPY --from=console /src/app/console/static/dist/ app/console/static/dist/
 RUN pip install --no-cache-dir -c constraints.txt . \
     && pip check
 

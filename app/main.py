@@ -20,6 +20,7 @@ from app.api.errors import install_error_handlers
 from app.api.event_hub import EventHub
 from app.api.limits import BodyLimitMiddleware, HostAllowlistMiddleware
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
+from app.console.routes import mount_console
 from app.context import Services
 from app.observability.metrics import ServiceMetrics
 from app.openai_compat import routes as openai_compat
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (datasets, jobs, live, downloads, backbones, spec, webhooks, openai_compat, health):
         app.include_router(module.router)
+    mount_console(app)  # after the API's routes: /v1, /healthz and /docs come first
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)  # before parsing and auth

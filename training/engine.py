@@ -2,7 +2,8 @@
 
 ``Trainer(spec, out_dir).fit()`` sets up the device, data, model and optimization in small named
 steps, trains and evaluates every epoch, writes an atomic checkpoint of the whole state each
-epoch, and publishes ``model.safetensors``, ``model.json`` and ``metrics.json`` in ``out_dir``.
+epoch, and publishes ``model.safetensors``, ``model.json``, ``metrics.json`` and ``confusion.json`` (the
+published weights' confusion matrix and per-class accuracy on the validation and test sets) in ``out_dir``.
 It knows nothing of the service: the caller plugs in ``Callbacks``.
 
 The hot loop does not wait on the device: losses, accuracies and gradient norms accumulate in
@@ -477,12 +478,27 @@ class Trainer:
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, source: Any) -> dict[str, float]:
         """Loss (plain cross entropy), accuracy and top-5 accuracy (more than five classes) on a split."""
+        return self._evaluate(model, source, confusion=False)[0]
+
+    @torch.inference_mode()
+    def evaluate_with_confusion(self, model: nn.Module, source: Any) -> tuple[dict[str, float], list[list[int]]]:
+        """``evaluate``'s metrics and the confusion matrix: rows are true classes, columns predicted ones."""
+        metrics, matrix = self._evaluate(model, source, confusion=True)
+        assert matrix is not None
+        return metrics, matrix
+
+    def _evaluate(
+        self, model: nn.Module, source: Any, *, confusion: bool
+    ) -> tuple[dict[str, float], list[list[int]] | None]:
         model.eval()
         device = self.runtime.device
+        classes = self.num_classes
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         correct5 = torch.zeros((), device=device)
-        top5 = self.num_classes > 5
+        # counts[true * classes + predicted], on the device: no host sync per batch
+        counts = torch.zeros(classes * classes, dtype=torch.long, device=device) if confusion else None
+        top5 = classes > 5
         seen = 0
         for images, labels in source.batches(0):
             x = normalize(images, self.mean, self.std, channels_last=self.runtime.channels_last)
@@ -490,9 +506,12 @@ class Trainer:
                 logits = model(x)
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-            correct += (logits.argmax(dim=1) == labels).sum()
+            predicted = logits.argmax(dim=1)
+            correct += (predicted == labels).sum()
             if top5:
                 correct5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
+            if counts is not None:
+                counts += torch.bincount(labels * classes + predicted, minlength=classes * classes)
             seen += labels.shape[0]
         # One host sync; the ratios in float64 on the host, so that an accuracy is exactly correct / seen.
         loss, hits, hits5 = torch.stack([loss_sum.double(), correct.double(), correct5.double()]).tolist()
@@ -500,7 +519,8 @@ class Trainer:
         metrics = {"loss": loss / seen, "acc": hits / seen}
         if top5:
             metrics["acc_top5"] = hits5 / seen
-        return metrics
+        matrix = counts.view(classes, classes).tolist() if counts is not None else None
+        return metrics, matrix
 
     def _end_epoch(self, epoch: int) -> bool:
         """Evaluate, record, checkpoint and report an epoch. True when early stopping says stop."""
@@ -665,11 +685,16 @@ class Trainer:
     def _finish(self, status: Status) -> FitResult:
         module, source, epoch = self._published_model()
         final = {}
+        confusion: dict[str, Any] = {"class_names": self.data.class_names, "val": None, "test": None}
         if self.data.val is not None:
-            final = {f"val_{k}": v for k, v in self.evaluate(module, self.data.val).items()}
+            val_metrics, val_matrix = self.evaluate_with_confusion(module, self.data.val)
+            final = {f"val_{k}": v for k, v in val_metrics.items()}
+            confusion["val"] = confusion_record(val_matrix)
         test = None
         if self.data.test is not None:
-            test = {f"test_{k}": v for k, v in self.evaluate(module, self.data.test).items()}
+            test_metrics, test_matrix = self.evaluate_with_confusion(module, self.data.test)
+            test = {f"test_{k}": v for k, v in test_metrics.items()}
+            confusion["test"] = confusion_record(test_matrix)
         metrics = {"epoch": epoch, "source": source, **final, **(test or {})}
         spec_json = self.spec.model_dump(mode="json")
         weights_path = self.out_dir / "model.safetensors"
@@ -687,6 +712,7 @@ class Trainer:
         write_card(card_path, card)
         record = {"status": status, "epochs": self.state.history, "published": metrics}
         write_atomic(self.out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        write_atomic(self.out_dir / "confusion.json", lambda tmp: tmp.write_text(json.dumps(confusion) + "\n"))
         result = self._result(status)
         result.final, result.test = final, test
         result.weights_path, result.card_path = weights_path, card_path
@@ -705,6 +731,13 @@ class Trainer:
             card_path=None,
             checkpoint_path=getattr(self, "last_checkpoint", None),
         )
+
+
+def confusion_record(matrix: list[list[int]]) -> dict[str, Any]:
+    """A split's confusion matrix (rows: true class, columns: predicted) with each class's accuracy (its recall;
+    None for a class the split has no images of)."""
+    per_class = [row[i] / sum(row) if sum(row) else None for i, row in enumerate(matrix)]
+    return {"matrix": matrix, "per_class_accuracy": per_class, "images": sum(map(sum, matrix))}
 
 
 def init_from_normalization(path: Path) -> Normalization | None:

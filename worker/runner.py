@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 CARD_ARTIFACT = "model.json"
 METRICS_ARTIFACT = "metrics.json"
+CONFUSION_ARTIFACT = "confusion.json"
 
 
 def new_owner(worker_name: str | None = None) -> str:
@@ -248,7 +249,7 @@ class JobRunner:
     def _publish_artifacts(self, last_checkpoint: Path | None) -> None:
         store = self.services.store
         with transaction(self.services.factory) as session:
-            for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT, METRICS_ARTIFACT):
+            for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT, METRICS_ARTIFACT, CONFUSION_ARTIFACT):
                 with (self.run_dir / name).open("rb") as file:
                     stored = store.put(f"jobs/{self.job_id}/{name}", file)
                 register_artifact(session, self.job_id, name, stored, owner=self.owner)

@@ -14,11 +14,13 @@ from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
 from app.api.uploads import UPLOAD_REQUEST_BODY, receive_upload
 from app.db.models import Dataset as DatasetRow
+from app.errors import NotFound
 from app.ids import new_id
 from app.queue import TaskQueue
 from app.schemas.common import Deleted
-from app.schemas.datasets import Dataset, DatasetList
+from app.schemas.datasets import ClassThumbnails, Dataset, DatasetList, DatasetThumbnails
 from app.services import datasets
+from app.services.dataset_validation import read_thumbnails
 from app.services.idempotency import IdempotencyKey, request_hash
 from app.settings import Settings
 from app.statuses import DatasetStatus
@@ -112,6 +114,27 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=Dataset, summary="Get a data set", responses=error_responses(404))
 def get_dataset(dataset_id: DatasetId, caller: CallerDep, session: SessionDep) -> Dataset:
     return Dataset.from_row(datasets.get_dataset(session, caller.project_id, dataset_id))
+
+
+@router.get(
+    "/{dataset_id}/thumbnails",
+    response_model=DatasetThumbnails,
+    summary="A few thumbnails per class",
+    responses=error_responses(404),
+)
+def dataset_thumbnails(
+    dataset_id: DatasetId, caller: CallerDep, session: SessionDep, store: StoreDep
+) -> DatasetThumbnails:
+    """The first few training images of each class, small, made when the data set validated."""
+    dataset = datasets.get_dataset(session, caller.project_id, dataset_id)
+    record = read_thumbnails(store, dataset.id)
+    if record is None:
+        raise NotFound(f"data set {dataset_id} has no thumbnails (it is not ready, or was validated before them)")
+    classes = [
+        ClassThumbnails(name=name, images=[f"data:image/png;base64,{png}" for png in pngs])
+        for name, pngs in record["classes"].items()
+    ]
+    return DatasetThumbnails(dataset_id=dataset.id, pixels=record["pixels"], classes=classes)
 
 
 @router.delete(

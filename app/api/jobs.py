@@ -14,6 +14,7 @@ from app.api.deps import (
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
+    StoreDep,
 )
 from app.api.dry_runs import DryRunPool
 from app.api.errors import error_responses
@@ -30,6 +31,7 @@ from app.schemas.jobs import (
     Job,
     JobArtifact,
     JobCheckpoint,
+    JobConfusion,
     JobCreate,
     JobEpoch,
     JobEvent,
@@ -194,3 +196,16 @@ def list_checkpoints(
 def list_artifacts(job_id: JobId, caller: CallerDep, session: SessionDep) -> ArtifactList:
     rows = jobs.list_artifacts(session, caller.project_id, job_id)
     return ArtifactList(data=[JobArtifact.from_row(row) for row in rows])
+
+
+@router.get(
+    "/{job_id}/confusion",
+    response_model=JobConfusion,
+    summary="A job's confusion matrices",
+    responses=error_responses(404),
+)
+def confusion(job_id: JobId, caller: CallerDep, session: SessionDep, store: StoreDep) -> JobConfusion:
+    """The published weights' confusion matrix and per-class accuracy on the validation set, and on the test
+    set when the data set has one. A job publishes them when it succeeds (its ``confusion.json`` artifact)."""
+    record = jobs.read_confusion(session, store, caller.project_id, job_id)
+    return JobConfusion(job_id=job_id, **record)

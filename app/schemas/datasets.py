@@ -62,3 +62,15 @@ class Dataset(BaseModel):
 
 class DatasetList(ListPage[Dataset]):
     pass
+
+
+class ClassThumbnails(BaseModel):
+    name: str = Field(description="A class, in label order.")
+    images: list[str] = Field(description="PNG data URLs of its first few training images.")
+
+
+class DatasetThumbnails(BaseModel):
+    object: Literal["dataset.thumbnails"] = "dataset.thumbnails"
+    dataset_id: str
+    pixels: int = Field(description="The longer side of a thumbnail at most.")
+    classes: list[ClassThumbnails]

@@ -302,6 +302,24 @@ class DryRun(BaseModel):
     lr_preview: LRPreview
 
 
+class ConfusionSplit(BaseModel):
+    matrix: list[list[int]] = Field(description="Images by true class (rows) and predicted class (columns).")
+    per_class_accuracy: list[float | None] = Field(
+        description="Each class's accuracy (its recall), in class order; null where the split has none of it."
+    )
+    images: int
+
+
+class JobConfusion(BaseModel):
+    object: Literal["fine_tuning.job.confusion"] = "fine_tuning.job.confusion"
+    job_id: str
+    class_names: list[str] = Field(description="The order of the matrices' rows and columns.")
+    val: ConfusionSplit | None = Field(
+        None, description="Of the published weights on the validation set; null when the job trained without one."
+    )
+    test: ConfusionSplit | None = Field(None, description="On the test set, when the data set has test/.")
+
+
 class JobList(ListPage[Job]):
     pass
 

@@ -15,7 +15,10 @@ ends it ``failed`` with ``validation_crashed`` instead of dying again.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -33,6 +36,7 @@ from app.statuses import DatasetStatus
 from app.store import CHUNK_BYTES, ArtifactStore, ObjectMissing
 from training.dataset import DatasetError, DatasetReport, resolve_source
 from training.isolated import ChildLimits, validate_in_child
+from training.thumbnails import THUMBNAIL_PIXELS, class_thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +93,45 @@ def _check(store: ArtifactStore, settings: Settings, dataset: Dataset) -> dict[s
             reason = f"{dataset.filename}: the stored archive does not match the uploaded one (sha256); upload it again"
             return _failed("dataset_corrupt", reason, [reason])
         limits = ChildLimits(settings.validation_memory_mb, settings.validation_timeout_seconds)
-        return _ready(validate_in_child(archive, work_dir, settings.engine, limits))
+        report = validate_in_child(archive, work_dir, settings.engine, limits)
+        _store_thumbnails(store, settings, dataset, archive, work_dir)
+        return _ready(report)
     except ObjectMissing:
         reason = f"{dataset.filename}: the uploaded archive is missing from the artifact store; upload it again"
         return _failed("dataset_missing", reason, [reason])
     except DatasetError as error:
         shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-extracted stays behind
         return _failed(error.code, error.message, error.problems)
+
+
+def thumbnails_key(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}/thumbnails.json"
+
+
+def _store_thumbnails(
+    store: ArtifactStore, settings: Settings, dataset: Dataset, archive: Path, work_dir: Path
+) -> None:
+    """A few PNG thumbnails per class beside the archive, for the console. Best effort: a data set that
+    validated is ready even when its pictures could not be made (it just shows none)."""
+    try:
+        folder = resolve_source(archive, work_dir, settings.engine)  # the extraction validation just made
+        pictures = class_thumbnails(folder)
+        record = {
+            "pixels": THUMBNAIL_PIXELS,
+            "classes": {name: [base64.b64encode(png).decode() for png in pngs] for name, pngs in pictures.items()},
+        }
+        store.put(thumbnails_key(dataset.id), io.BytesIO(json.dumps(record).encode()))
+    except Exception:
+        log.warning("no thumbnails for data set %s", dataset.id, exc_info=True)
+
+
+def read_thumbnails(store: ArtifactStore, dataset_id: str) -> dict[str, Any] | None:
+    """The thumbnails validation stored for a data set; None for one validated before they existed."""
+    if store.stat(thumbnails_key(dataset_id)) is None:
+        return None
+    with store.open(thumbnails_key(dataset_id)) as file:
+        record: dict[str, Any] = json.load(file)
+    return record
 
 
 def run_dataset_validation(

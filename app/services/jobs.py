@@ -3,6 +3,7 @@ lists, cancel, and the dry run. Status changes go through ``app.services.job_sta
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from app.services.dispatching import queue_for_training
 from app.services.idempotency import IdempotencyKey
 from app.settings import Settings
 from app.statuses import DatasetStatus, EventType, JobStatus
+from app.store import ArtifactStore
 from training.catalog import get_backbone, weights_cache_path
 from training.dataset import scan_image_folder
 from training.errors import TrainingError
@@ -30,6 +32,7 @@ from training.plan import PlannedRun
 from training.spec import Spec, missing_split_problem
 
 WEIGHTS_ARTIFACT = "model.safetensors"  # the final weights a succeeded job publishes (the worker's name)
+CONFUSION_ARTIFACT = "confusion.json"  # its confusion matrices on the validation and test sets
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,17 @@ def list_checkpoints(
 
 def list_artifacts(session: Session, project_id: str, job_id: str) -> list[Artifact]:
     return job_records.artifacts(session, get_job(session, project_id, job_id).id)
+
+
+def read_confusion(session: Session, store: ArtifactStore, project_id: str, job_id: str) -> dict[str, Any]:
+    """The confusion matrices a succeeded job published (``confusion.json``), as the engine wrote them."""
+    job = get_job(session, project_id, job_id)
+    artifact = job_records.artifact(session, job.id, CONFUSION_ARTIFACT)
+    if artifact is None:
+        raise NotFound(f"job {job_id} has no confusion matrix: a job publishes one when it succeeds", param="job_id")
+    with store.open(artifact.store_key) as file:
+        record: dict[str, Any] = json.load(file)
+    return record
 
 
 # --- the dry run ----------------------------------------------------------------------------

@@ -80,6 +80,16 @@ def test_a_run_reports_metrics_and_publishes_weights_torchvision_loads(colour_se
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["published"]["test_acc"] == result.test["test_acc"]
 
+    # The confusion matrices of the published weights: rows are the true classes (six images of each), and
+    # their diagonals give exactly the accuracies the run reports.
+    confusion = json.loads((tmp_path / "confusion.json").read_text())
+    assert confusion["class_names"] == list(CLASSES)
+    for split, accuracy in (("val", result.final["val_acc"]), ("test", result.test["test_acc"])):
+        matrix = confusion[split]["matrix"]
+        assert [sum(row) for row in matrix] == [6, 6, 6] and confusion[split]["images"] == 18
+        assert sum(matrix[i][i] for i in range(3)) / 18 == accuracy
+        assert confusion[split]["per_class_accuracy"] == [matrix[i][i] / 6 for i in range(3)]
+
 
 def test_checkpoints_keep_the_best_and_the_last(colour_set, tmp_path):
     recorder = Recorder()

@@ -40,7 +40,7 @@ def test_a_job_runs_to_success_and_its_weights_predict_as_reported(services, col
     assert job.status == JobStatus.SUCCEEDED and job.attempt == 1 and job.epochs_completed == 2
     assert job.test_metrics["test_acc"] is not None
     names = {a.name for a in read(services, job_records.artifacts, job_id)}
-    assert {"model.safetensors", "model.json", "metrics.json"} <= names
+    assert {"model.safetensors", "model.json", "metrics.json", "confusion.json"} <= names
     assert any(name.startswith("epoch-") and name.endswith(".pt") for name in names)
     kinds = [e.type for e in events(services, job_id)]
     assert kinds[:2] == ["status", "status"] and kinds[-1] == "status"

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 
 import pytest
+from PIL import Image
 
 from app.statuses import DatasetStatus
 from app.tasks import CPU_QUEUE, VALIDATE_DATASET
-from tests.app.helpers import broker_messages, image_tree, job_body, ready_dataset, upload, validate_queued, zip_bytes
+from tests.app.helpers import (
+    broker_messages,
+    image_tree,
+    job_body,
+    png_bytes,
+    ready_dataset,
+    upload,
+    validate_queued,
+    zip_bytes,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -188,3 +200,24 @@ async def test_a_failed_validation_lists_reasons(client, app, settings):
     job = await client.post("/v1/jobs", json=job_body(shown["id"]))
     assert job.status_code == 409
     assert job.json()["error"]["code"] == "dataset_not_ready"
+
+
+async def test_thumbnails_show_the_first_images_of_each_class(client, app, settings):
+    files = image_tree(classes=("cat", "dog"), per_class=5) | {"train/bird/big.png": png_bytes((9, 9, 9), size=200)}
+    dataset = await ready_dataset(client, app, settings, files)
+    sheet = (await client.get(f"/v1/datasets/{dataset['id']}/thumbnails")).json()
+    assert sheet["object"] == "dataset.thumbnails" and sheet["pixels"] == 64
+    assert [c["name"] for c in sheet["classes"]] == ["bird", "cat", "dog"]
+
+    def pictures(shown):
+        prefix = "data:image/png;base64,"
+        return [Image.open(io.BytesIO(base64.b64decode(url.removeprefix(prefix)))) for url in shown["images"]]
+
+    [big] = pictures(sheet["classes"][0])
+    assert big.size == (64, 64) and big.getpixel((5, 5)) == (9, 9, 9)  # shrunk to 64 px
+    for index, shown in enumerate(sheet["classes"][1:]):
+        images = pictures(shown)  # the first four of five, by path; small images keep their size
+        assert [image.size for image in images] == [(8, 8)] * 4
+        assert [image.getpixel((0, 0)) for image in images] == [(40 * index % 255, 100, 20 * i % 255) for i in range(4)]
+    unknown = await client.get("/v1/datasets/ds_01JAAAAAAAAAAAAAAAAAAAAAAA/thumbnails")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"

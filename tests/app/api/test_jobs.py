@@ -4,6 +4,8 @@ checkpoints, artifacts, idempotency and the dry run."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import time
 
 import pytest
@@ -380,3 +382,23 @@ async def test_dry_run_refuses_what_submission_refuses(client):
     assert response.status_code == 404
     bad = await client.post("/v1/jobs/validate", json={"spec": {"data": {"dataset": "x"}}})
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "spec.data.dataset"
+
+
+async def test_the_confusion_matrices_a_job_published(client, app, dataset):
+    job = await submit(client, job_body(dataset["id"]))
+    missing = await client.get(f"/v1/jobs/{job['id']}/confusion")
+    assert missing.status_code == 404 and "when it succeeds" in missing.json()["error"]["message"]
+    assert (await client.get("/v1/jobs/ftjob_01JAAAAAAAAAAAAAAAAAAAAAAA/confusion")).status_code == 404
+
+    # What the engine writes (confusion.json), published by the worker: the API serves it typed.
+    record = {
+        "class_names": ["cat", "dog"],
+        "val": {"matrix": [[3, 1], [0, 2]], "per_class_accuracy": [0.75, 1.0], "images": 6},
+        "test": None,
+    }
+    stored = app.state.store.put(f"jobs/{job['id']}/confusion.json", io.BytesIO(json.dumps(record).encode()))
+    with transaction(app.state.session_factory) as session:
+        assert job_state.claim_job(session, job["id"], "w", 60)
+        job_records.register_artifact(session, job["id"], "confusion.json", stored, owner="w")
+    shown = (await client.get(f"/v1/jobs/{job['id']}/confusion")).json()
+    assert shown == {"object": "fine_tuning.job.confusion", "job_id": job["id"], **record}

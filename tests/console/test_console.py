@@ -1,0 +1,317 @@
+"""The console, as a person uses it, in Chromium against a real embedded server (tests/console/conftest.py):
+upload a CIFAR-10 subset, submit a job from the editor after fixing a validation error, watch its loss curve
+grow live (pausing and resuming the stream without a gap), download its weights, cancel another job, compare
+two jobs, sign in with a key, reach everything with the keyboard."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.console.conftest import DOCS_SCREENSHOT, Console, Page, finetune_serve, open_page
+
+pytestmark = pytest.mark.slow
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def dataset_id(browser: object, console: Console, cifar_archive: Path) -> str:
+    """The subset, uploaded through the data sets page (progress bar and all) and validated to ready."""
+    context, page = open_page(browser, console)
+    try:
+        page.goto("/datasets")
+        p = page.page
+        p.set_input_files("#dataset-file", str(cifar_archive))
+        p.fill("#dataset-name", "cifar-subset")
+        p.click("#upload")
+        p.wait_for_selector("#uploaded")  # type: ignore[attr-defined]
+        assert p.eval_on_selector("#upload-progress", "e => e.value") == 1  # type: ignore[attr-defined]
+        assert "(validating)" in p.inner_text("#upload-status")  # type: ignore[attr-defined]
+        p.click("#uploaded")  # type: ignore[attr-defined]
+        p.wait_for_url("**/#/datasets/ds_*")  # type: ignore[attr-defined]
+        p.wait_for_selector("#thumbnails img")  # type: ignore[attr-defined]
+        dataset = p.url.rsplit("/", 1)[1]  # type: ignore[attr-defined]
+    finally:
+        context.close()
+    assert not page.watch.problems, page.watch.problems
+    return str(dataset)
+
+
+def wait_for_job(console: Console, job_id: str, statuses: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    with console.api() as api:
+        while (job := api.get(f"/v1/jobs/{job_id}").json())["status"] not in statuses:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+    return job
+
+
+def submit(console: Console, dataset: str, **training: object) -> str:
+    spec = {
+        "data": {"dataset": dataset, "image_size": 32, "batch_size": 32},
+        "optimizer": {"name": "sgd", "lr": 0.01},
+        "training": {"epochs": 2, "log_every_steps": 1, **training},
+    }
+    with console.api() as api:
+        created = api.post("/v1/jobs", json={"spec": spec, "metadata": {"made_by": "api"}})
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def test_a_data_set_shows_its_class_counts_and_thumbnails(page: Page, dataset_id: str) -> None:
+    page.goto("/datasets")
+    p = page.page
+    p.wait_for_selector(f"a[href='#/datasets/{dataset_id}']")
+    page.snap("datasets")
+    page.goto(f"/datasets/{dataset_id}")
+    p.wait_for_selector("#thumbnails img")
+    splits = p.eval_on_selector_all(
+        ".bar-group", "gs => gs.map(g => [g.querySelector('h4').textContent, g.querySelectorAll('.bar-value').length])"
+    )
+    values = p.eval_on_selector_all(".bar-group .bar-value", "vs => vs.map(v => Number(v.textContent))")
+    assert splits == [["train", 10], ["test", 10]] and values == [12] * 10 + [4] * 10
+    thumbs = p.eval_on_selector_all(".thumb-class", "cs => cs.map(c => c.querySelectorAll('img').length)")
+    assert thumbs == [4] * 10
+    assert p.eval_on_selector_all("#thumbnails img", "is => is.every(i => i.complete && i.naturalWidth === 32)")
+    page.snap("dataset")
+
+
+def test_a_data_set_that_fails_validation_shows_why(page: Page, tmp_path: Path) -> None:
+    from PIL import Image
+
+    archive = tmp_path / "one-class.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        picture = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(picture, format="PNG")
+        out.writestr("train/cat/0.png", picture.getvalue())
+    page.goto("/datasets")
+    p = page.page
+    p.set_input_files("#dataset-file", str(archive))
+    p.click("#upload")
+    p.click("#uploaded")
+    reason = p.locator("section.problems li").first
+    reason.wait_for()
+    assert "only one class folder (train/cat/)" in reason.inner_text()
+    assert "dataset_invalid" in p.inner_text("section.problems")
+    page.snap("dataset-failed")
+
+
+def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
+    page: Page, console: Console, dataset_id: str
+) -> None:
+    other = submit(console, dataset_id)  # queued first: a second finished job to compare with later
+    page.goto(f"/new?dataset={dataset_id}")
+    p = page.page
+    editor = p.locator("#spec-editor")
+    prefilled = editor.input_value()
+    assert "from examples/cifar10-resnet18.yaml" in prefilled and f"dataset: {dataset_id}" in prefilled
+    spec = yaml.safe_load(prefilled)
+    spec["optimizer"]["lr"] = -0.05  # a mistake the dry run catches
+    spec["data"] |= {"batch_size": 32}
+    spec["training"] |= {"epochs": 2, "log_every_steps": 1}
+    spec["clipping"] = {"mode": "norm", "max_norm": 1.0}
+    text = yaml.safe_dump(spec, sort_keys=False)
+    editor.fill(text)
+    page.watch.expect(422, "/v1/jobs/validate")
+    p.click("#validate")
+    error = p.locator("#spec-errors li").first
+    error.wait_for()
+    lr_line = text.splitlines().index("  lr: -0.05")
+    assert error.get_attribute("data-line") == str(lr_line) and "lr" in (error.get_attribute("data-param") or "")
+    assert "greater than 0" in error.inner_text() and p.is_disabled("#submit")
+    page.snap("new-job-error")
+
+    editor.fill(text.replace("lr: -0.05", "lr: 0.05"))
+    p.click("#validate")
+    p.wait_for_selector("#plan figure.chart", timeout=120_000)  # the dry run builds the model on the CPU
+    assert p.inner_text("#spec-errors") == "The spec is valid."
+    assert p.inner_text("dd[data-field='Parameters']") == "11,181,642"  # resnet18 with a 10-class head
+    assert int(p.get_attribute("#plan figure.chart", "data-points") or 0) > 0
+    page.snap("new-job-plan")
+    p.fill("#job-name", "from-the-editor")
+    p.click("#submit")
+    p.wait_for_url("**/#/jobs/ftjob_*")
+    job_id = p.url.rsplit("/", 1)[1]
+
+    # The loss curve gains points while the job trains; pausing live updates and resuming loses nothing.
+    loss = p.locator("figure.chart[data-chart='Loss']")
+    seen: list[int] = []
+    paused = False
+    deadline = time.monotonic() + 300
+    while p.get_attribute(".live-state", "data-state") != "ended":
+        assert time.monotonic() < deadline, "the job did not finish"
+        points = int(loss.get_attribute("data-points") or 0)
+        if points and (not seen or points > seen[-1]) and p.inner_text("h1 .badge") == "running":
+            seen.append(points)
+        if len(seen) >= 2 and not paused and p.get_attribute(".live-state", "data-state") == "live":
+            p.click("#live-toggle")  # pause
+            assert p.inner_text(".live-state") == "paused"
+            p.wait_for_timeout(700)
+            p.click("#live-toggle")  # resume, after the last event seen
+            paused = True
+        p.wait_for_timeout(100)
+    assert len(seen) >= 2 and paused, f"the loss curve did not grow while the job ran: {seen}"
+    p.wait_for_selector("h1 .badge:text('succeeded')")
+    with console.api() as api:
+        events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()
+        steps = [e for e in events["data"] if e["type"] == "step"]
+        artifacts = {a["name"]: a for a in api.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]}
+    assert not events["has_more"]
+    shown = [int(s) for s in p.eval_on_selector_all("#event-log tbody tr", "rs => rs.map(r => r.dataset.seq)")]
+    assert shown == [e["seq"] for e in events["data"]]  # every event once, in order, across the pause
+    assert loss.get_attribute("data-series") == f"{len(steps)},2,2"  # step loss; train and val loss per epoch
+    assert p.get_attribute("figure.chart[data-chart='Clipped steps']", "data-points") == "2"
+
+    # Final and test metrics, confusion matrices, and the weights, whose sha256 is the API's.
+    p.wait_for_selector("table.confusion[data-split='test']")
+    assert p.locator("table.confusion[data-split='validation'] tbody tr").count() == 10
+    with p.expect_download() as download:
+        p.click("[data-download='model.safetensors']")
+    path = download.value.path()
+    assert download.value.suggested_filename == f"{job_id}.safetensors"
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == artifacts["model.safetensors"]["sha256"]
+    page.snap("job")
+    if os.environ.get("FT_CONSOLE_DOCS_SCREENSHOT") == "1":
+        save_docs_screenshot(page)
+    wait_for_job(console, other, TERMINAL)
+
+
+def save_docs_screenshot(page: Page) -> None:
+    """docs/job-page.png, the README's picture: the top of the job page at 1280 px, scaled to 800 px wide."""
+    from PIL import Image
+
+    p = page.page
+    p.set_viewport_size({"width": 1280, "height": 1100})
+    p.evaluate("window.scrollTo(0, 0)")
+    p.wait_for_timeout(300)
+    image = Image.open(io.BytesIO(p.screenshot())).convert("RGB")
+    image = image.resize((800, round(image.height * 800 / image.width)), Image.Resampling.LANCZOS)
+    image.quantize(colors=128).save(DOCS_SCREENSHOT, optimize=True)
+
+
+def test_cancel_a_job(page: Page, console: Console, dataset_id: str) -> None:
+    job_id = submit(console, dataset_id, epochs=200)
+    page.goto(f"/jobs/{job_id}")
+    p = page.page
+    p.click("[data-action='cancel']")  # confirmed in the dialog
+    p.wait_for_selector("h1 .badge:text('cancelled')", timeout=60_000)
+    assert p.locator("[data-action='cancel']").count() == 0
+    assert wait_for_job(console, job_id, TERMINAL)["status"] == "cancelled"
+    p.wait_for_selector(".live-state[data-state='ended']")
+    page.snap("job-cancelled")
+
+
+def test_compare_two_jobs(page: Page, console: Console, dataset_id: str) -> None:
+    with console.api() as api:
+        done = api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
+    jobs = [job["id"] for job in done[:2]]
+    while len(jobs) < 2:  # when this test runs alone
+        jobs.append(submit(console, dataset_id, seed=len(jobs)))
+    for job_id in jobs:
+        wait_for_job(console, job_id, {"succeeded"})
+    page.goto("/jobs?status=succeeded")
+    p = page.page
+    for job_id in jobs:
+        p.check(f"input[aria-label='compare {job_id}']")
+    page.snap("jobs")
+    p.click("#compare-selected")
+    p.wait_for_url("**/#/compare?ids=*")
+    p.wait_for_selector("table.spec-diff")
+    series = p.get_attribute("figure.chart[data-chart='Validation loss']", "data-series") or ""
+    assert all(int(n) >= 2 for n in series.split(",")) and len(series.split(",")) == 2
+    differs = p.eval_on_selector_all("tr[data-differs='true']", "rs => rs.map(r => r.dataset.field)")
+    with console.api() as api:
+        specs = [api.get(f"/v1/jobs/{job_id}").json()["spec"] for job_id in jobs]
+    assert "optimizer.lr" in differs and (specs[0]["optimizer"]["lr"] != specs[1]["optimizer"]["lr"])
+    assert "backbone.name" not in differs
+    p.check("#only-differences")
+    assert p.locator("table.spec-diff tbody tr").count() == len(differs)
+    page.snap("compare")
+
+
+def test_the_jobs_list_filters_by_status_and_metadata(page: Page, console: Console, dataset_id: str) -> None:
+    page.goto("/jobs")
+    p = page.page
+    p.wait_for_selector("table tbody tr")
+    p.select_option("#filter-status", "cancelled")
+    p.fill("#filter-metadata", "made_by=api")
+    p.click("form.filters button")
+    p.wait_for_url("**/#/jobs?status=cancelled&metadata=made_by*")
+    with console.api() as api:
+        cancelled = api.get("/v1/jobs", params={"status": "cancelled", "metadata[made_by]": "api"}).json()["data"]
+    p.wait_for_selector(f"#job-list[data-jobs='{len(cancelled)}']")
+    rows = p.eval_on_selector_all("tbody tr td[data-label='Status']", "cs => cs.map(c => c.textContent)")
+    assert rows == ["cancelled"] * len(cancelled)
+
+    # Pages by cursor: one job a page here, newest first.
+    with console.api() as api:
+        newest = [job["id"] for job in api.get("/v1/jobs", params={"limit": 2}).json()["data"]]
+    page.goto("/jobs?limit=1")
+    p.wait_for_selector("#job-list[data-jobs='1']")
+    assert p.get_attribute("#job-list input[type=checkbox]", "aria-label") == f"compare {newest[0]}"
+    p.click("text=Next page")
+    p.wait_for_selector(f"#job-list input[aria-label='compare {newest[1]}']")
+    p.click("text=First page")
+    p.wait_for_selector(f"#job-list input[aria-label='compare {newest[0]}']")
+
+
+def test_everything_is_reachable_with_the_keyboard(page: Page) -> None:
+    page.goto("/jobs")
+    p = page.page
+    p.wait_for_selector("h1:text('Jobs')")
+    p.keyboard.press("Tab")
+    assert p.evaluate("document.activeElement.textContent") == "Skip to content"
+    names = []
+    for _ in range(5):
+        p.keyboard.press("Tab")
+        names.append(p.evaluate("document.activeElement.textContent"))
+    assert names == ["finetune", "Jobs", "New job", "Data sets", "Compare"]
+    p.keyboard.press("Shift+Tab")
+    p.keyboard.press("Enter")  # on "Data sets"
+    p.wait_for_selector("h1:text('Data sets')")
+    p.wait_for_function("document.activeElement.id === 'main'")  # focus moves to the new page
+
+
+def test_sign_in_with_an_api_key(browser: object, console: Console) -> None:
+    context, page = open_page(browser, console, signed_in=False)
+    p = page.page
+    page.watch.expect(401, "/v1/jobs")
+    try:
+        page.goto("/jobs")
+        p.wait_for_selector("h1:text('Sign in')")
+        p.fill("#api-key", "ft_wrong")
+        p.click("form.signin button")
+        p.wait_for_selector("text=That key was not accepted.")
+        page.snap("sign-in")
+        p.fill("#api-key", console.key)
+        p.click("form.signin button")
+        p.wait_for_selector("h1:text('Jobs')")
+        assert p.evaluate("sessionStorage.getItem('finetune.apiKey')") == console.key
+        p.click("#signout")
+        p.wait_for_selector("h1:text('Sign in')")
+        assert p.evaluate("sessionStorage.getItem('finetune.apiKey')") is None
+    finally:
+        context.close()
+    assert not page.watch.problems, page.watch.problems
+
+
+def test_the_embedded_mode_opens_straight_in(browser: object, tmp_path: Path) -> None:
+    """Auth is off in the embedded mode: no sign-in, no key, nothing to sign out of."""
+    with finetune_serve(tmp_path, auth=False, workers=0) as (url, process):
+        context, page = open_page(browser, Console(url, "", tmp_path, process), signed_in=False)
+        try:
+            page.goto("/jobs")
+            p = page.page
+            p.wait_for_selector("#job-list[data-jobs='0']")
+            assert p.is_hidden("#signout") and p.locator("form.signin").count() == 0
+        finally:
+            context.close()
+    assert not page.watch.problems, page.watch.problems
