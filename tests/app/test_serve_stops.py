@@ -1,8 +1,9 @@
-"""``finetune serve`` stops within seconds of a Ctrl-C even with an event stream open (a request that would
+"""``finetune serve`` (embedded) stops within seconds of a Ctrl-C even with an event stream open (a request that would
 never end by itself)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,21 +14,23 @@ import httpx
 
 from app.context import Services
 from app.db.session import transaction
+from app.settings import Settings
 from tests.app.factories import make_job
-from tests.app.servers import REPO, backend_env, free_port, wait_until_up
+from tests.app.servers import REPO, free_port, wait_until_up
 
 
-def test_ctrl_c_stops_serve_with_a_stream_open(backend, settings, tmp_path):
-    services = Services.from_settings(settings)
-    with transaction(services.factory) as session:
-        job_id = make_job(session).id
-    services.close()
+def test_ctrl_c_stops_embedded_serve_with_a_stream_open(tmp_path):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(home)}
     port = free_port()
-    env = backend_env(backend, tmp_path / "home", f"fttest-serve-{port}:")
     command = [sys.executable, "-m", "app.cli", "serve", "--workers", "0", "--port", str(port)]
     serve = subprocess.Popen(command, cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(serve, url, timeout=120)  # migrations, then the app: slow on a busy host
+    services = Services.from_settings(Settings(home=home))  # the embedded SQLite file serve made
+    with transaction(services.factory) as session:
+        job_id = make_job(session).id
+    services.close()
     opened = threading.Event()
 
     def follow() -> None:
