@@ -55,6 +55,7 @@ async def upload_dataset(
         row, status, created = await run_in_threadpool(
             datasets.create_dataset,
             session,
+            store,
             queue,
             caller.project_id,
             dataset_id=dataset_id,
