@@ -156,5 +156,22 @@ def s3_settings(settings, gateway: Gateway):  # type: ignore[no-untyped-def]
             "s3_region": env["FT_S3_REGION"],
             "s3_access_key_id": env["FT_S3_ACCESS_KEY_ID"],
             "s3_secret_access_key": SecretStr(env["FT_S3_SECRET_ACCESS_KEY"]),
+            "s3_part_bytes": 5 << 20,  # the smallest S3 allows: objects of a few MB go in parts
         }
     )
+
+
+def store_listing(store) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every object a store lists (a folder's files, temporary ones too; a bucket's keys under the store's
+    prefix), and for S3 every multipart upload still open: all of it should be finished objects."""
+    from app.store import LocalArtifactStore
+
+    if isinstance(store, LocalArtifactStore):
+        if not store.root.exists():
+            return []
+        return sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_file())
+    prefix = store.prefix + "/"
+    pages = store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix)
+    keys = [item["Key"].removeprefix(prefix) for page in pages for item in page.get("Contents", [])]
+    uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=prefix).get("Uploads", [])
+    return sorted(keys + [f"(open upload) {u['Key']}" for u in uploads])

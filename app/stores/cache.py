@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,7 +70,10 @@ class FetchCache:
                 if not entry.is_file():
                     self._fetch(store, key, sha256, entry)
                 fcntl.flock(fd, fcntl.LOCK_SH)
-            os.utime(self.locks / sha256)  # used now: the last to be evicted (the entry's own mtime stays)
+            now = time.time_ns()  # not the kernel's coarse clock, which gives uses a few ms apart one time
+            os.utime(
+                self.locks / sha256, ns=(now, now)
+            )  # used now: the last to be evicted (the entry's own mtime stays)
             yield entry
         finally:
             os.close(fd)
@@ -98,7 +102,8 @@ class FetchCache:
             entries = []
             for path in self.files.glob("*") if self.files.is_dir() else []:
                 if _SHA256.match(path.name):
-                    used = (self.locks / path.name).stat().st_mtime if (self.locks / path.name).exists() else 0.0
+                    lock = self.locks / path.name
+                    used = lock.stat().st_mtime_ns if lock.exists() else 0
                     entries.append((used, path.stat().st_size, path))
             total = sum(size for _, size, _ in entries)
             removed = []

@@ -16,6 +16,7 @@ from app.store import InvalidKey, LocalArtifactStore, ObjectMissing
 from app.stores import StoreUrlError, store_for
 from app.stores.s3 import S3ArtifactStore
 from tests.s3 import s3_client
+from tests.s3 import store_listing as listed
 
 MIB = 1 << 20
 
@@ -33,18 +34,6 @@ def store(request, tmp_path):
         return LocalArtifactStore(tmp_path / "store")
     gateway, client = request.getfixturevalue("s3")
     return S3ArtifactStore(client, gateway.bucket, f"t-{uuid.uuid4().hex[:10]}", part_bytes=5 * MIB)
-
-
-def listed(store) -> list[str]:
-    """Every object the store lists (a folder's files, temporary ones too; a bucket's keys), and for S3
-    every multipart upload still open: all of it should be finished objects."""
-    if isinstance(store, LocalArtifactStore):
-        return sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_file())
-    prefix = store.prefix + "/"
-    pages = store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix)
-    keys = [item["Key"].removeprefix(prefix) for page in pages for item in page.get("Contents", [])]
-    uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=prefix).get("Uploads", [])
-    return sorted(keys + [f"(open upload) {u['Key']}" for u in uploads])
 
 
 def test_put_open_stat_delete(store):
