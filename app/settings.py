@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     )
     s3_secret_access_key: SecretStr | None = Field(None, description="The secret of FT_S3_ACCESS_KEY_ID.")
     s3_part_bytes: int = Field(
-        16 << 20, ge=5 << 20, description="Size of a multipart upload's parts (a writer holds at most 5 of them)."
+        8 << 20,
+        ge=5 << 20,
+        description="Size of the parts of S3 multipart uploads and ranged downloads (at most 5 in memory a transfer).",
     )
     download_redirect: bool = Field(
         False,
@@ -130,6 +132,11 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How often a worker records its heartbeat; three missed beats count it as down."
     )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="The training engine's limits (FT_...).")
+
+    @field_validator("store_url", "s3_endpoint_url", "s3_region", "s3_access_key_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value  # VAR= in a .env file
 
     @field_validator("allowed_data_roots", mode="before")
     @classmethod

@@ -81,6 +81,7 @@ def running_gateway(folder: Path, *, start_timeout: float = 60) -> Iterator[Gate
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
         f"-filer.localSocket={folder / 'filer.sock'}", f"-s3.localSocket={folder / 's3.sock'}",
         "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=0", "-metricsPort=0",
+        "-master.telemetry=false",  # and no statistics sent anywhere
     ]  # fmt: skip
     log = folder / "weed.log"
     with log.open("wb") as out:

@@ -63,12 +63,22 @@ def s3_client(settings: Settings) -> Any:
         )
 
 
-@functools.cache
 def _boto3_session() -> Any:
-    """One boto3 session per process: it loads the S3 service model once (half a second), not per client."""
+    """A fresh boto3 session (credentials resolved anew) sharing one loader of the S3 service model per
+    process: loading it takes half a second, and every store built from settings would pay it again."""
     import boto3
+    import botocore.session
 
-    return boto3.session.Session()
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _shared_loader())
+    return boto3.session.Session(botocore_session=core)
+
+
+@functools.cache
+def _shared_loader() -> Any:
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
 
 
 def cache_for(settings: Settings) -> FetchCache:

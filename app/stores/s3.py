@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, cast
@@ -128,7 +129,7 @@ class _S3Writer:
 class S3ArtifactStore:
     """Objects under ``s3://bucket/prefix/``. ``client`` is a boto3 S3 client (``s3_client`` builds one)."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", *, part_bytes: int = 16 << 20) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str = "", *, part_bytes: int = 8 << 20) -> None:
         if part_bytes < 5 << 20:
             raise ValueError("S3 multipart parts are at least 5 MiB")
         self.client = client
@@ -163,8 +164,35 @@ class S3ArtifactStore:
         return cast(BinaryIO, answer["Body"])  # botocore's StreamingBody: read(n), close, a context manager
 
     def read_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
+        """``length`` bytes from ``start``: one streamed GET for a small range; for a large one, GETs of
+        ``part_bytes`` ranges from a small pool, ``IN_FLIGHT`` ahead of the one being sent (the way boto3's
+        own downloads reach the store's throughput), yielded in order; memory holds at most those parts."""
         if length <= 0:
             return
+        if length <= self.part_bytes:
+            yield from self._stream_range(key, start, length)
+            return
+        ranges = [
+            (offset, min(self.part_bytes, start + length - offset))
+            for offset in range(start, start + length, self.part_bytes)
+        ]
+        with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="s3-range") as pool:
+            pending: deque[Future[bytes]] = deque()
+            try:
+                for offset, size in ranges:
+                    pending.append(pool.submit(self._get_range, key, offset, size))
+                    if len(pending) > IN_FLIGHT:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:  # the client went away: fetch nothing more
+                    future.cancel()
+
+    def _get_range(self, key: str, start: int, length: int) -> bytes:
+        return b"".join(self._stream_range(key, start, length))
+
+    def _stream_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
         try:
             answer = self.client.get_object(
                 Bucket=self.bucket, Key=self.object_name(key), Range=f"bytes={start}-{start + length - 1}"
@@ -238,13 +266,18 @@ class S3ArtifactStore:
             raise OSError(f"{self.url}: {error}") from error
 
     def create_bucket(self) -> bool:
-        """Create the bucket; False when it was there already."""
+        """Create the bucket; False when it is there already (then no CreateBucket right is needed)."""
         from botocore.exceptions import ClientError
 
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return False
+        except ClientError as error:
+            if not _missing(error) and error.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                raise
         region = self.client.meta.region_name
-        where = (
-            {"CreateBucketConfiguration": {"LocationConstraint": region}} if region not in (None, "us-east-1") else {}
-        )
+        outside_us_east_1 = region not in (None, "us-east-1")  # where AWS wants no location
+        where = {"CreateBucketConfiguration": {"LocationConstraint": region}} if outside_us_east_1 else {}
         try:
             self.client.create_bucket(Bucket=self.bucket, **where)
         except ClientError as error:

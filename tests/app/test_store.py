@@ -105,7 +105,7 @@ def test_read_range_streams_the_bytes_asked_for(store):
     assert b"".join(store.read_range("j/w", 0, len(data))) == data
     assert b"".join(store.read_range("j/w", 1000, 5)) == data[1000:1005]
     assert b"".join(store.read_range("j/w", len(data) - 3, 3)) == data[-3:]
-    assert max(len(chunk) for chunk in store.read_range("j/w", 0, len(data))) <= MIB
+    assert max(len(chunk) for chunk in store.read_range("j/w", 0, len(data))) <= getattr(store, "part_bytes", MIB)
     with pytest.raises(ObjectMissing):
         next(iter(store.read_range("j/none", 0, 5)))
 
@@ -204,3 +204,23 @@ def test_the_aws_environment_variables_are_honoured(s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(Exception, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"):
         store_for(Settings(store_url=f"s3://{gateway.bucket}/from-env")).put("b", [b"x"])
+
+
+def test_the_create_bucket_command_creates_it_once(s3, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    gateway, client = s3
+    bucket = f"fttest-new-{uuid.uuid4().hex[:8]}"
+    for name, value in (gateway.env("deploy") | {"FT_STORE_URL": f"s3://{bucket}/deploy"}).items():
+        monkeypatch.setenv(name, value)
+    first = CliRunner().invoke(main, ["store", "create-bucket", "--wait", "5"])
+    again = CliRunner().invoke(main, ["store", "create-bucket", "--wait", "5"])
+    assert (first.exit_code, again.exit_code) == (0, 0), first.output + again.output
+    assert first.output.strip() == f"s3://{bucket}/deploy: created"
+    assert again.output.strip() == f"s3://{bucket}/deploy: already there"
+    client.head_bucket(Bucket=bucket)
+    monkeypatch.setenv("FT_S3_SECRET_ACCESS_KEY", "wrong")
+    refused = CliRunner().invoke(main, ["store", "create-bucket", "--wait", "1"])
+    assert refused.exit_code == 1 and "cannot create the bucket" in refused.output
