@@ -1,7 +1,7 @@
 """``finetune``: the command line. This module imports only click at startup; each command imports what
 it needs when it runs, so ``finetune --help`` answers at once (no FastAPI, SQLAlchemy or torch).
 
-The service's own commands live here (``serve``, ``worker``, ``db``, ``keys``); the commands that talk
+The service's own commands live here (``serve``, ``worker``, ``db``, ``keys``, ``store``); the commands that talk
 to a running service through ``app.client`` (``datasets``, ``jobs``) live in ``app.commands``.
 Exit codes: ``app.commands.options`` (0 success, 1 failure, 2 usage, 3 unreachable, 4 not found).
 """
@@ -200,6 +200,27 @@ def keys_rotate(key: str, grace_minutes: float, expires_in_days: float | None) -
     click.echo(secret)
     ends = f"stops working in {grace_minutes:g} minutes" if grace_minutes else "is revoked"
     click.echo(f"key {new_id} replaces {old_id}, which {ends}: store the new key now", err=True)
+
+
+@main.group()
+def store() -> None:
+    """The artifact store (FT_STORE_URL)."""
+
+
+@store.command("create-bucket")
+@click.option("--wait", default=60.0, show_default=True, help="Seconds to wait for the store to answer.")
+def store_create_bucket(wait: float) -> None:
+    """Create the bucket FT_STORE_URL names (s3://bucket/prefix), waiting for the store to come up;
+    nothing to do when it exists. A file:// store gets its folder."""
+    from app.settings import Settings
+    from app.stores import create_bucket
+
+    settings = Settings()
+    try:
+        created = create_bucket(settings, wait_seconds=wait)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{settings.store_location}: {'created' if created else 'already there'}")
 
 
 def _redacted(url: str) -> str:

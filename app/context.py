@@ -11,7 +11,8 @@ from app.db.session import engine_for, session_factory
 from app.events import EventStream, install_stream_hooks
 from app.queue import TaskQueue
 from app.settings import Settings
-from app.store import ArtifactStore, LocalArtifactStore
+from app.store import ArtifactStore
+from app.stores import store_for
 from app.webhooks.outbox import install_outbox_hooks
 
 
@@ -36,7 +37,7 @@ class Services:
             settings=settings,
             engine=engine,
             factory=factory,
-            store=LocalArtifactStore(settings.artifacts_path),
+            store=store_for(settings),
             queue=queue,
             stream=stream,
         )

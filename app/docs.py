@@ -26,7 +26,12 @@ PRODUCTION = {
     "FT_REDIS_URL": "`redis://redis:6379/1`",
     "FT_AUTH_ENABLED": "on",
     "FT_LOG_FORMAT": "`json`",
-    "FT_ARTIFACTS_DIR": "a volume every API and worker mounts",
+    "FT_STORE_URL": "`s3://finetune/artifacts`",
+    "FT_S3_ENDPOINT_URL": "`http://seaweedfs:8333` (unset for AWS)",
+    "FT_S3_REGION": "`us-east-1`",
+    "FT_S3_ACCESS_KEY_ID": "from `.env`",
+    "FT_S3_SECRET_ACCESS_KEY": "from `.env`",
+    "FT_CACHE_DIR": "a volume per worker host",
     "FT_ALLOW_WEIGHT_DOWNLOADS": "on (off on an air-gapped host)",
 }
 
@@ -53,7 +58,7 @@ def settings_reference() -> str:
             meaning = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{variable}` | {_default(model, name)} | {PRODUCTION.get(variable, '')} | {meaning} |")
     torch_home = "torchvision's weights cache (`hub/checkpoints/`)."
-    lines.append(f"| `TORCH_HOME` | `~/.cache/torch` | a shared volume | {torch_home} |")
+    lines.append(f"| `TORCH_HOME` | `~/.cache/torch` | a volume per host | {torch_home} |")
     return "\n".join(lines) + "\n"
 
 

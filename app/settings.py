@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from training.settings import EngineSettings
@@ -38,6 +38,41 @@ class Settings(BaseSettings):
         "postgresql+psycopg://... in production.",
     )
     artifacts_dir: Path | None = Field(None, description="The local artifact store; default: $FT_HOME/artifacts.")
+    store_url: str | None = Field(
+        None,
+        description="Where artifacts, checkpoints and uploaded data sets live: file:///path (a folder; "
+        "default: file://$FT_ARTIFACTS_DIR) or s3://bucket/prefix (an S3-compatible object store; "
+        "what workers on hosts that share no folder need).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="The S3 API's URL for a store that is not AWS (http://seaweedfs:8333); default: "
+        "AWS_ENDPOINT_URL, else AWS S3.",
+    )
+    s3_region: str | None = Field(None, description="The bucket's region; default: AWS_REGION / AWS_DEFAULT_REGION.")
+    s3_access_key_id: str | None = Field(
+        None, description="S3 credentials; default: AWS's own chain (AWS_ACCESS_KEY_ID, profiles, instance roles)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="The secret of FT_S3_ACCESS_KEY_ID.")
+    s3_part_bytes: int = Field(
+        8 << 20,
+        ge=5 << 20,
+        description="Size of the parts of S3 multipart uploads and ranged downloads (at most 5 in memory a transfer).",
+    )
+    download_redirect: bool = Field(
+        False,
+        description="Downloads answer 302 to a short-lived presigned URL of the object store instead of "
+        "streaming through the API (an s3:// store only).",
+    )
+    download_url_seconds: int = Field(300, ge=1, le=7 * 24 * 3600, description="How long a presigned URL lasts.")
+    cache_dir: Path | None = Field(
+        None,
+        description="A worker's cache of data set archives and init_from weights fetched from an s3:// store; "
+        "default: $FT_HOME/cache.",
+    )
+    cache_max_bytes: int = Field(
+        20 * GIB, ge=0, description="The cache's size: least recently used files go first past it."
+    )
     data_dir: Path | None = Field(
         None, description="Where uploaded data sets are extracted and validated; default: $FT_HOME/data."
     )
@@ -161,6 +196,11 @@ class Settings(BaseSettings):
     )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="The training engine's limits (FT_...).")
 
+    @field_validator("store_url", "s3_endpoint_url", "s3_region", "s3_access_key_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value  # VAR= in a .env file
+
     @field_validator("allowed_data_roots", "allowed_hosts", mode="before")
     @classmethod
     def _split_roots(cls, value: Any) -> Any:
@@ -222,6 +262,14 @@ class Settings(BaseSettings):
     @property
     def artifacts_path(self) -> Path:
         return (self.artifacts_dir or self.home / "artifacts").resolve()
+
+    @property
+    def store_location(self) -> str:
+        return self.store_url or self.artifacts_path.as_uri()
+
+    @property
+    def cache_path(self) -> Path:
+        return (self.cache_dir or self.home / "cache").resolve()
 
     @property
     def data_path(self) -> Path:

@@ -1,9 +1,11 @@
 """The artifact store: data set archives, checkpoints, weights and model cards, by key.
 
-A small interface (put a stream, open a stream, stat, delete) so that an object store can replace the
-local folder. Keys are relative POSIX paths such as ``jobs/ftjob_.../model.safetensors``. The local store
-writes atomically (a temporary file in the same folder, fsync, rename, fsync of the folder) and computes
-the sha256 while it writes: a reader never sees half a file, and every file has its checksum.
+A small interface (put a stream, open a stream or a byte range, stat, delete, move) with two
+implementations chosen by ``FT_STORE_URL`` (``app.stores.store_for``): this local folder (``file://``, the
+embedded default) and an S3 bucket (``s3://``, ``app.stores.s3``). Keys are relative POSIX paths such as
+``jobs/ftjob_.../model.safetensors``. The local store writes atomically (a temporary file in the same
+folder, fsync, rename, fsync of the folder) and computes the sha256 while it writes: a reader never sees
+half a file, and every file has its checksum.
 """
 
 from __future__ import annotations
@@ -56,13 +58,18 @@ class ObjectWriter(Protocol):
 
 
 class ArtifactStore(Protocol):
+    @property
+    def url(self) -> str: ...  # where it is, for logs and messages (file:///..., s3://bucket/prefix)
     def writer(self, key: str) -> ObjectWriter: ...
     def put(self, key: str, stream: BinaryIO | Iterable[bytes]) -> StoredObject: ...
     def open(self, key: str) -> BinaryIO: ...
+    def read_range(self, key: str, start: int, length: int) -> Iterator[bytes]: ...
     def stat(self, key: str) -> ObjectInfo | None: ...
     def delete(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def move(self, source: str, target: str) -> None: ...
     def local_path(self, key: str) -> Path | None: ...
+    def presigned_url(self, key: str, *, filename: str, expires_seconds: int) -> str | None: ...
     def check(self) -> None: ...
 
 
@@ -76,7 +83,8 @@ def validate_key(key: str) -> list[str]:
     return parts
 
 
-def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+def chunks_of(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    """A file's bytes (or an iterable's) in blocks of at most CHUNK_BYTES."""
     read = getattr(stream, "read", None)
     if read is None:
         yield from stream
@@ -142,6 +150,10 @@ class LocalArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
+    @property
+    def url(self) -> str:
+        return self.root.as_uri()
+
     def _path(self, key: str) -> Path:
         path = self.root.joinpath(*validate_key(key))
         if not path.resolve().is_relative_to(self.root):  # a symlink inside the store pointing out of it
@@ -153,7 +165,7 @@ class LocalArtifactStore:
 
     def put(self, key: str, stream: BinaryIO | Iterable[bytes]) -> StoredObject:
         with self.writer(key) as writer:
-            for chunk in _chunks(stream):
+            for chunk in chunks_of(stream):
                 writer.write(chunk)
             return writer.commit()
 
@@ -162,6 +174,15 @@ class LocalArtifactStore:
             return self._path(key).open("rb")
         except FileNotFoundError:
             raise ObjectMissing(key) from None
+
+    def read_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
+        """``length`` bytes from ``start``, in blocks (a download's Range)."""
+        with self.open(key) as file:
+            file.seek(start)
+            left = length
+            while left > 0 and (chunk := file.read(min(CHUNK_BYTES, left))):
+                left -= len(chunk)
+                yield chunk
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and time of an object, None when there is none (its sha256 is in the database)."""
@@ -194,8 +215,21 @@ class LocalArtifactStore:
                 path.unlink()
         folder.rmdir()
 
+    def move(self, source: str, target: str) -> None:
+        """Rename ``source`` to ``target`` (atomic: a reader sees the old target or the new, never half)."""
+        path, dest = self._path(source), self._path(target)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.replace(dest)
+        except FileNotFoundError:
+            raise ObjectMissing(source) from None
+        _fsync_dir(dest.parent)
+
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def presigned_url(self, key: str, *, filename: str, expires_seconds: int) -> None:
+        return None  # a folder has no URL of its own: the API streams the file
 
     def check(self) -> None:
         """Raise OSError unless the store is writable (readiness)."""

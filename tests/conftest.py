@@ -45,3 +45,17 @@ def redis_url() -> str:
     except Exception as error:
         service_missing("Redis", REDIS_URL, error)
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def s3_gateway(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real S3 gateway (SeaweedFS, tests/s3.py) on free ports for the session, with a fresh bucket."""
+    from tests.s3 import running_gateway
+
+    try:
+        gateway = running_gateway(tmp_path_factory.mktemp("seaweedfs"))
+        found = gateway.__enter__()
+    except (OSError, RuntimeError) as error:
+        service_missing("SeaweedFS (weed server -s3)", "a free port", error)
+    yield found
+    gateway.__exit__(None, None, None)

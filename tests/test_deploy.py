@@ -27,7 +27,7 @@ from app.supervisor import Supervisor
 from training.settings import EngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-ONE_SHOT = {"migrate"}
+ONE_SHOT = {"migrate", "create-bucket"}
 PROJECT_TARGETS = {"api", "worker"}
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 
@@ -197,7 +197,10 @@ def test_compose_runs_production_settings(compose, monkeypatch):
         assert broker.scheme == events.scheme == "redis" and broker.hostname == events.hostname == "redis", name
         assert broker.path != events.path, f"{name}: the broker and the event streams share a Redis database"
         assert settings.logs_as == "json", name
-        assert str(settings.artifacts_path) == service["environment"]["FT_ARTIFACTS_DIR"], name
+        store = urlsplit(settings.store_location)
+        assert (store.scheme, store.netloc) == ("s3", "finetune"), f"{name}: not on the object store"
+        assert urlsplit(settings.s3_endpoint_url).hostname == "seaweedfs", name
+        assert settings.s3_access_key_id and settings.s3_secret_access_key, name
 
 
 def test_ports_line_up(stages, compose):
@@ -225,21 +228,37 @@ def test_the_api_and_workers_wait_for_the_migrations(compose):
             continue
         depends = service["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["create-bucket"]["condition"] == "service_completed_successfully", name
         assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy", name
     assert parse_finetune(compose["services"]["migrate"]["command"])[0] == "finetune db upgrade"
+    assert parse_finetune(compose["services"]["create-bucket"]["command"])[0] == "finetune store create-bucket"
+    assert compose["services"]["create-bucket"]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
 
 
-def test_artifacts_and_weights_cache_are_shared_by_the_api_and_every_worker(stages, compose):
-    for name, service in project_services(compose).items():
-        if name in ONE_SHOT:
-            continue
+def test_the_api_and_the_workers_share_no_volume_and_workers_cache_on_volumes(stages, compose):
+    services = {name: s for name, s in project_services(compose).items() if name not in ONE_SHOT}
+    api_volumes = {volume.split(":")[0] for volume in services.pop("api")["volumes"]}
+    for name, service in services.items():
         mounts = dict(volume.split(":", 1)[::-1] for volume in service["volumes"])
+        assert not api_volumes & set(mounts.values()), f"{name} shares a volume with the API"
         environment = {**stages[service["build"]["target"]].env, **service["environment"]}
-        for variable in ("FT_ARTIFACTS_DIR", "TORCH_HOME"):
+        for variable in ("FT_CACHE_DIR", "TORCH_HOME"):  # a host's caches outlive its containers
             assert environment[variable] in mounts, f"{name}: {variable} is not on a volume"
             assert mounts[environment[variable]] in compose["volumes"], name
-    shared = [{v.split(":")[0] for v in s["volumes"]} for n, s in project_services(compose).items() if n != "migrate"]
-    assert all(volumes == shared[0] for volumes in shared)
+
+
+def test_the_object_store_keeps_its_data_and_its_credentials_are_the_services(compose):
+    seaweedfs = compose["services"]["seaweedfs"]
+    assert seaweedfs["image"] == "chrislusf/seaweedfs:4.48"
+    assert seaweedfs["command"][:2] == ["server", "-s3"] and "-master.telemetry=false" in seaweedfs["command"]
+    [volume] = seaweedfs["volumes"]
+    assert volume.split(":")[0] in compose["volumes"]
+    environment = compose["x-finetune-environment"]
+    for theirs, ours in (
+        ("AWS_ACCESS_KEY_ID", "FT_S3_ACCESS_KEY_ID"),
+        ("AWS_SECRET_ACCESS_KEY", "FT_S3_SECRET_ACCESS_KEY"),
+    ):
+        assert interpolate(seaweedfs["environment"][theirs]) == interpolate(environment[ours])
 
 
 def test_workers_train_on_gpus_or_on_the_cpu_under_a_profile(compose):

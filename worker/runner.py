@@ -35,7 +35,9 @@ from app.services.job_records import append_event, register_artifact
 from app.services.job_state import JobError, claim_job, finish_job, release_job
 from app.services.jobs import WEIGHTS_ARTIFACT
 from app.statuses import EventType, JobStatus
-from app.store import ArtifactStore
+from app.store import ArtifactStore, StoredObject
+from app.stores import cache_for
+from app.stores.cache import FetchCache
 from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
 from training.spec import Spec
 from worker.lease import LeaseKeeper
@@ -114,6 +116,18 @@ def fetch(store: ArtifactStore, key: str, dest: Path) -> Path:
     with store.open(key) as source, tmp.open("wb") as out:
         shutil.copyfileobj(source, out, 1 << 20)
     tmp.replace(dest)
+    return dest
+
+
+def fetch_cached(cache: FetchCache, store: ArtifactStore, stored: StoredObject, dest: Path) -> Path:
+    """A stored object by way of this host's cache (fetched once per host, sha256-checked), linked to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with cache.use(store, stored.key, stored.sha256) as cached:
+        dest.unlink(missing_ok=True)
+        try:
+            os.link(cached, dest)  # instant; stays whole when the cache evicts its entry
+        except OSError:
+            shutil.copyfile(cached, dest)
     return dest
 
 
@@ -215,8 +229,9 @@ class JobRunner:
             raise DatasetError("dataset_unreadable", [f"data set {job.dataset_id} is gone; upload it again"])
         data = dataset_folder(services.store, services.settings, dataset)
         init_from = None
-        for key, name in init_keys:
-            fetched = fetch(services.store, key, self.run_dir / "init" / name)
+        cache = cache_for(services.settings)
+        for stored, name in init_keys:
+            fetched = fetch_cached(cache, services.store, stored, self.run_dir / "init" / name)
             init_from = init_from or fetched  # the first is the weights; a model card may follow
         resume_from = None
         if resume_key is not None:
@@ -226,20 +241,21 @@ class JobRunner:
                 fetch(services.store, key, resume_from)
         return Inputs(spec=spec, data=data, init_from=init_from, resume_from=resume_from, tracker=tracker)
 
-    def _init_keys(self, session: Any, job: Job) -> list[tuple[str, str]]:
-        """Store keys of the weights ``init_from`` names: an earlier job's (with its card), or a checkpoint."""
+    def _init_keys(self, session: Any, job: Job) -> list[tuple[StoredObject, str]]:
+        """Stored objects of the weights ``init_from`` names: an earlier job's (with its card), or a checkpoint."""
         if job.init_from is None:
             return []
         if job.init_from.startswith("ckpt_"):
             checkpoint = record_rows.checkpoint(session, job.project_id, job.init_from)
             if checkpoint is None or checkpoint.deleted_at is not None:
                 raise _input_error(f"backbone.init_from: checkpoint {job.init_from} is no longer available")
-            return [(checkpoint.store_key, Path(checkpoint.store_key).name)]
+            stored = StoredObject(checkpoint.store_key, checkpoint.bytes or 0, checkpoint.sha256 or "")
+            return [(stored, Path(checkpoint.store_key).name)]
         keys = []
         for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT):
             artifact = record_rows.artifact(session, job.init_from, name)
             if artifact is not None:
-                keys.append((artifact.store_key, name))
+                keys.append((StoredObject(artifact.store_key, artifact.bytes, artifact.sha256), name))
         if not keys or keys[0][1] != WEIGHTS_ARTIFACT:
             raise _input_error(f"backbone.init_from: job {job.init_from} has no published weights")
         return keys
@@ -256,8 +272,6 @@ class JobRunner:
             for checkpoint in record_rows.kept_checkpoints(session, self.job_id):
                 stat = store.stat(checkpoint.store_key)
                 if stat is not None and checkpoint.sha256 is not None:
-                    from app.store import StoredObject
-
                     stored = StoredObject(checkpoint.store_key, checkpoint.bytes or stat.size, checkpoint.sha256)
                     register_artifact(session, self.job_id, Path(checkpoint.store_key).name, stored, owner=self.owner)
 

@@ -82,6 +82,7 @@ async def accept_upload(
         row, status, created = await run_in_threadpool(
             datasets.create_dataset,
             session,
+            store,
             queue,
             caller.project_id,
             dataset_id=dataset_id,

@@ -3,35 +3,37 @@
 The file streams from the store in chunks (memory stays flat whatever its size), with its
 ``Content-Length``, an ``ETag`` of its sha256, and single HTTP ranges (206) so that a broken download
 resumes where it stopped. ``If-None-Match`` answers 304; an ``If-Range`` that does not match sends the
-whole file.
+whole file. With ``FT_DOWNLOAD_REDIRECT=true`` and an object store, the answer is instead a 302 to a
+short-lived presigned URL of the object (the same headers say its size and sha256), and the bytes never pass
+through the API; the Python client and the CLI follow it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import CallerDep, SessionDep, StoreDep
+from app.api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
 from app.api.errors import error_responses
 from app.db.models import Artifact
 from app.errors import NotFound
 from app.repositories import job_records
 from app.services import jobs
 from app.services.jobs import WEIGHTS_ARTIFACT
+from app.settings import Settings
 from app.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["downloads"])
 
-CHUNK = 1 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The whole file", "content": {"application/octet-stream": {}}},
     206: {"description": "The requested byte range", "content": {"application/octet-stream": {}}},
+    302: {"description": "FT_DOWNLOAD_REDIRECT: the file is at the presigned URL in Location"},
     304: {"description": "Not modified (If-None-Match matched the ETag)"},
     416: {"description": "The range is outside the file"},
     **error_responses(404),
@@ -61,19 +63,15 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     return start, end
 
 
-def _chunks(store: ArtifactStore, key: str, start: int, length: int) -> Iterator[bytes]:
-    with store.open(key) as file:
-        file.seek(start)
-        left = length
-        while left > 0:
-            chunk = file.read(min(CHUNK, left))
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
+def _redirect(store: ArtifactStore, settings: Settings, artifact: Artifact, filename: str) -> str | None:
+    if not settings.download_redirect:
+        return None
+    return store.presigned_url(artifact.store_key, filename=filename, expires_seconds=settings.download_url_seconds)
 
 
-def file_response(request: Request, store: ArtifactStore, artifact: Artifact, filename: str) -> Response:
+def file_response(
+    request: Request, store: ArtifactStore, settings: Settings, artifact: Artifact, filename: str
+) -> Response:
     etag = f'"{artifact.sha256}"'
     size = artifact.bytes
     headers = {
@@ -84,6 +82,11 @@ def file_response(request: Request, store: ArtifactStore, artifact: Artifact, fi
     }
     if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
         return Response(status_code=304, headers=headers)
+    location = _redirect(store, settings, artifact, filename)
+    if location is not None:  # Range and If-Range go along with the client to the store
+        headers["Content-Length"] = "0"
+        headers["Cache-Control"] = "no-store"  # the URL expires
+        return Response(status_code=302, headers={**headers, "Location": location})
     wanted = parse_range(request.headers.get("range"), size)
     if_range = request.headers.get("if-range")
     if if_range is not None and if_range.strip() != etag:
@@ -99,7 +102,7 @@ def file_response(request: Request, store: ArtifactStore, artifact: Artifact, fi
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
-    body = _chunks(store, artifact.store_key, start, length)
+    body = store.read_range(artifact.store_key, start, length)
     return StreamingResponse(body, status_code=status, headers=headers, media_type="application/octet-stream")
 
 
@@ -124,9 +127,10 @@ def download_artifact(
     caller: CallerDep,
     session: SessionDep,
     store: StoreDep,
+    settings: SettingsDep,
 ) -> Response:
     """The file, resumable with Range requests; its ETag is its sha256."""
-    return file_response(request, store, _artifact(session, caller.project_id, job_id, name), name)
+    return file_response(request, store, settings, _artifact(session, caller.project_id, job_id, name), name)
 
 
 @router.get(
@@ -141,10 +145,11 @@ def download_weights(
     caller: CallerDep,
     session: SessionDep,
     store: StoreDep,
+    settings: SettingsDep,
 ) -> Response:
     """The final weights of a succeeded job (``model.safetensors``); see its model card, ``model.json``."""
     artifact = _artifact(session, caller.project_id, job_id, WEIGHTS_ARTIFACT)
-    return file_response(request, store, artifact, f"{job_id}.safetensors")
+    return file_response(request, store, settings, artifact, f"{job_id}.safetensors")
 
 
 # HEAD answers the same headers without the body (a client sizing a download); left out of the schema.

@@ -142,10 +142,10 @@ class AsyncClient:
             after = page.last_id
 
     def _stream(
-        self, path: str, headers: Mapping[str, str], *, long_reads: bool = False
+        self, path: str, headers: Mapping[str, str], *, long_reads: bool = False, follow: bool = False
     ) -> AbstractAsyncContextManager[httpx.Response]:
         timeout = stream_timeout(self._timeout) if long_reads else self._timeout
-        return self._http.stream("GET", path, headers=headers, timeout=timeout)
+        return self._http.stream("GET", path, headers=headers, timeout=timeout, follow_redirects=follow)
 
 
 class AsyncDatasets:
@@ -368,7 +368,7 @@ class AsyncJobs:
         while True:
             why = "the body ended early"
             try:
-                async with client._stream(path, partial.headers()) as response:
+                async with client._stream(path, partial.headers(), follow=True) as response:
                     if response.status_code >= 400:
                         await response.aread()
                     if response.status_code in client.retry.statuses:

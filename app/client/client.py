@@ -160,11 +160,12 @@ class Client:
             after = page.last_id
 
     def _stream(
-        self, path: str, headers: Mapping[str, str], *, long_reads: bool = False
+        self, path: str, headers: Mapping[str, str], *, long_reads: bool = False, follow: bool = False
     ) -> AbstractContextManager[httpx.Response]:
-        """A streamed GET (an ``httpx`` response context manager)."""
+        """A streamed GET (an ``httpx`` response context manager); ``follow``: through redirects (a download's
+        presigned URL; httpx drops the API key on the way to another host)."""
         timeout = stream_timeout(self._timeout) if long_reads else self._timeout
-        return self._http.stream("GET", path, headers=headers, timeout=timeout)
+        return self._http.stream("GET", path, headers=headers, timeout=timeout, follow_redirects=follow)
 
 
 class Datasets:
@@ -417,7 +418,7 @@ class Jobs:
         while True:
             why = "the body ended early"
             try:
-                with client._stream(path, partial.headers()) as response:
+                with client._stream(path, partial.headers(), follow=True) as response:
                     if response.status_code >= 400:
                         response.read()
                     if response.status_code in client.retry.statuses:

@@ -8,6 +8,10 @@ and ``ChecksumMismatch`` raised. Only a verified file is renamed to ``dest``.
 
 Given the expected sha256 (an artifact list shows it), a part left by an earlier, interrupted run
 resumes too: the If-Range makes that safe, and the final check makes it certain.
+
+A server with ``FT_DOWNLOAD_REDIRECT`` answers 302 to a presigned URL of its object store: the download
+follows it (without the API key), takes the sha256 from the API's answer and the ETag to resume with from
+the store's.
 """
 
 from __future__ import annotations
@@ -82,8 +86,9 @@ class PartialDownload:
             return self._unsatisfiable(response.headers.get("content-range", ""))
         if status >= 400:
             raise ApiError.from_response(response)
-        self.announced = (response.headers.get("x-content-sha256") or "").lower() or _etag_sha(response)
-        self.etag = response.headers.get("etag") or self.etag
+        api = response.history[0] if response.history else response  # the API's 302, when it redirected
+        self.announced = (api.headers.get("x-content-sha256") or "").lower() or _etag_sha(api)
+        self.etag = response.headers.get("etag") or self.etag  # the If-Range the answering server knows
         if status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
             if match is None or int(match.group(1)) != self.offset:

@@ -65,6 +65,7 @@ class Dataset(Base):
         CheckConstraint(_one_of("status", DatasetStatus), name="status"),
         Index(None, "project_id", "id"),  # the list, newest first
         Index(None, "project_id", "status", "id"),
+        Index(None, "sha256"),  # an archive is stored once: the upload of the same bytes finds it
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)

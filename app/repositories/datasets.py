@@ -40,6 +40,25 @@ def add(session: Session, dataset: Dataset) -> None:
     session.flush()
 
 
+def archive_holder(session: Session, sha256: str, size: int) -> Dataset | None:
+    """A data set, not deleted, whose archive has these bytes; its row locked until the transaction ends
+    (a delete of it waits, then sees whoever shares its archive)."""
+    query = (
+        select(Dataset)
+        .where(Dataset.sha256 == sha256, Dataset.bytes == size, Dataset.deleted_at.is_(None))
+        .order_by(Dataset.id)
+        .limit(1)
+        .with_for_update()
+    )
+    return session.scalar(query)
+
+
+def archive_in_use(session: Session, store_key: str, *, besides: str) -> bool:
+    """Whether a data set other than ``besides``, not deleted, reads the archive at ``store_key``."""
+    query = select(exists().where(Dataset.store_key == store_key, Dataset.id != besides, Dataset.deleted_at.is_(None)))
+    return bool(session.scalar(query))
+
+
 def used_by_active_job(session: Session, dataset_id: str) -> bool:
     query = select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES)))
     return bool(session.scalar(query))

@@ -16,11 +16,14 @@ ends it ``failed`` with ``validation_crashed`` instead of dying again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +33,12 @@ from app.clock import utcnow
 from app.db.models import Dataset
 from app.db.session import transaction
 from app.repositories import datasets
-from app.services.datasets import dataset_work_dir
+from app.services.datasets import archive_name, dataset_work_dir
 from app.settings import Settings
 from app.statuses import DatasetStatus
 from app.store import CHUNK_BYTES, ArtifactStore, ObjectMissing
+from app.stores import cache_for
+from app.stores.cache import CacheCorrupt
 from training.dataset import DatasetError, DatasetReport, resolve_source
 from training.isolated import ChildLimits, validate_in_child
 from training.thumbnails import THUMBNAIL_PIXELS, class_thumbnails
@@ -41,18 +46,22 @@ from training.thumbnails import THUMBNAIL_PIXELS, class_thumbnails
 log = logging.getLogger(__name__)
 
 
-def _local_archive(store: ArtifactStore, dataset: Dataset, work_dir: Path) -> Path:
-    """The archive as a local file: the store's own file, or a copy from a remote store."""
-    path = store.local_path(dataset.store_key)
-    if path is not None:
+@contextlib.contextmanager
+def _local_archive(store: ArtifactStore, settings: Settings, dataset: Dataset, work_dir: Path) -> Iterator[Path]:
+    """The archive as a local file under the name it was uploaded with (validation messages name it): a
+    link to the store's own file, or to this host's cached copy of a remote store's object."""
+    with cache_for(settings).use(store, dataset.store_key, dataset.sha256) as path:
         if not path.is_file():
             raise ObjectMissing(dataset.store_key)
-        return path
-    copy = work_dir / Path(dataset.store_key).name
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with store.open(dataset.store_key) as source, copy.open("wb") as out:
-        shutil.copyfileobj(source, out, CHUNK_BYTES)
-    return copy
+        named = work_dir / ".upload" / archive_name(dataset.filename)
+        named.parent.mkdir(parents=True, exist_ok=True)
+        if not (named.exists() and named.samefile(path)):
+            named.unlink(missing_ok=True)
+            try:
+                os.link(path, named)  # instant; the bytes stay while the link does
+            except OSError:
+                shutil.copyfile(path, named)
+        yield named
 
 
 def _sha256(path: Path) -> str:
@@ -87,15 +96,17 @@ def _failed(code: str, message: str, reasons: list[str]) -> dict[str, Any]:
 def _check(store: ArtifactStore, settings: Settings, dataset: Dataset) -> dict[str, Any]:
     """The values the data set ends with: ready, or failed with reasons a person can act on."""
     work_dir = dataset_work_dir(settings, dataset.id)
+    corrupt = f"{dataset.filename}: the stored archive does not match the uploaded one (sha256); upload it again"
     try:
-        archive = _local_archive(store, dataset, work_dir)
-        if _sha256(archive) != dataset.sha256:
-            reason = f"{dataset.filename}: the stored archive does not match the uploaded one (sha256); upload it again"
-            return _failed("dataset_corrupt", reason, [reason])
-        limits = ChildLimits(settings.validation_memory_mb, settings.validation_timeout_seconds)
-        report = validate_in_child(archive, work_dir, settings.engine, limits)
-        _store_thumbnails(store, settings, dataset, archive, work_dir)
-        return _ready(report)
+        with _local_archive(store, settings, dataset, work_dir) as archive:
+            if store.local_path(dataset.store_key) is not None and _sha256(archive) != dataset.sha256:
+                return _failed("dataset_corrupt", corrupt, [corrupt])  # (a fetched copy is checked as it comes)
+            limits = ChildLimits(settings.validation_memory_mb, settings.validation_timeout_seconds)
+            report = validate_in_child(archive, work_dir, settings.engine, limits)
+            _store_thumbnails(store, settings, dataset, archive, work_dir)
+            return _ready(report)
+    except CacheCorrupt:
+        return _failed("dataset_corrupt", corrupt, [corrupt])
     except ObjectMissing:
         reason = f"{dataset.filename}: the uploaded archive is missing from the artifact store; upload it again"
         return _failed("dataset_missing", reason, [reason])
@@ -167,4 +178,5 @@ def dataset_folder(store: ArtifactStore, settings: Settings, dataset: Dataset) -
     """The extracted ImageFolder tree of a ready data set, for training: the validation's extraction when
     it is still there (on this host), extracted again otherwise."""
     work_dir = dataset_work_dir(settings, dataset.id)
-    return resolve_source(_local_archive(store, dataset, work_dir), work_dir, settings.engine)
+    with _local_archive(store, settings, dataset, work_dir) as archive:
+        return resolve_source(archive, work_dir, settings.engine)

@@ -39,6 +39,7 @@ def archive_key(dataset_id: str, filename: str) -> str:
 
 def create_dataset(
     session: Session,
+    store: ArtifactStore,
     queue: TaskQueue,
     project_id: str,
     *,
@@ -50,13 +51,22 @@ def create_dataset(
 ) -> tuple[Dataset, int, bool]:
     """A data set in ``validating`` for an archive already in the store, with its validation task sent
     after the commit. Returns (data set, status code, created): ``created`` is False when an earlier
-    request with the same Idempotency-Key made it, and the caller deletes its own upload."""
+    request with the same Idempotency-Key made it, and the caller deletes its own upload.
+
+    Archives are stored once by content: when a data set with the same bytes (sha256 and size) is there,
+    the new one reads that archive and this upload is deleted after the commit. The row of the archive's
+    holder is locked meanwhile, so that deleting it waits and then sees the new reader (and keeps the file)."""
     record = idempotency.replayed(session, project_id, idempotency_key)
     if record is not None:
         earlier = datasets.get(session, project_id, record.resource_id)
         if earlier is None:
             raise NotFound(f"the data set this Idempotency-Key created ({record.resource_id}) was deleted")
         return earlier, record.status_code, False
+    holder = datasets.archive_holder(session, stored.sha256, stored.size)
+    if holder is not None and holder.store_key != stored.key and store.stat(holder.store_key) is not None:
+        duplicate = stored.key
+        send_after_commit(session, lambda: store.delete(duplicate))
+        stored = StoredObject(holder.store_key, stored.size, stored.sha256)
     dataset = Dataset(
         id=dataset_id,
         project_id=project_id,
@@ -112,9 +122,13 @@ def delete_dataset(
         )
     dataset.deleted_at = utcnow()
     work_dir = dataset_work_dir(settings, dataset_id)
+    archive = dataset.store_key
+    shared = datasets.archive_in_use(session, archive, besides=dataset_id)  # the same bytes, uploaded again
 
     def remove_files() -> None:
-        store.delete_prefix(f"datasets/{dataset_id}")
+        if not shared:
+            store.delete(archive)  # under datasets/<id>/, or another (deleted) data set's that it shared
+            store.delete_prefix(f"datasets/{dataset_id}")
         shutil.rmtree(work_dir, ignore_errors=True)
 
     send_after_commit(session, remove_files)

@@ -1,18 +1,39 @@
-"""The local artifact store: atomic writes with a sha256, streams, and keys that cannot escape."""
+"""The artifact stores, the same tests for both: the local folder and S3 on a real gateway (SeaweedFS,
+tests/s3.py). Atomic writes with a sha256, streams and byte ranges, moves, deletes, keys that cannot
+escape; then what only one of them has (the folder's files, S3's multipart uploads and presigned URLs)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 
+import httpx
 import pytest
 
+from app.settings import Settings
 from app.store import InvalidKey, LocalArtifactStore, ObjectMissing
+from app.stores import StoreUrlError, store_for
+from app.stores.s3 import S3ArtifactStore
+from tests.s3 import s3_client
+from tests.s3 import store_listing as listed
+
+MIB = 1 << 20
 
 
-@pytest.fixture
-def store(tmp_path):
-    return LocalArtifactStore(tmp_path / "store")
+@pytest.fixture(scope="module")
+def s3(s3_gateway):
+    client = s3_client(s3_gateway)
+    yield s3_gateway, client
+    client.close()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalArtifactStore(tmp_path / "store")
+    gateway, client = request.getfixturevalue("s3")
+    return S3ArtifactStore(client, gateway.bucket, f"t-{uuid.uuid4().hex[:10]}", part_bytes=5 * MIB)
 
 
 def test_put_open_stat_delete(store):
@@ -27,33 +48,74 @@ def test_put_open_stat_delete(store):
     assert store.delete("jobs/ftjob_1/model.safetensors") is False
     with pytest.raises(ObjectMissing):
         store.open("jobs/ftjob_1/model.safetensors")
+    assert listed(store) == []
 
 
 def test_put_takes_an_iterable_of_chunks(store):
     stored = store.put("a/b", iter([b"ab", b"cd"]))
     assert stored.sha256 == hashlib.sha256(b"abcd").hexdigest()
+    with store.open("a/b") as stream:
+        assert stream.read() == b"abcd"
 
 
-def test_a_failed_write_leaves_nothing_and_keeps_the_old_file(store):
+def test_a_large_object_is_written_in_parts_and_reads_back_whole(store):
+    block = bytes(range(256)) * 4096  # 1 MiB
+    data = b"".join(block[i:] + block[:i] for i in range(12))  # 12 MiB: three 5 MiB parts on S3
+    stored = store.put("jobs/ftjob_1/epoch-1.pt", io.BytesIO(data))
+    assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256()
+    with store.open("jobs/ftjob_1/epoch-1.pt") as stream:
+        while chunk := stream.read(MIB):
+            digest.update(chunk)
+    assert digest.hexdigest() == stored.sha256
+    assert listed(store) == ["jobs/ftjob_1/epoch-1.pt"]
+
+
+def test_a_failed_write_leaves_nothing_and_keeps_the_old_object(store):
     store.put("a/model", io.BytesIO(b"old"))
 
     def failing():
-        yield b"new part"
+        yield b"new part" * MIB  # 8 MiB: on S3 a multipart upload is under way when it fails
         raise OSError("disk gone")
 
     with pytest.raises(OSError, match="disk gone"):
         store.put("a/model", failing())
     with store.open("a/model") as stream:
         assert stream.read() == b"old"
-    assert sorted(p.name for p in (store.root / "a").iterdir()) == ["model"]  # no temporary file left
+    assert listed(store) == ["a/model"]  # no temporary file, no open multipart upload
 
 
-def test_a_writer_is_invisible_until_commit(store):
+@pytest.mark.parametrize("size", [4, 7 * MIB], ids=["small", "multipart"])
+def test_a_writer_is_invisible_until_commit_and_abort_leaves_nothing(store, size):
     writer = store.writer("x/y")
-    writer.write(b"half")
+    writer.write(b"h" * size)
     assert store.stat("x/y") is None
-    writer.commit()
-    assert store.stat("x/y").size == 4
+    assert writer.commit().size == size
+    assert store.stat("x/y").size == size
+    aborted = store.writer("x/z")
+    aborted.write(b"h" * size)
+    aborted.abort()
+    assert store.stat("x/z") is None
+    assert listed(store) == ["x/y"]
+
+
+def test_read_range_streams_the_bytes_asked_for(store):
+    data = bytes(range(256)) * 40_000  # 10 MB
+    store.put("j/w", io.BytesIO(data))
+    assert b"".join(store.read_range("j/w", 0, len(data))) == data
+    assert b"".join(store.read_range("j/w", 1000, 5)) == data[1000:1005]
+    assert b"".join(store.read_range("j/w", len(data) - 3, 3)) == data[-3:]
+    assert max(len(chunk) for chunk in store.read_range("j/w", 0, len(data))) <= getattr(store, "part_bytes", MIB)
+    with pytest.raises(ObjectMissing):
+        next(iter(store.read_range("j/none", 0, 5)))
+
+
+def test_move_renames_an_object(store):
+    store.put("uploads/u1", io.BytesIO(b"archive"))
+    store.move("uploads/u1", "archives/a1")
+    assert store.stat("uploads/u1") is None
+    with store.open("archives/a1") as stream:
+        assert stream.read() == b"archive"
 
 
 @pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "a/../../b", "a//b", "", "a/./b", "a\\b", ".hidden"])
@@ -62,17 +124,103 @@ def test_keys_cannot_escape_the_store(store, key):
         store.put(key, io.BytesIO(b"x"))
 
 
-def test_a_symlink_out_of_the_store_is_refused(store, tmp_path):
+def test_delete_prefix(store):
+    store.put("datasets/ds_1/a.zip", io.BytesIO(b"1"))
+    store.put("datasets/ds_1/sub/b", io.BytesIO(b"2"))
+    store.put("datasets/ds_10/a.zip", io.BytesIO(b"3"))
+    store.delete_prefix("datasets/ds_1")
+    assert listed(store) == ["datasets/ds_10/a.zip"]  # a prefix is a folder: ds_10 is not under ds_1
+    store.delete_prefix("datasets/nothing")
+
+
+def test_check_passes_on_a_working_store(store):
+    store.check()
+
+
+def test_a_symlink_out_of_the_folder_is_refused(tmp_path):
+    store = LocalArtifactStore(tmp_path / "store")
     (store.root / "jobs").mkdir(parents=True)
     (store.root / "jobs" / "link").symlink_to(tmp_path)
     with pytest.raises(InvalidKey):
         store.put("jobs/link/file", io.BytesIO(b"x"))
 
 
-def test_delete_prefix(store):
-    store.put("datasets/ds_1/a.zip", io.BytesIO(b"1"))
-    store.put("datasets/ds_1/sub/b", io.BytesIO(b"2"))
-    store.put("datasets/ds_2/a.zip", io.BytesIO(b"3"))
-    store.delete_prefix("datasets/ds_1")
-    assert not (store.root / "datasets" / "ds_1").exists()
-    assert store.stat("datasets/ds_2/a.zip") is not None
+def test_a_folder_has_no_presigned_url(tmp_path):
+    store = LocalArtifactStore(tmp_path / "store")
+    store.put("a/b", [b"x"])
+    assert store.presigned_url("a/b", filename="b", expires_seconds=60) is None
+
+
+def test_a_presigned_url_serves_the_object_and_its_ranges(s3):
+    gateway, client = s3
+    store = S3ArtifactStore(client, gateway.bucket, f"t-{uuid.uuid4().hex[:10]}")
+    store.put("jobs/ftjob_1/model.safetensors", [b"0123456789"])
+    url = store.presigned_url("jobs/ftjob_1/model.safetensors", filename="ftjob_1.safetensors", expires_seconds=60)
+    whole = httpx.get(url)
+    assert whole.status_code == 200 and whole.content == b"0123456789"
+    assert "ftjob_1.safetensors" in whole.headers["content-disposition"]
+    part = httpx.get(url, headers={"Range": "bytes=3-5"})
+    assert part.status_code == 206 and part.content == b"345"
+    assert httpx.get(url.replace("Signature=", "Signature=0")).status_code == 403
+
+
+def test_a_missing_bucket_fails_the_check(s3):
+    _, client = s3
+    with pytest.raises(OSError, match="no-such-bucket"):
+        S3ArtifactStore(client, "no-such-bucket").check()
+
+
+def test_store_url_picks_the_store(tmp_path, s3):
+    gateway, _ = s3
+    local = store_for(Settings(home=tmp_path))
+    assert isinstance(local, LocalArtifactStore) and local.root == tmp_path / "artifacts"
+    assert store_for(Settings(store_url=f"file://{tmp_path}/elsewhere")).url == (tmp_path / "elsewhere").as_uri()
+    env = gateway.env("deploy/one")
+    remote = store_for(
+        Settings(
+            store_url=env["FT_STORE_URL"],
+            s3_endpoint_url=env["FT_S3_ENDPOINT_URL"],
+            s3_access_key_id=env["FT_S3_ACCESS_KEY_ID"],
+            s3_secret_access_key=env["FT_S3_SECRET_ACCESS_KEY"],
+        )
+    )
+    assert isinstance(remote, S3ArtifactStore) and remote.url == f"s3://{gateway.bucket}/deploy/one"
+    remote.put("k", [b"v"])
+    assert remote.stat("k").size == 1
+    for bad in ("ftp://host/x", "s3:///prefix", "file://host/x", "relative/path"):
+        with pytest.raises(StoreUrlError):
+            store_for(Settings(store_url=bad))
+
+
+def test_the_aws_environment_variables_are_honoured(s3, monkeypatch):
+    gateway, _ = s3
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", gateway.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", gateway.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", gateway.endpoint)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    store = store_for(Settings(store_url=f"s3://{gateway.bucket}/from-env"))
+    store.put("a", [b"env"])
+    assert store.stat("a").size == 3
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(Exception, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"):
+        store_for(Settings(store_url=f"s3://{gateway.bucket}/from-env")).put("b", [b"x"])
+
+
+def test_the_create_bucket_command_creates_it_once(s3, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    gateway, client = s3
+    bucket = f"fttest-new-{uuid.uuid4().hex[:8]}"
+    for name, value in (gateway.env("deploy") | {"FT_STORE_URL": f"s3://{bucket}/deploy"}).items():
+        monkeypatch.setenv(name, value)
+    first = CliRunner().invoke(main, ["store", "create-bucket", "--wait", "5"])
+    again = CliRunner().invoke(main, ["store", "create-bucket", "--wait", "5"])
+    assert (first.exit_code, again.exit_code) == (0, 0), first.output + again.output
+    assert first.output.strip() == f"s3://{bucket}/deploy: created"
+    assert again.output.strip() == f"s3://{bucket}/deploy: already there"
+    client.head_bucket(Bucket=bucket)
+    monkeypatch.setenv("FT_S3_SECRET_ACCESS_KEY", "wrong")
+    refused = CliRunner().invoke(main, ["store", "create-bucket", "--wait", "1"])
+    assert refused.exit_code == 1 and "cannot create the bucket" in refused.output

@@ -42,10 +42,12 @@ class Stack:
     headers: dict[str, str]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_worker(self, queues: str = "gpu,cpu") -> subprocess.Popen[bytes]:
+    def start_worker(self, queues: str = "gpu,cpu", home: Path | None = None) -> subprocess.Popen[bytes]:
+        """A worker; ``home``: an FT_HOME of its own (another host's disk), else the API's."""
         log = (self.home / f"worker-{len(self.workers)}.log").open("wb")
         command = [sys.executable, "-m", "app.cli", "worker", "--queues", queues]
-        worker = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True)
+        env = {**self.env, "FT_HOME": str(home)} if home is not None else self.env
+        worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
         self.workers.append(worker)
         return worker
 

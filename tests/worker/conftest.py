@@ -47,7 +47,14 @@ def upload_ready_dataset(services: Services, archive: Path) -> str:
         with archive.open("rb") as file:
             stored = services.store.put(f"datasets/{dataset_id}/{archive.name}", file)
         create_dataset(
-            session, services.queue, project.id, dataset_id=dataset_id, name=None, filename=archive.name, stored=stored
+            session,
+            services.store,
+            services.queue,
+            project.id,
+            dataset_id=dataset_id,
+            name=None,
+            filename=archive.name,
+            stored=stored,
         )
     assert run_dataset_validation(services.factory, services.store, services.settings, dataset_id) == "ready"
     return dataset_id

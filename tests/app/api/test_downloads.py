@@ -1,21 +1,30 @@
-"""Downloads: Content-Length, an ETag of the sha256, Range requests that resume a broken download."""
+"""Downloads: Content-Length, an ETag of the sha256, Range requests that resume a broken download; from
+the local folder and from S3 (a real gateway) alike, streamed through the API or redirected to S3."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 
+import httpx
 import pytest
 
 from app.db.session import transaction
 from app.services.job_records import register_artifact
 from app.services.projects import get_or_create_project
 from tests.app.factories import make_job
+from tests.s3 import s3_settings
 
 pytestmark = pytest.mark.anyio
 
 BODY = os.urandom(3 * (1 << 20) + 12345)  # three chunks and a bit
 SHA = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.fixture(params=["local", "s3"])
+def settings(request, settings):
+    """Every test on both stores."""
+    return settings if request.param == "local" else s3_settings(settings, request.getfixturevalue("s3_gateway"))
 
 
 @pytest.fixture
@@ -97,3 +106,28 @@ async def test_unknown_artifacts_and_other_projects_are_404(app, client, artifac
         get_or_create_project(session, "someone-else")
         other_id = other.id
     assert (await client.get(f"/v1/jobs/{other_id}/weights")).status_code == 404
+
+
+async def test_without_redirects_an_s3_download_streams_through_the_api(app, client, artifact_job, settings):
+    response = await client.get(f"/v1/jobs/{artifact_job}/weights")
+    assert response.status_code == 200 and "location" not in response.headers
+
+
+async def test_with_redirects_an_s3_download_is_a_302_to_a_presigned_url(app, client, artifact_job, settings):
+    settings.download_redirect = True
+    url = f"/v1/jobs/{artifact_job}/weights"
+    response = await client.get(url)
+    if not settings.store_url:  # a folder has no URL: the API streams the file as before
+        assert response.status_code == 200 and response.content == BODY
+        return
+    assert response.status_code == 302
+    assert response.headers["etag"] == f'"{SHA}"' and response.headers["x-content-sha256"] == SHA
+    assert response.headers["cache-control"] == "no-store"
+    location = response.headers["location"]
+    assert "X-Amz-Expires=300" in location and "X-Amz-Signature=" in location
+    async with httpx.AsyncClient() as direct:  # what a client following the redirect gets from the store
+        whole = await direct.get(location)
+        part = await direct.get(location, headers={"Range": "bytes=1000-1999"})
+    assert whole.status_code == 200 and hashlib.sha256(whole.content).hexdigest() == SHA
+    assert part.status_code == 206 and part.content == BODY[1000:2000]
+    assert (await client.get(url, headers={"If-None-Match": f'"{SHA}"'})).status_code == 304
