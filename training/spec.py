@@ -574,7 +574,9 @@ class DivergenceSpec(StrictModel):
     recent average, stop, or roll back to the last good state (kept in memory every ``snapshot_every_steps``
     steps) with every group's learning rate times ``lr_factor``. It reads the loss every step (a host sync)."""
 
-    action: Literal["stop", "rollback"] = "rollback"
+    action: Literal["stop", "rollback"] = Field(
+        "rollback", description="stop: fail naming the step; rollback: go back to the last good state, the lr cut."
+    )
     spike_factor: Annotated[float, Field(gt=1.0)] | None = Field(
         5.0, description="A loss above this many times the average of the last good steps counts; null: only NaN/inf."
     )
