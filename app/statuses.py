@@ -9,6 +9,8 @@ class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    PAUSING = "pausing"  # a pause was asked: the worker checkpoints at the next step
+    PAUSED = "paused"  # held, off any worker, until resumed
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -20,6 +22,8 @@ class JobStatus(enum.StrEnum):
 
 TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE_JOB_STATUSES = frozenset(set(JobStatus) - TERMINAL_JOB_STATUSES)
+# A worker holds the job (an owner and a lease) and trains it until its next step at least.
+OWNED_JOB_STATUSES = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.PAUSING})
 
 
 class DatasetStatus(enum.StrEnum):

@@ -31,3 +31,5 @@ def test_the_examples_use_what_their_names_say():
     assert vit.clipping.mode == "agc" and vit.scheduler.warmup_epochs > 0
     assert by_name["linear-probe"].backbone.freeze.strategy == "linear_probe"
     assert by_name["gradual-unfreezing"].backbone.freeze.strategy == "gradual"
+    guarded = by_name["high-lr-divergence-guard"].training.divergence
+    assert guarded is not None and guarded.action == "rollback"

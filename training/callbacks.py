@@ -67,6 +67,23 @@ class CheckpointInfo:
     removed: tuple[Path, ...] = ()  # older checkpoints that the retention rule deleted
 
 
+@dataclass(frozen=True)
+class RollbackInfo:
+    """The divergence guard went back to its last good state and lowered the learning rate."""
+
+    step: int  # the optimizer step whose loss was bad
+    epoch: int  # 1-based, the epoch in progress
+    loss: float  # that step's loss (nan or inf, or a spike)
+    reason: str  # "non_finite" or "spike"
+    average: float | None  # the recent average a spike was measured against
+    back_to_step: int  # the step of the state it went back to
+    lr: float  # the new head's learning rate after the cut
+    rollback: int  # 1 for the first rollback of the run
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Callbacks:
     """No-op hooks; subclass and override what you need. Each is called on the training thread."""
 
@@ -81,6 +98,9 @@ class Callbacks:
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         """A checkpoint was written atomically."""
+
+    def on_rollback(self, info: RollbackInfo) -> None:
+        """The divergence guard rolled the run back (``training.divergence``)."""
 
     def should_stop(self) -> Stop | None:
         """Checked between optimizer steps; keep it cheap (read a flag)."""
@@ -106,6 +126,10 @@ class CallbackList(Callbacks):
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         for callback in self.callbacks:
             callback.on_checkpoint(info)
+
+    def on_rollback(self, info: RollbackInfo) -> None:
+        for callback in self.callbacks:
+            callback.on_rollback(info)
 
     def should_stop(self) -> Stop | None:
         for callback in self.callbacks:

@@ -31,6 +31,7 @@ from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, 
 from training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_atomic
 from training.clipping import GradientClipper
 from training.data import DataBundle, load_data, normalize
+from training.divergence import DivergenceGuard
 from training.errors import CheckpointError, DeviceUnavailable, NonFiniteLoss, TrainingError
 from training.export import export_state_dict, model_card, save_weights, write_card
 from training.freezing import FreezePlan
@@ -256,6 +257,9 @@ class Trainer:
         # The first step whose loss was not finite, found without a host sync: -1 while all is well.
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.step_counter = torch.zeros((), dtype=torch.long, device=device)
+        self.last_loss = torch.zeros((), device=device)  # the last micro-batch's loss, for the guard
+        divergence = spec.training.divergence
+        self.guard = DivergenceGuard(divergence, self) if divergence is not None else None
 
     def _final_layer(self, path: str) -> str:
         """The prefix of the last layer of a classifier (the whole of a plain head)."""
@@ -359,6 +363,8 @@ class Trainer:
         self.window_images = 0
         self.window_start = time.perf_counter()
         epoch_start = time.perf_counter()
+        if self.guard is not None:
+            self.guard.begin_epoch(epoch)
         batch_index = self.state.batches_done
         for batch_index, (images, labels) in enumerate(
             self.data.train.batches(epoch, start=self.state.batches_done), start=self.state.batches_done
@@ -372,6 +378,8 @@ class Trainer:
             self._optimizer_step()
             self.state.step += 1
             self.state.batches_done = batch_index + 1
+            if self.guard is not None and self.guard.after_step(epoch):
+                return self._train_epoch(epoch)  # rolled back: the epoch goes on from the last good state
             step_in_epoch = math.ceil(self.state.batches_done / accum)
             if self.state.step % t.log_every_steps == 0:
                 self._report_step(epoch, step_in_epoch)
@@ -419,6 +427,7 @@ class Trainer:
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         with torch.no_grad():
             loss = loss.detach()
+            self.last_loss = loss
             self.loss_sum += loss * labels.shape[0]
             self.correct_sum += (logits.detach().argmax(dim=1) == labels).sum()
             self.window_loss += loss
@@ -593,7 +602,8 @@ class Trainer:
         if is_best and state.best is not None:
             state.best["checkpoint"] = name
         state.checkpoints = [*(c for c in state.checkpoints if c != name), name]
-        save_checkpoint(path, self._checkpoint_state())
+        guard = self.guard.state_dict(mid_epoch=mid_epoch) if self.guard is not None else None
+        save_checkpoint(path, {**self._checkpoint_state(), "divergence": guard})
         removed = self._apply_retention(folder)
         self.last_checkpoint = path
         self.callbacks.on_checkpoint(
@@ -653,6 +663,8 @@ class Trainer:
         self.clipper.load_state_dict(checkpoint["clipper"])
         if self.early_stopping is not None and checkpoint["early_stopping"] is not None:
             self.early_stopping.load_state_dict(checkpoint["early_stopping"])
+        if self.guard is not None and checkpoint.get("divergence") is not None:
+            self.guard.load_state_dict(checkpoint["divergence"])
         self.state = TrainState.from_dict(checkpoint["state"])
         self.step_counter.fill_(self.state.step)
         restore_rng(checkpoint["rng"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TrainingError(Exception):
     """A run that cannot go on, with a one-line message a person can act on."""
@@ -40,6 +42,18 @@ class NonFiniteLoss(TrainingError):
         )
         self.step = step
         self.epoch = epoch
+
+
+class Diverged(TrainingError):
+    """The divergence guard gave up: ``action: stop``, or more than ``max_rollbacks`` rollbacks."""
+
+    code = "non_finite_loss"
+
+    def __init__(self, message: str, *, step: int, epoch: int, history: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.step = step
+        self.epoch = epoch
+        self.history = history
 
 
 class DeviceUnavailable(TrainingError):

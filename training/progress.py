@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from training.callbacks import Callbacks, RunInfo, StepMetrics
+from training.callbacks import Callbacks, RollbackInfo, RunInfo, StepMetrics
 
 
 class ConsoleProgress(Callbacks):
@@ -83,3 +83,10 @@ class ConsoleProgress(Callbacks):
         self.console.print(" | ".join(parts), highlight=False)
         if metrics["epoch"] < self.info.epochs:
             self._new_epoch(metrics["epoch"] + 1)
+
+    def on_rollback(self, info: RollbackInfo) -> None:
+        self.console.print(
+            f"divergence guard: {info.reason.replace('_', '-')} loss {info.loss:.4g} at step {info.step}; "
+            f"rolled back to step {info.back_to_step}, lr now {info.lr:.3g}",
+            highlight=False,
+        )

@@ -91,6 +91,7 @@ NESTED = [
     ("regularization.mixup", "MixupSpec", None),
     ("regularization.ema", "EMASpec", None),
     ("regularization.early_stopping", "EarlyStoppingSpec", None),
+    ("training.divergence", "DivergenceSpec", None),
 ]
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Tag,
@@ -572,6 +573,25 @@ Scheduler = Annotated[
 # --- training -------------------------------------------------------------------------------
 
 
+class DivergenceSpec(StrictModel):
+    """A guard against a run that blows up: on a non-finite loss, or one above ``spike_factor`` times its
+    recent average, stop, or roll back to the last good state (kept in memory every ``snapshot_every_steps``
+    steps) with every group's learning rate times ``lr_factor``. It reads the loss every step (a host sync)."""
+
+    action: Literal["stop", "rollback"] = Field(
+        "rollback", description="stop: fail naming the step; rollback: go back to the last good state, the lr cut."
+    )
+    spike_factor: Annotated[float, Field(gt=1.0)] | None = Field(
+        5.0, description="A loss above this many times the average of the last good steps counts; null: only NaN/inf."
+    )
+    lr_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        0.5, description="Each rollback multiplies the learning rate of every group by this."
+    )
+    max_rollbacks: NonNegativeInt = Field(3, description="Rollbacks allowed before the run fails (non_finite_loss).")
+    snapshot_every_steps: PositiveInt = Field(10, description="Optimizer steps between in-memory snapshots.")
+    window_steps: Annotated[int, Field(ge=2)] = Field(20, description="Good steps the recent average is taken over.")
+
+
 class TrainingSpec(StrictModel):
     epochs: PositiveInt = 3
     seed: int = 0
@@ -598,6 +618,9 @@ class TrainingSpec(StrictModel):
     log_every_steps: PositiveInt = Field(20, description="Step metrics (and their host sync) every N steps.")
     max_runtime: timedelta = Field(
         timedelta(hours=24), description="Wall-clock limit of the job (seconds or ISO 8601 duration)."
+    )
+    divergence: DivergenceSpec | None = Field(
+        None, description="Stop or roll back a run whose loss turns non-finite or spikes; null: a NaN stops it."
     )
 
     @field_validator("max_runtime")

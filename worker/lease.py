@@ -20,11 +20,12 @@ from app.db.models import Job
 from app.db.session import transaction
 from app.services.job_state import renew_lease
 from app.settings import Settings
-from app.statuses import JobStatus
+from app.statuses import OWNED_JOB_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
 
-StopReason = Literal["cancel", "lost"]
+StopReason = Literal["cancel", "pause", "lost"]
+REASONS: dict[StopReason, str] = {"cancel": "cancel requested", "pause": "pause requested", "lost": "lease lost"}
 
 
 class LeaseKeeper(threading.Thread):
@@ -60,15 +61,18 @@ class LeaseKeeper(threading.Thread):
     def _look(self) -> None:
         with transaction(self.factory) as session:
             row = session.execute(select(Job.status, Job.owner).where(Job.id == self.job_id)).one_or_none()
-        if row is None or row.owner != self.owner or row.status not in (JobStatus.RUNNING, JobStatus.CANCELLING):
+        if row is None or row.owner != self.owner or row.status not in OWNED_JOB_STATUSES:
             self._raise("lost")
         elif row.status == JobStatus.CANCELLING:
             self._raise("cancel")
+        elif row.status == JobStatus.PAUSING:
+            self._raise("pause")
 
     def _raise(self, reason: StopReason) -> None:
         if self.stop_reason != reason:
-            log.info("job %s: %s", self.job_id, "cancel requested" if reason == "cancel" else "lease lost")
-        if self.stop_reason != "lost":
+            log.info("job %s: %s", self.job_id, REASONS[reason])
+        # A cancel overrides a pause (a pausing job can be cancelled), and a lost lease overrides both.
+        if self.stop_reason != "lost" and not (self.stop_reason == "cancel" and reason == "pause"):
             self.stop_reason = reason
 
     def lose(self) -> None:

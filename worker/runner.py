@@ -38,7 +38,7 @@ from app.statuses import EventType, JobStatus
 from app.store import ArtifactStore, StoredObject
 from app.stores import cache_for
 from app.stores.cache import FetchCache
-from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
+from training.callbacks import Callbacks, CheckpointInfo, RollbackInfo, RunInfo, StepMetrics, Stop
 from training.spec import Spec
 from worker.lease import LeaseKeeper
 from worker.publisher import Checkpoint, Epoch, EventPublisher, Note, Step, checkpoint_key
@@ -92,9 +92,16 @@ class JobCallbacks(Callbacks):
             shutil.copyfile(info.path, staged)
         self.publisher.put(Checkpoint(info, staged))
 
+    def on_rollback(self, info: RollbackInfo) -> None:
+        message = (
+            f"divergence guard: {info.reason.replace('_', '-')} loss {info.loss:.4g} at step {info.step}; "
+            f"rolled back to step {info.back_to_step}, lr now {info.lr:.3g} (rollback {info.rollback})"
+        )
+        self.publisher.put(Note(EventType.WARNING, message, {"rollback": info.to_dict()}))
+
     def should_stop(self) -> Stop | None:
-        if self.preempt.is_set():
-            return Stop.PREEMPT
+        if self.preempt.is_set() or self.keeper.stop_reason == "pause":
+            return Stop.PREEMPT  # checkpoint, then hand the job back (queued, or paused)
         if self.keeper.stop_reason is not None:
             return Stop.CANCEL
         return None
@@ -296,12 +303,13 @@ class JobRunner:
         return str(status) if finished else "lease lost"
 
     def _release(self) -> str:
-        """Back to queued, checkpointed. Its task is not sent from here: this worker is shutting down and
-        could take it back; the API's sweep sends it once the job has waited ``redispatch_after_seconds``."""
+        """Back to queued (a SIGTERM) or to paused (a pause), checkpointed. A requeued job's task is not sent
+        from here: this worker is shutting down and could take it back; the API's sweep sends it once the job
+        has waited ``redispatch_after_seconds``. A paused job waits for ``resume``, which sends it."""
         self.keeper.stop()
         with transaction(self.services.factory) as session:
             after = release_job(session, self.job_id, self.owner, reason="worker shutting down: checkpointed")
-        return f"released ({after})"
+        return f"released ({after})" if after is not None else "lease lost"
 
     def _fail(self, publisher: EventPublisher, keeper: LeaseKeeper, code: str, message: str) -> str:
         log.error("job %s failed (%s): %s", self.job_id, code, message)

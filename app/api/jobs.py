@@ -116,7 +116,7 @@ def list_jobs(
     request: Request,
     caller: CallerDep,
     session: SessionDep,
-    status: Annotated[list[JobStatus] | None, Query(max_length=6)] = None,
+    status: Annotated[list[JobStatus] | None, Query(max_length=8)] = None,
     dataset: Annotated[str | None, Query(max_length=64)] = None,
     created_after: UnixSeconds = None,
     created_before: UnixSeconds = None,
@@ -145,6 +145,21 @@ def cancel_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> Job:
     """A queued job is cancelled at once; a running one turns `cancelling` and its worker stops at the next
     step. Cancelling a cancelled job changes nothing; a succeeded or failed job is a 409."""
     return Job.from_row(jobs.cancel_job(session, caller.project_id, job_id))
+
+
+@router.post("/{job_id}/pause", response_model=Job, summary="Pause a job", responses=error_responses(404, 409))
+def pause_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> Job:
+    """A running job turns `pausing`: its worker checkpoints at the next step and the job turns `paused`,
+    freeing the worker. A queued job is held `paused` at once. Pausing a paused job changes nothing; a
+    finished or cancelling job is a 409."""
+    return Job.from_row(jobs.pause_job(session, caller.project_id, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=Job, summary="Resume a job", responses=error_responses(404, 409))
+def resume_job(job_id: JobId, caller: CallerDep, session: SessionDep, queue: QueueDep) -> Job:
+    """A paused job is queued again and continues from the checkpoint it paused at. Resuming a job that
+    is already queued or running changes nothing; any other status is a 409."""
+    return Job.from_row(jobs.resume_job(session, queue, caller.project_id, job_id))
 
 
 @router.get("/{job_id}/events", response_model=EventPage, summary="List a job's events", responses=error_responses(404))

@@ -264,6 +264,12 @@ class AsyncJobs:
     async def cancel(self, job_id: str) -> Job:
         return await self._client.send(calls.cancel_job(job_id))
 
+    async def pause(self, job_id: str) -> Job:
+        return await self._client.send(calls.pause_job(job_id))
+
+    async def resume(self, job_id: str) -> Job:
+        return await self._client.send(calls.resume_job(job_id))
+
     async def events(
         self,
         job_id: str,

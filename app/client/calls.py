@@ -295,6 +295,16 @@ def cancel_job(job_id: str) -> Call[Job]:
     return Call("POST", f"{job_path(job_id)}/cancel", model(Job))
 
 
+def pause_job(job_id: str) -> Call[Job]:
+    # Idempotent: pausing a paused (or pausing) job changes nothing.
+    return Call("POST", f"{job_path(job_id)}/pause", model(Job))
+
+
+def resume_job(job_id: str) -> Call[Job]:
+    # Idempotent: resuming a job that is queued or running again changes nothing.
+    return Call("POST", f"{job_path(job_id)}/resume", model(Job))
+
+
 def list_events(
     job_id: str, *, type: EventType | str | Iterable[EventType | str] | None, after: int | None, limit: int | None
 ) -> Call[EventPage]:

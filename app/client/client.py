@@ -303,6 +303,16 @@ class Jobs:
         stops. A finished job is a ``Conflict``."""
         return self._client.send(calls.cancel_job(job_id))
 
+    def pause(self, job_id: str) -> Job:
+        """A queued job is held ``paused`` at once; a running one turns ``pausing`` until its worker has
+        checkpointed, then ``paused``. A finished job is a ``Conflict``."""
+        return self._client.send(calls.pause_job(job_id))
+
+    def resume(self, job_id: str) -> Job:
+        """A paused job is queued again and continues from its checkpoint. A job that is not paused (nor
+        already resumed) is a ``Conflict``."""
+        return self._client.send(calls.resume_job(job_id))
+
     def events(
         self,
         job_id: str,

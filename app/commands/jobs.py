@@ -1,4 +1,4 @@
-"""``finetune jobs submit|list|get|cancel|logs|download``."""
+"""``finetune jobs submit|list|get|cancel|pause|resume|logs|download``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from app.client.models import Job
     from app.commands.follow import LineMode
 
-JOB_STATUSES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+JOB_STATUSES = ["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"]
 
 
 @click.group()
@@ -133,6 +133,41 @@ def cancel_job(options: GlobalOptions, job_id: str) -> None:
 
     with options.client() as client:
         job = client.jobs.cancel(job_id)
+    if options.json:
+        options.emit(job)
+    else:
+        stdout_console().print(f"{job.id} {job.status}", highlight=False)
+
+
+@jobs.command("pause")
+@click.argument("job_id")
+@json_option
+@pass_options
+def pause_job(options: GlobalOptions, job_id: str) -> None:
+    """Pause a job.
+
+    A queued job is held at once; a running one checkpoints at its worker's next step and turns paused,
+    freeing the worker. `finetune jobs resume` continues it from that checkpoint."""
+    from app.commands.output import stdout_console
+
+    with options.client() as client:
+        job = client.jobs.pause(job_id)
+    if options.json:
+        options.emit(job)
+    else:
+        stdout_console().print(f"{job.id} {job.status}", highlight=False)
+
+
+@jobs.command("resume")
+@click.argument("job_id")
+@json_option
+@pass_options
+def resume_job(options: GlobalOptions, job_id: str) -> None:
+    """Resume a paused job: it is queued again and continues from the checkpoint it paused at."""
+    from app.commands.output import stdout_console
+
+    with options.client() as client:
+        job = client.jobs.resume(job_id)
     if options.json:
         options.emit(job)
     else:

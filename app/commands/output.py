@@ -18,6 +18,8 @@ STATUS_STYLES = {
     "validating": "yellow",
     "running": "cyan",
     "cancelling": "magenta",
+    "pausing": "blue",
+    "paused": "blue",
     "succeeded": "green",
     "ready": "green",
     "failed": "red",

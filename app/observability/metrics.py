@@ -38,7 +38,7 @@ from app.context import Services
 from app.db.models import Job, JobEvent
 from app.observability.heartbeats import Heartbeats, alive_limit, heartbeats_for
 from app.settings import Settings
-from app.statuses import TERMINAL_JOB_STATUSES, EventType, JobStatus
+from app.statuses import OWNED_JOB_STATUSES, TERMINAL_JOB_STATUSES, EventType, JobStatus
 from app.tasks import CPU_QUEUE, GPU_QUEUE
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # Seconds: jobs last from a minute (a linear probe) to days (a large backbone on a large set).
 DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 604800.0)
 QUEUES = (GPU_QUEUE, CPU_QUEUE)
-RUNNING_STATUSES = (JobStatus.RUNNING, JobStatus.CANCELLING)  # a cancelling job trains until its next step
+RUNNING_STATUSES = tuple(OWNED_JOB_STATUSES)  # a cancelling or pausing job trains until its next step
 
 
 # --- the database ------------------------------------------------------------------------------------

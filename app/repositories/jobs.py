@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobMetadata
 from app.repositories.pagination import keyset_page
-from app.statuses import ACTIVE_JOB_STATUSES, JobStatus
+from app.statuses import ACTIVE_JOB_STATUSES, OWNED_JOB_STATUSES, JobStatus
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def next_event_seq(session: Session, job_id: str) -> int | None:
 
 def expired_leases(session: Session, now: datetime) -> list[Job]:
     query = select(Job).where(
-        Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+        Job.status.in_(OWNED_JOB_STATUSES),
         Job.lease_expires_at.is_not(None),
         Job.lease_expires_at < now,
     )

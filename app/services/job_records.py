@@ -17,7 +17,7 @@ from app.errors import LeaseLost, NotFound
 from app.events import mirror_after_commit
 from app.ids import new_id
 from app.repositories import job_records, jobs
-from app.statuses import EventType, JobStatus
+from app.statuses import OWNED_JOB_STATUSES, EventType
 from app.store import StoredObject
 from training.spec import MonitorMetric, monitor_mode
 
@@ -50,7 +50,7 @@ def _owned_job(session: Session, job_id: str, owner: str | None) -> Job:
     job = jobs.get_any(session, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
-    if owner is not None and (job.owner != owner or job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING)):
+    if owner is not None and (job.owner != owner or job.status not in OWNED_JOB_STATUSES):
         raise LeaseLost(f"job {job_id} is no longer owned by {owner}")
     return job
 

@@ -1,9 +1,11 @@
 """The job state machine: every status change of a job happens here, and only here.
 
     queued ──claim──> running ──finish──> succeeded | failed | cancelled
-      │                 │  └──cancel──> cancelling ──finish / lease lost──> cancelled
-      │                 └──release (preempted) / lease lost──> queued   (or failed: worker_lost)
-      └──cancel──> cancelled
+      │ ▲               │  └──cancel──> cancelling ──finish / lease lost──> cancelled
+      │ │               ├──release (preempted) / lease lost──> queued   (or failed: worker_lost)
+      │ │               └──pause──> pausing ──release (checkpointed) / lease lost──> paused
+      │ └────resume──── paused <──pause (held before it started)── queued
+      └──cancel──> cancelled <──cancel── paused          (pausing ──cancel──> cancelling)
 
 Each transition is one compare-and-set ``UPDATE jobs ... WHERE id = ? AND status IN (...) [AND owner = ?]``
 and appends a ``status`` event and the webhook outbox rows (``app.webhooks.outbox``) in the same
@@ -16,6 +18,11 @@ Attempts: ``attempt`` counts the claims, so while a job runs it is the number of
 reached ``max_attempts`` a lost lease fails the job (``worker_lost``) and no claim succeeds. A worker that
 is stopped on purpose (SIGTERM, a deploy, a spot reclaim) checkpoints and calls ``release_job``, which
 hands the attempt back: a preemption is not the job's fault and costs it nothing.
+
+Pause: a running job turns ``pausing``; its worker checkpoints at the next step and releases it to
+``paused`` (the attempt handed back, as for a preemption), which frees the worker. A queued job is held
+``paused`` at once (its task, when it arrives, finds nothing to claim). ``resume_job`` queues it again
+and the next claim resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -38,12 +45,16 @@ from app.webhooks.outbox import record_job_status
 
 QUEUED, RUNNING, CANCELLING = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING
 SUCCEEDED, FAILED, CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
+PAUSING, PAUSED = JobStatus.PAUSING, JobStatus.PAUSED
 
 ALLOWED: Mapping[JobStatus, frozenset[JobStatus]] = {
-    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, CANCELLING, QUEUED}),
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED, PAUSED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, CANCELLING, QUEUED, PAUSING}),
     # A run that completes before it notices the cancel still succeeded: its results are kept.
     CANCELLING: frozenset({CANCELLED, SUCCEEDED, FAILED}),
+    # Likewise a run that completes (or fails) before it notices the pause; a cancel overrides a pause.
+    PAUSING: frozenset({PAUSED, SUCCEEDED, FAILED, CANCELLING, CANCELLED}),
+    PAUSED: frozenset({QUEUED, CANCELLED}),
     SUCCEEDED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
@@ -124,24 +135,29 @@ def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -
 
 
 def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
-    """Extend ``owner``'s lease. False tells the worker to stop: the job was taken from it, or a cancel
-    was asked (the lease is still extended then, so the worker can stop cleanly and ``finish_job``)."""
+    """Extend ``owner``'s lease. False tells the worker to stop: the job was taken from it, or a cancel or
+    a pause was asked (the lease is still extended then, so the worker can stop cleanly)."""
     expires = utcnow() + timedelta(seconds=lease_seconds)
     values = {"lease_expires_at": expires}
     if jobs.compare_and_set(session, job_id, statuses=[RUNNING], values=values, where=[Job.owner == owner]):
         return True
-    jobs.compare_and_set(session, job_id, statuses=[CANCELLING], values=values, where=[Job.owner == owner])
+    jobs.compare_and_set(session, job_id, statuses=[CANCELLING, PAUSING], values=values, where=[Job.owner == owner])
     return False
 
 
 def request_cancel(session: Session, job_id: str) -> JobStatus:
-    """queued -> cancelled at once; running -> cancelling (the worker stops at the next step and finishes
-    the job ``cancelled``). Cancelling a cancelled or cancelling job changes nothing. The status after."""
+    """queued or paused -> cancelled at once; running or pausing -> cancelling (the worker stops at the next
+    step and finishes the job ``cancelled``). Cancelling a cancelled or cancelling job changes nothing.
+    The status after."""
     now = utcnow()
     if _transition(session, job_id, source=[QUEUED], target=CANCELLED, message="cancelled before it started"):
         return CANCELLED
+    if _transition(session, job_id, source=[PAUSED], target=CANCELLED, message="cancelled while paused"):
+        return CANCELLED
     values = {"cancel_requested_at": now}
-    if _transition(session, job_id, source=[RUNNING], target=CANCELLING, values=values, message="cancel requested"):
+    if _transition(
+        session, job_id, source=[RUNNING, PAUSING], target=CANCELLING, values=values, message="cancel requested"
+    ):
         return CANCELLING
     job = jobs.get_any(session, job_id)
     if job is None:
@@ -150,7 +166,44 @@ def request_cancel(session: Session, job_id: str) -> JobStatus:
     status = JobStatus(job.status)
     if status in (CANCELLED, CANCELLING):
         return status
-    raise Conflict(f"job {job_id} has already {status}; only queued or running jobs can be cancelled", code="job_done")
+    raise Conflict(f"job {job_id} has already {status}; only active jobs can be cancelled", code="job_done")
+
+
+def request_pause(session: Session, job_id: str) -> JobStatus:
+    """queued -> paused at once (held); running -> pausing (the worker checkpoints at the next step and
+    releases the job ``paused``). Pausing a paused or pausing job changes nothing. The status after."""
+    if _transition(session, job_id, source=[QUEUED], target=PAUSED, message="paused before it started: held"):
+        return PAUSED
+    if _transition(session, job_id, source=[RUNNING], target=PAUSING, message="pause requested"):
+        return PAUSING
+    status = _current(session, job_id)
+    if status in (PAUSED, PAUSING):
+        return status
+    if status == CANCELLING:
+        raise Conflict(f"job {job_id} is being cancelled; it cannot be paused", code="job_cancelling")
+    raise Conflict(f"job {job_id} has already {status}; only queued or running jobs can be paused", code="job_done")
+
+
+def resume_job(session: Session, job_id: str) -> bool:
+    """paused -> queued: the next claim resumes from the last checkpoint (send its task after the commit).
+    False if the job is already queued or running again (a repeated resume); a 409 for any other status."""
+    values = {"owner": None, "lease_expires_at": None, "dispatched_at": None}
+    if _transition(session, job_id, source=[PAUSED], target=QUEUED, values=values, message="resumed"):
+        return True
+    status = _current(session, job_id)
+    if status in (QUEUED, RUNNING):
+        return False
+    if status == PAUSING:
+        raise Conflict(f"job {job_id} is still pausing; resume it once it is paused", code="job_pausing")
+    raise Conflict(f"job {job_id} is {status}; only a paused job can be resumed", code="job_not_paused")
+
+
+def _current(session: Session, job_id: str) -> JobStatus:
+    job = jobs.get_any(session, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    session.refresh(job)
+    return JobStatus(job.status)
 
 
 def finish_job(
@@ -177,9 +230,9 @@ def finish_job(
     if error is not None:
         values |= {"error_code": error.code, "error_message": error.message}
         data["error"] = {"code": error.code, "message": error.message}
-    source = [RUNNING, CANCELLING]
+    source = [RUNNING, CANCELLING, PAUSING]
     if status == CANCELLED:
-        source = [CANCELLING, RUNNING]
+        source = [CANCELLING, RUNNING, PAUSING]
     left = _transition(
         session,
         job_id,
@@ -194,13 +247,17 @@ def finish_job(
 
 
 def release_job(session: Session, job_id: str, owner: str, reason: str = "preempted") -> JobStatus | None:
-    """The worker stops without finishing (SIGTERM): running -> queued with the attempt handed back, so
-    another worker resumes from the checkpoint it just wrote; a job being cancelled ends cancelled.
-    The status after, or None if ``owner`` no longer held the job."""
+    """The worker stops without finishing, checkpointed: running -> queued (SIGTERM) with the attempt handed
+    back, so another worker resumes from the checkpoint it just wrote; pausing -> paused, likewise; a job
+    being cancelled ends cancelled. The status after, or None if ``owner`` no longer held the job."""
     mine = [Job.owner == owner]
     requeue = {"owner": None, "lease_expires_at": None, "attempt": Job.attempt - 1, "dispatched_at": None}
     if _transition(session, job_id, source=[RUNNING], target=QUEUED, values=requeue, where=mine, message=reason):
         return QUEUED
+    if _transition(
+        session, job_id, source=[PAUSING], target=PAUSED, values=requeue, where=mine, message="paused: checkpointed"
+    ):
+        return PAUSED
     if _transition(session, job_id, source=[CANCELLING], target=CANCELLED, where=mine, message="cancelled"):
         return CANCELLED
     return None
@@ -209,7 +266,8 @@ def release_job(session: Session, job_id: str, owner: str, reason: str = "preemp
 def requeue_expired_leases(session: Session, now: datetime | None = None) -> list[str]:
     """Jobs whose worker stopped renewing its lease (killed, host lost): a running job goes back to
     ``queued`` (or ``failed`` with ``worker_lost`` once its attempts are spent), a cancelling job ends
-    ``cancelled``. Returns the ids put back to ``queued``: send each a train task after the commit.
+    ``cancelled``, a pausing one ``paused`` (at its last checkpoint). Returns the ids put back to
+    ``queued``: send each a train task after the commit.
 
     Each change re-checks the owner and the expiry in its compare-and-set: a worker that renewed its
     lease in the meantime keeps its job.
@@ -221,6 +279,12 @@ def requeue_expired_leases(session: Session, now: datetime | None = None) -> lis
         note = {"owner": job.owner, "attempt": job.attempt}
         if job.status == CANCELLING:
             _transition(session, job.id, source=[CANCELLING], target=CANCELLED, where=lost, data=note)
+        elif job.status == PAUSING:
+            message = f"worker lost while pausing on attempt {job.attempt}: paused at its last checkpoint"
+            held = {"owner": None, "lease_expires_at": None, "dispatched_at": None}
+            _transition(
+                session, job.id, source=[PAUSING], target=PAUSED, values=held, where=lost, data=note, message=message
+            )
         elif job.attempt >= job.max_attempts:
             message = f"the worker stopped responding on attempt {job.attempt} of {job.max_attempts}"
             failure = {"error_code": WORKER_LOST, "error_message": message}
@@ -251,7 +315,7 @@ def abort_job(session: Session, job_id: str, error: JobError) -> bool:
     left = _transition(
         session,
         job_id,
-        source=[RUNNING, CANCELLING, QUEUED],
+        source=[RUNNING, CANCELLING, PAUSING, QUEUED],
         target=FAILED,
         values=values,
         data=data,

@@ -280,6 +280,22 @@ def cancel_job(session: Session, project_id: str, job_id: str) -> Job:
     return job
 
 
+def pause_job(session: Session, project_id: str, job_id: str) -> Job:
+    job = get_job(session, project_id, job_id)
+    job_state.request_pause(session, job.id)
+    session.refresh(job)
+    return job
+
+
+def resume_job(session: Session, queue: TaskQueue, project_id: str, job_id: str) -> Job:
+    """A paused job back to the queue, its train task sent once that commits; a repeated resume is a no-op."""
+    job = get_job(session, project_id, job_id)
+    if job_state.resume_job(session, job.id):
+        queue_for_training(session, queue, job.id)
+    session.refresh(job)
+    return job
+
+
 def list_events(
     session: Session, project_id: str, job_id: str, *, types: list[EventType], after: int | None, limit: int
 ) -> tuple[list[JobEvent], bool]:

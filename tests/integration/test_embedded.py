@@ -57,6 +57,7 @@ def test_make_serve_runs_the_whole_flow_with_no_servers(cifar, tmp_path):
                 "training": {"epochs": 2, "log_every_steps": 2},
             }
             job_id = client.post("/v1/jobs", json={"spec": spec}).json()["id"]
+            pause_and_resume(client, job_id)
             events = []
             with client.stream("GET", f"/v1/jobs/{job_id}/events/stream", timeout=300) as stream:
                 for line in stream.iter_lines():
@@ -80,6 +81,20 @@ def test_make_serve_runs_the_whole_flow_with_no_servers(cifar, tmp_path):
     while processes_with_home(home) and time.monotonic() < deadline:  # workers finish their warm shutdown
         time.sleep(0.5)
     assert not processes_with_home(home), "processes of the embedded service outlived Ctrl-C"
+
+
+def pause_and_resume(client: httpx.Client, job_id: str) -> None:
+    """Pause the job once it trains, see it paused, and resume it: the embedded worker takes it again."""
+    deadline = time.monotonic() + 300
+    while not any(e["type"] == "step" for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.post(f"/v1/jobs/{job_id}/pause").json()["status"] in ("pausing", "paused")
+    while (status := client.get(f"/v1/jobs/{job_id}").json()["status"]) == "pausing":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert status == "paused"
+    assert client.post(f"/v1/jobs/{job_id}/resume").json()["status"] == "queued"
 
 
 def processes_with_home(home: Path) -> list[int]:

@@ -149,3 +149,38 @@ def test_two_workers_run_every_job_exactly_once(stack, dataset_id):
         assert len(claims) == 1  # claimed once: no job ran twice
         owners.add(claims[0]["data"]["owner"].split(":")[0])  # the worker's node name
     assert owners == {"gpu-cpu@" + socket.gethostname(), "gpu@" + socket.gethostname()}  # both took jobs
+
+
+def test_pause_frees_the_worker_and_resume_continues_to_identical_weights(stack, dataset_id):
+    """One worker: a paused job leaves it to another job, then resumes from its checkpoint to the weights of
+    an uninterrupted run."""
+    body = job_body(dataset_id, epochs=2)
+    worker = stack.start_worker()
+    with stack.client() as client:
+        straight = client.post("/v1/jobs", json=body).json()["id"]
+        stack.wait_for(straight, {"succeeded"})
+        job_id = client.post("/v1/jobs", json=body).json()["id"]
+        deadline = time.monotonic() + 120
+        while sum(e["type"] == "step" for e in stack.events(job_id)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.post(f"/v1/jobs/{job_id}/pause").json()["status"] == "pausing"
+        paused = stack.wait_for(job_id, {"paused", "succeeded", "failed"}, timeout=30)
+        other = client.post("/v1/jobs", json=job_body(dataset_id, epochs=1, seed=1)).json()["id"]
+        assert stack.wait_for(other, {"succeeded", "failed"})["status"] == "succeeded"  # the worker was free
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "paused"  # and held the paused job
+        assert client.post(f"/v1/jobs/{job_id}/resume").json()["status"] == "queued"
+        job = stack.wait_for(job_id, {"succeeded", "failed"})
+        a = client.get(f"/v1/jobs/{straight}/weights").content
+        b = client.get(f"/v1/jobs/{job_id}/weights").content
+    stack.stop_worker(worker)
+    assert paused["status"] == "paused" and job["status"] == "succeeded" and job["attempt"] == 1
+    moves = [(e["data"]["from"], e["data"]["to"]) for e in stack.events(job_id) if e["type"] == "status"]
+    assert moves[-5:] == [
+        ("running", "pausing"),
+        ("pausing", "paused"),
+        ("paused", "queued"),
+        ("queued", "running"),
+        ("running", "succeeded"),
+    ]
+    assert hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest()

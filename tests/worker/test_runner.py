@@ -15,7 +15,7 @@ from sqlalchemy import update
 from app.db.models import Job
 from app.db.session import transaction
 from app.repositories import job_records
-from app.services.job_state import claim_job, request_cancel
+from app.services.job_state import claim_job, request_cancel, request_pause, resume_job
 from app.statuses import JobStatus
 from tests.training.conftest import CLASSES
 from tests.worker.conftest import get_job, job_spec, read, submit, upload_ready_dataset
@@ -174,3 +174,50 @@ def test_init_from_an_earlier_job_starts_from_its_weights(services, colour_archi
     cards = [json.loads(services.store.open(f"jobs/{j}/model.json").read()) for j in (first, second)]
     assert cards[0]["preprocessing"]["mean"] == cards[1]["preprocessing"]["mean"]
     assert cards[1]["spec"]["backbone"]["init_from"] == first  # the record names the job, not a worker's path
+
+
+def test_a_pause_checkpoints_frees_the_worker_and_resume_reaches_the_same_weights(services, colour_archive):
+    """Paused after 3 steps and resumed, a deterministic job publishes the uninterrupted run's weights."""
+    dataset_id = upload_ready_dataset(services, colour_archive)
+    spec = job_spec(dataset_id, training={"epochs": 2, "log_every_steps": 1})
+    straight = submit(services, spec)
+    assert run(services, straight) == "succeeded"
+
+    job_id = submit(services, spec)
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(run(services, job_id)))
+    worker.start()
+    while sum(e.type == "step" for e in events(services, job_id)) < 3:
+        time.sleep(0.05)
+    assert read(services, request_pause, job_id) == JobStatus.PAUSING
+    worker.join(60)
+    assert outcome == ["released (paused)"]  # the worker is free
+    job = read(services, get_job, job_id)
+    assert job.status == JobStatus.PAUSED and job.attempt == 0 and job.owner is None
+    latest = read(services, job_records.latest_checkpoint, job_id)
+    assert latest is not None and latest.mid_epoch
+    assert run(services, job_id) == "not claimed"  # a paused job is held
+
+    assert read(services, resume_job, job_id) is True
+    assert run(services, job_id) == "succeeded"
+    moves = [(e.data["from"], e.data["to"]) for e in events(services, job_id) if e.type == "status"]
+    assert ("running", "pausing") in moves and ("pausing", "paused") in moves and ("paused", "queued") in moves
+    a = load_file(str(services.store.local_path(f"jobs/{straight}/model.safetensors")))
+    b = load_file(str(services.store.local_path(f"jobs/{job_id}/model.safetensors")))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_diverging_job_with_the_guard_succeeds_with_its_rollbacks_in_its_events(services, colour_archive):
+    guard = {"action": "rollback", "lr_factor": 0.001, "max_rollbacks": 3, "snapshot_every_steps": 2}
+    spec = job_spec(
+        upload_ready_dataset(services, colour_archive),
+        optimizer={"lr": 1000.0},  # diverges within the first epoch without the guard
+        training={"epochs": 1, "divergence": guard},
+    )
+    job_id = submit(services, spec)
+    assert run(services, job_id) == "succeeded"
+    job = read(services, get_job, job_id)
+    assert all(v == v and abs(v) != float("inf") for k, v in job.final_metrics.items() if isinstance(v, float))
+    rollbacks = [e for e in events(services, job_id) if e.type == "warning" and "rollback" in e.data]
+    assert rollbacks and rollbacks[0].data["rollback"]["step"] == 2 and "rolled back to step 0" in rollbacks[0].message
+    assert rollbacks[0].data["rollback"]["lr"] == 1.0

@@ -313,11 +313,50 @@ async def test_cancel_of_a_finished_job_is_a_409(client, app, dataset):
     assert shown["error"] == {"code": "non_finite_loss", "message": "nan"}
 
 
+async def test_pause_holds_a_queued_job_and_resume_sends_its_task_again(client, app, dataset):
+    job = await submit(client, job_body(dataset["id"]))
+    broker_messages(app, GPU_QUEUE)  # the submission's own task
+    paused = await client.post(f"/v1/jobs/{job['id']}/pause")
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    assert (await client.post(f"/v1/jobs/{job['id']}/pause")).json()["status"] == "paused"
+    assert [j["id"] for j in (await client.get("/v1/jobs", params={"status": "paused"})).json()["data"]] == [job["id"]]
+    resumed = await client.post(f"/v1/jobs/{job['id']}/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    assert [m["args"] for m in broker_messages(app, GPU_QUEUE) if m["task"] == TRAIN_JOB] == [[job["id"]]]
+    again = await client.post(f"/v1/jobs/{job['id']}/resume")  # already queued: nothing more is sent
+    assert again.json()["status"] == "queued" and broker_messages(app, GPU_QUEUE) == []
+    moves = [
+        (e["data"]["from"], e["data"]["to"])
+        for e in (await client.get(f"/v1/jobs/{job['id']}/events", params={"type": "status"})).json()["data"]
+    ]
+    assert moves == [(None, "queued"), ("queued", "paused"), ("paused", "queued")]
+
+
+async def test_pause_a_running_job_through_pausing_and_the_409s(client, app, dataset):
+    job = await submit(client, job_body(dataset["id"]))
+    factory = app.state.session_factory
+    with transaction(factory) as session:
+        job_state.claim_job(session, job["id"], "w", 60)
+    assert (await client.post(f"/v1/jobs/{job['id']}/pause")).json()["status"] == "pausing"
+    early = await client.post(f"/v1/jobs/{job['id']}/resume")
+    assert early.status_code == 409 and early.json()["error"]["code"] == "job_pausing"
+    with transaction(factory) as session:
+        assert job_state.release_job(session, job["id"], "w") == JobStatus.PAUSED  # what the worker does
+    assert (await client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "paused"
+    cancelled = await client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+    for action, code in (("pause", "job_done"), ("resume", "job_not_paused")):
+        response = await client.post(f"/v1/jobs/{job['id']}/{action}")
+        assert response.status_code == 409 and response.json()["error"]["code"] == code
+
+
 async def test_unknown_jobs_are_404_everywhere(client):
     unknown = "ftjob_01JAAAAAAAAAAAAAAAAAAAAAAA"
     for method, path in [
         ("GET", ""),
         ("POST", "/cancel"),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
         ("GET", "/events"),
         ("GET", "/metrics"),
         ("GET", "/checkpoints"),

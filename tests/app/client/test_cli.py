@@ -172,8 +172,14 @@ def test_submit_with_dataset_rewrites_an_example_spec(finetune, worker_factory):
     assert [j["id"] for j in json.loads(listed.stdout)] == [job["id"]]
     table = finetune("jobs", "list")
     assert table.exit_code == 0 and job["id"] in table.stdout and "cifar" in table.stdout
+    paused = finetune("jobs", "pause", job["id"])
+    assert paused.exit_code == 0 and paused.stdout.strip() == f"{job['id']} paused"
+    resumed = finetune("--json", "jobs", "resume", job["id"])
+    assert json.loads(resumed.stdout)["status"] == "queued"
     cancelled = finetune("--json", "jobs", "cancel", job["id"])
     assert json.loads(cancelled.stdout)["status"] == "cancelled"
+    refused = finetune("jobs", "resume", job["id"])
+    assert refused.exit_code != 0 and "only a paused job can be resumed" in refused.stderr
     again = finetune("jobs", "get", job["id"])
     assert again.exit_code == 0 and "cancelled" in again.stdout and "resnet18" in again.stdout
 

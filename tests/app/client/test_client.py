@@ -118,6 +118,19 @@ def test_cancel_answers_the_job(api, worker_factory):
     assert api.jobs.cancel(job_id).status == JobStatus.CANCELLED  # idempotent
 
 
+def test_pause_and_resume_answer_the_job(api, worker_factory):
+    job_id = worker_side.queued_job(worker_factory)
+    paused = api.jobs.pause(job_id)
+    assert isinstance(paused, m.Job) and paused.status == JobStatus.PAUSED
+    assert api.jobs.pause(job_id).status == JobStatus.PAUSED  # idempotent
+    assert api.jobs.resume(job_id).status == JobStatus.QUEUED
+    assert api.jobs.resume(job_id).status == JobStatus.QUEUED  # idempotent
+    api.jobs.cancel(job_id)
+    with pytest.raises(Conflict) as done:
+        api.jobs.resume(job_id)
+    assert done.value.code == "job_not_paused"
+
+
 def test_errors_are_typed_with_the_envelope_fields(api, api_server, worker_factory):
     with pytest.raises(NotFound) as missing:
         api.jobs.get("ftjob_nope")

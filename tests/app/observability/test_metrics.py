@@ -63,7 +63,16 @@ async def test_jobs_are_counted_by_status(client, factory):
         finish_job(session, done.id, f"worker-{done.id}", JobStatus.SUCCEEDED)
     samples = await scrape(client)
     counts = {status: value(samples, "finetune_jobs", status=status) for status in JobStatus}
-    assert counts == {"queued": 1, "running": 2, "cancelling": 0, "succeeded": 1, "failed": 0, "cancelled": 0}
+    assert counts == {
+        "queued": 1,
+        "running": 2,
+        "cancelling": 0,
+        "pausing": 0,
+        "paused": 0,
+        "succeeded": 1,
+        "failed": 0,
+        "cancelled": 0,
+    }
     assert value(samples, "finetune_metrics_source_up", source="database") == 1
 
 

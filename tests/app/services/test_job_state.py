@@ -218,3 +218,84 @@ def test_many_racing_claims_one_winner(factory, settings):
         thread.join(20)
     assert len(wins) == 1
     assert status_of(factory, job_id).owner == wins[0]
+
+
+# --- pause and resume -----------------------------------------------------------------------------
+
+PAUSING, PAUSED = JobStatus.PAUSING, JobStatus.PAUSED
+
+
+def test_pausing_a_queued_job_holds_it_until_it_is_resumed(factory, job_id):
+    assert run(factory, job_state.request_pause, job_id) == PAUSED
+    assert run(factory, job_state.request_pause, job_id) == PAUSED  # again: nothing changes
+    assert not run(factory, job_state.claim_job, job_id, "w1", 30)  # its task, when it comes, finds nothing
+    assert run(factory, job_state.resume_job, job_id) is True
+    assert run(factory, job_state.resume_job, job_id) is False  # a repeated resume changes nothing
+    job = status_of(factory, job_id)
+    assert (job.status, job.attempt, job.dispatched_at) == (QUEUED, 0, None)  # the sweep re-sends it if need be
+    assert run(factory, job_state.claim_job, job_id, "w1", 30)
+    assert status_events(factory, job_id)[1:] == [
+        (2, "status", "queued", "paused"),
+        (3, "status", "paused", "queued"),
+        (4, "status", "queued", "running"),
+    ]
+
+
+def test_a_running_job_pauses_through_its_worker_and_the_attempt_is_handed_back(factory, job_id):
+    run(factory, job_state.claim_job, job_id, "w1", 5)
+    assert run(factory, job_state.request_pause, job_id) == PAUSING
+    assert run(factory, job_state.request_pause, job_id) == PAUSING
+    old = status_of(factory, job_id).lease_expires_at
+    assert run(factory, job_state.renew_lease, job_id, "w1", 60) is False  # tells the worker to stop
+    assert status_of(factory, job_id).lease_expires_at > old  # still extended while it checkpoints
+    with pytest.raises(Conflict, match="still pausing"):
+        run(factory, job_state.resume_job, job_id)
+    assert run(factory, job_state.release_job, job_id, "w1") == PAUSED
+    job = status_of(factory, job_id)
+    assert (job.status, job.attempt, job.owner, job.lease_expires_at) == (PAUSED, 0, None, None)
+    assert run(factory, job_state.resume_job, job_id) is True
+    assert run(factory, job_state.claim_job, job_id, "w2", 30)
+    assert status_of(factory, job_id).attempt == 1
+    assert [e[2:] for e in status_events(factory, job_id)][2:] == [
+        ("running", "pausing"),
+        ("pausing", "paused"),
+        ("paused", "queued"),
+        ("queued", "running"),
+    ]
+
+
+def test_cancel_works_on_a_paused_and_on_a_pausing_job(factory, settings):
+    with transaction(factory) as session:
+        paused, pausing = make_job(session).id, make_job(session).id
+    run(factory, job_state.request_pause, paused)
+    assert run(factory, job_state.request_cancel, paused) == CANCELLED
+    run(factory, job_state.claim_job, pausing, "w1", 30)
+    run(factory, job_state.request_pause, pausing)
+    assert run(factory, job_state.request_cancel, pausing) == CANCELLING
+    assert run(factory, job_state.release_job, pausing, "w1") == CANCELLED  # the cancel won
+    with pytest.raises(Conflict, match="only a paused job can be resumed"):
+        run(factory, job_state.resume_job, pausing)
+
+
+def test_a_job_that_ends_while_pausing_keeps_its_ending(factory, job_id):
+    run(factory, job_state.claim_job, job_id, "w1", 30)
+    run(factory, job_state.request_pause, job_id)
+    assert run(factory, job_state.finish_job, job_id, "w1", SUCCEEDED)
+    with pytest.raises(Conflict, match="already succeeded"):
+        run(factory, job_state.request_pause, job_id)
+
+
+def test_a_cancelling_job_cannot_be_paused(factory, job_id):
+    run(factory, job_state.claim_job, job_id, "w1", 30)
+    run(factory, job_state.request_cancel, job_id)
+    with pytest.raises(Conflict, match="being cancelled"):
+        run(factory, job_state.request_pause, job_id)
+
+
+def test_a_pausing_job_whose_worker_died_ends_paused(factory, job_id):
+    run(factory, job_state.claim_job, job_id, "w1", 0.01)
+    run(factory, job_state.request_pause, job_id)
+    time.sleep(0.05)
+    assert run(factory, job_state.requeue_expired_leases) == []
+    job = status_of(factory, job_id)
+    assert (job.status, job.owner) == (PAUSED, None)
