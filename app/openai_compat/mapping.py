@@ -32,12 +32,14 @@ from app.services import jobs
 from app.statuses import DatasetStatus, EventType, JobStatus
 from training.spec import Spec
 
-# OpenAI has no "cancelling": a job asked to stop is still running until its worker stops it (and may yet
-# succeed, when it finishes first). Its jobs never show "validating_files": a job here needs a ready file.
+# OpenAI has no "cancelling" or "pausing": a job asked to stop is still running until its worker stops it (and
+# may yet succeed, when it finishes first). Its jobs never show "validating_files": a job here needs a ready file.
 STATUS: dict[JobStatus, str] = {
     JobStatus.QUEUED: "queued",
     JobStatus.RUNNING: "running",
     JobStatus.CANCELLING: "running",
+    JobStatus.PAUSING: "running",
+    JobStatus.PAUSED: "paused",
     JobStatus.SUCCEEDED: "succeeded",
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "cancelled",

@@ -1,6 +1,6 @@
 """``/v1/files`` and ``/v1/fine_tuning/jobs``: OpenAI's fine-tuning API over this service's data sets and jobs.
 
-Not mapped: ``pause`` and ``resume`` (jobs here cannot be paused), ``GET /v1/files/{id}/content`` (an
+Not mapped: ``GET /v1/files/{id}/content`` (an
 uploaded archive is not served back), and ``/v1/fine_tuning/checkpoints/.../permissions`` (no sharing
 across projects)."""
 
@@ -161,6 +161,29 @@ def retrieve_fine_tuning_job(job_id: JobId, caller: CallerDep, session: SessionD
 def cancel_fine_tuning_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> FineTuningJob:
     """A queued job is cancelled at once; a running one stops at its next step (shown `running` until then)."""
     return mapping.fine_tuning_job(jobs.cancel_job(session, caller.project_id, job_id))
+
+
+@router.post(
+    "/fine_tuning/jobs/{job_id}/pause",
+    response_model=FineTuningJob,
+    summary="Pause a fine-tuning job (OpenAI)",
+    responses=error_responses(404, 409),
+)
+def pause_fine_tuning_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> FineTuningJob:
+    """A running job checkpoints at its next step and turns `paused` (shown `running` until then); a queued
+    job is held at once."""
+    return mapping.fine_tuning_job(jobs.pause_job(session, caller.project_id, job_id))
+
+
+@router.post(
+    "/fine_tuning/jobs/{job_id}/resume",
+    response_model=FineTuningJob,
+    summary="Resume a paused fine-tuning job (OpenAI)",
+    responses=error_responses(404, 409),
+)
+def resume_fine_tuning_job(job_id: JobId, caller: CallerDep, session: SessionDep, queue: QueueDep) -> FineTuningJob:
+    """The job is queued again and continues from the checkpoint it paused at."""
+    return mapping.fine_tuning_job(jobs.resume_job(session, queue, caller.project_id, job_id))
 
 
 @router.get(

@@ -14,7 +14,7 @@ _AUTO_INT: dict[str, Any] = {"anyOf": [{"type": "integer", "minimum": 1}, {"cons
 _AUTO_NUMBER: dict[str, Any] = {
     "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "auto"}, {"type": "null"}]
 }
-OpenAIStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+OpenAIStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
 class Hyperparameters(BaseModel):

@@ -1,13 +1,20 @@
 """The events a webhook endpoint subscribes to: one per status a job can enter that a client acts on.
 
-New statuses (paused, pruned) join ``JOB_EVENTS`` and are sent from the same hook on the state machine.
+New statuses (pruned, when sweeps land) join ``JOB_EVENTS`` and are sent from the same hook on the state machine.
 """
 
 from __future__ import annotations
 
 from app.statuses import JobStatus
 
-JOB_EVENTS: tuple[str, ...] = ("job.queued", "job.running", "job.succeeded", "job.failed", "job.cancelled")
+JOB_EVENTS: tuple[str, ...] = (
+    "job.queued",
+    "job.running",
+    "job.paused",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+)
 
 
 def event_for_status(status: JobStatus) -> str | None:

@@ -107,3 +107,20 @@ async def test_bad_create_requests_are_errors_that_name_the_field(client, app, s
     assert (await client.get("/v1/fine_tuning/jobs")).json()["data"] == []
     missing = await client.get("/v1/fine_tuning/jobs/ftjob_01JAAAAAAAAAAAAAAAAAAAAAAA")
     assert missing.status_code == 404
+
+
+async def test_pause_and_resume_map_onto_the_service_s_own(client, app, settings):
+    dataset = await ready_dataset(client, app, settings)
+    body = {"model": "resnet18", "training_file": dataset["id"], "spec": {"data": {"image_size": 32}}}
+    job = (await client.post("/v1/fine_tuning/jobs", json=body)).json()
+    paused = await client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"  # a queued job is held at once
+    assert (await client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "paused"
+    resumed = await client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    with transaction(app.state.session_factory) as session:
+        assert job_state.claim_job(session, job["id"], "worker-1", 60)
+    pausing = (await client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")).json()
+    assert pausing["status"] == "running"  # pausing: the worker checkpoints at its next step
+    missing = await client.post("/v1/fine_tuning/jobs/ftjob_0000000000000000000000000/pause")
+    assert missing.status_code == 404
