@@ -579,6 +579,15 @@ class TrainingSpec(StrictModel):
     deterministic: bool = Field(False, description="Deterministic kernels: same spec and seed, same metrics.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: on CUDA for convolutional backbones.")
+    devices: PositiveInt | Literal["all"] = Field(
+        1,
+        description="Processes of one job, one per device (DistributedDataParallel; NCCL on GPUs, gloo on the "
+        "CPU); all: every GPU of the worker. data.batch_size stays the global batch, split across the "
+        "processes, and the learning rate is not rescaled.",
+    )
+    sync_batchnorm: bool = Field(
+        False, description="With devices > 1: batch norm statistics over the global batch (SyncBatchNorm; CUDA)."
+    )
     grad_accum_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps (smoke runs).")
     monitor: MonitorMetric = Field("val_acc", description="The metric that picks the best epoch.")
