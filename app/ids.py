@@ -25,6 +25,7 @@ PREFIXES = {
     "project": "proj",
     "api_key": "key",
     "artifact": "art",
+    "export": "exp",
 }
 
 

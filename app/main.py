@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from app.api import backbones, datasets, downloads, health, jobs, live, spec
+from app.api import backbones, datasets, downloads, exports, health, jobs, live, spec
 from app.api.deps import reject_unknown_query
 from app.api.errors import install_error_handlers
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.register(service_metrics)
     app.state.metrics_registry = registry
 
-    for module in (datasets, jobs, live, downloads, backbones, spec, health):
+    for module in (datasets, jobs, exports, live, downloads, backbones, spec, health):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))

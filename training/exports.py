@@ -73,10 +73,10 @@ class ExportError(TrainingError):
 class ParityError(ExportError):
     code = "export_parity_failed"
 
-    def __init__(self, export_format: str, max_abs_diff: float) -> None:
+    def __init__(self, export_format: str, max_abs_diff: float, images: int = PARITY_IMAGES) -> None:
         super().__init__(
             f"the {export_format} export differs from the PyTorch model: max |logit difference| {max_abs_diff:.3g} "
-            f"on {PARITY_IMAGES} validation images, above the tolerance {PARITY_TOLERANCE:g} (fp32)"
+            f"on {images} validation images, above the tolerance {PARITY_TOLERANCE:g} (fp32)"
         )
         self.max_abs_diff = max_abs_diff
 
@@ -113,7 +113,7 @@ def export_run(run_dir: Path, request: ExportRequest, images: torch.Tensor) -> d
             reference = model(inputs)
         max_abs_diff = float((exported - reference).abs().max())
         if not max_abs_diff <= PARITY_TOLERANCE:  # NaN fails too
-            raise ParityError(export_format.name, max_abs_diff)
+            raise ParityError(export_format.name, max_abs_diff, len(inputs))
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -241,7 +241,11 @@ class DataSpec(StrictModel):
     val_split: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
         0.1, description="Fraction of train/ held out (stratified, seeded) when there is no val/."
     )
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = Field(
+        64,
+        description="Images per micro-batch across all processes: with training.devices N, each of the N takes "
+        "about batch_size / N (the global batch stays this; the learning rate is not rescaled).",
+    )
     eval_batch_size: PositiveInt | None = Field(None, description="Default: twice batch_size.")
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     subset_per_class: PositiveInt | None = Field(

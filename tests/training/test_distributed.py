@@ -41,7 +41,16 @@ def cifar_spec(root: Path, devices: int, **data: Any) -> Spec:
     return Spec.model_validate(
         {
             "backbone": {"name": "resnet18", "freeze": {"strategy": "none", "freeze_bn": True}},
-            "data": {"path": str(root), "image_size": 32, "batch_size": 32, "val_split": 0.2, **data},
+            # No augmentation: the streaming path augments per image, the in-memory one per batch, and the
+            # resume test compares the two paths' runs with each other.
+            "data": {
+                "path": str(root),
+                "image_size": 32,
+                "batch_size": 32,
+                "val_split": 0.2,
+                "augment": {"hflip": False, "random_crop": False},
+                **data,
+            },
             "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
             "scheduler": {"name": "cosine"},
             "training": {
