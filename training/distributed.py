@@ -332,6 +332,7 @@ def launch(job: RankJob, devices: int, callbacks: Callbacks, *, poll_seconds: fl
     Raises the ``TrainingError`` a rank reported, or ``RanksLost`` when a rank died without one."""
     import multiprocessing
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -362,6 +363,8 @@ def launch(job: RankJob, devices: int, callbacks: Callbacks, *, poll_seconds: fl
         results = elastic_launch(config, run_rank)(job, events, acks, stop_code)
     except ChildFailedError as failure:
         raise _rank_error(job.out_dir, failure) from None
+    except SignalException as signalled:  # the launcher's own handler: this process was told to stop
+        raise RanksLost(f"the launcher got {signalled.sigval.name}: its ranks were stopped") from None
     finally:
         relay.finish()
     return results[0]

@@ -52,6 +52,9 @@ def export(services, project_id: str, job_id: str, **body) -> object:
     return row
 
 
+# Two training attempts on two processes and an export: minutes on a shared 2-core machine, so on PostgreSQL only
+# (the production database; the state machine's compare-and-sets are the same code on SQLite).
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_a_two_process_job_loses_a_rank_resumes_and_its_weights_export_with_parity(
     services, colour_archive, monkeypatch
 ):
