@@ -27,6 +27,7 @@ PREFIXES = {
     "artifact": "art",
     "webhook": "wh",
     "delivery": "msg",  # Standard Webhooks message ids: the webhook-id header
+    "export": "exp",
 }
 
 

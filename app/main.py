@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from app.api import backbones, datasets, downloads, health, jobs, live, spec
+from app.api import backbones, datasets, downloads, exports, health, jobs, live, spec
 from app.api.deps import reject_unknown_query
 from app.api.dry_runs import DryRunPool
 from app.api.errors import install_error_handlers
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.event_hub = event_hub
 
-    for module in (datasets, jobs, live, downloads, backbones, spec, webhooks, openai_compat, health):
+    for module in (datasets, jobs, exports, live, downloads, backbones, spec, webhooks, openai_compat, health):
         app.include_router(module.router)
     mount_console(app)  # after the API's routes: /v1, /healthz and /docs come first
     install_error_handlers(app)

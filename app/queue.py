@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery  # type: ignore[import-untyped]
 
 from app.settings import Settings
-from app.tasks import DELIVER_WEBHOOK, QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET
+from app.tasks import DELIVER_WEBHOOK, EXPORT_JOB, QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET, training_queue
 
 # A broker that does not answer makes the send fail fast instead of hanging the request; the row is
 # committed already, and the worker's sweep re-sends what was never delivered.
@@ -56,11 +56,11 @@ class TaskQueue:
         self.celery = Celery("finetune-api", set_as_current=False)
         self.celery.conf.update(celery_config(settings))
 
-    def _send(self, name: str, object_id: str, **options: Any) -> str:
+    def _send(self, name: str, object_id: str, queue: str | None = None, **options: Any) -> str:
         result = self.celery.send_task(
             name,
             args=[object_id],
-            queue=QUEUE_OF[name],
+            queue=queue or QUEUE_OF[name],
             expires=self.settings.task_expiry_seconds,
             retry=True,
             retry_policy=_SEND_RETRY_POLICY,
@@ -68,7 +68,7 @@ class TaskQueue:
         )
         return str(result.id)
 
-    def send_train_job(self, job_id: str, max_runtime_seconds: float | None = None) -> str:
+    def send_train_job(self, job_id: str, max_runtime_seconds: float | None = None, devices: int | str = 1) -> str:
         """The job's train task, with Celery time limits from the spec's ``training.max_runtime``: the engine
         stops itself at that limit (code ``timeout``); the soft limit, a little later, interrupts a step that
         hangs; the hard limit kills the pool child."""
@@ -76,13 +76,16 @@ class TaskQueue:
         if max_runtime_seconds is not None:
             soft = max_runtime_seconds + TIME_LIMIT_GRACE_SECONDS
             limits = {"soft_time_limit": soft, "time_limit": soft + TIME_LIMIT_GRACE_SECONDS}
-        return self._send(TRAIN_JOB, job_id, **limits)
+        return self._send(TRAIN_JOB, job_id, queue=training_queue(devices), **limits)
 
     def send_validate_dataset(self, dataset_id: str) -> str:
         return self._send(VALIDATE_DATASET, dataset_id)
 
     def send_deliver_webhook(self, delivery_id: str) -> str:
         return self._send(DELIVER_WEBHOOK, delivery_id)
+
+    def send_export_job(self, export_id: str) -> str:
+        return self._send(EXPORT_JOB, export_id)
 
     def check(self) -> None:
         """Raise unless the broker accepts a connection (readiness)."""

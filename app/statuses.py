@@ -32,6 +32,13 @@ class DatasetStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+class ExportStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class EventType(enum.StrEnum):
     STATUS = "status"  # a state machine transition
     EPOCH = "epoch"  # an epoch's metrics

@@ -1,6 +1,7 @@
 """The CUDA paths on a GPU machine, in one run: precision (bf16 autocast, fp16 with a grad scaler),
-channels_last, an exact resume, throughput against the seed article's loop, and a job run by a real
-worker of the embedded service on the GPU. Prints a JSON report (and writes it to --report).
+channels_last, an exact resume, throughput against the seed article's loop, a job run by a real
+worker of the embedded service on the GPU, and one job on several GPUs (DDP over NCCL, one rank per GPU).
+Prints a JSON report (and writes it to --report).
 
     python bench/device_check.py --archive .devdata/cifar10-jpg.tar.gz --report out.json
 """
@@ -155,6 +156,30 @@ def service_worker(archive: Path, work: Path) -> dict[str, Any]:
         serve.wait(60)
 
 
+def distributed(root: Path, work: Path) -> dict[str, Any]:
+    """DDP on NCCL (training.devices: 2 and "all", each rank on its own GPU through a per-rank
+    CUDA_VISIBLE_DEVICES), with and without SyncBatchNorm, against one process: throughput and accuracy."""
+    from training.distributed import fit_on_devices, resolve_devices
+
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        return {"skipped": f"{gpus} GPU: DDP on NCCL needs two or more (NCCL refuses two ranks on one GPU)"}
+    found: dict[str, Any] = {"gpus": gpus}
+    runs = [("1", 1, False), ("2", 2, False), ("2-syncbn", 2, True), ("all", "all", False)]
+    for name, devices, sync in runs:
+        run_spec = spec(root, epochs=2, devices=devices, sync_batchnorm=sync)
+        started = time.monotonic()
+        result = fit_on_devices(run_spec, work / f"ddp-{name}", callbacks=Callbacks())
+        found[name] = {
+            "processes": resolve_devices(devices),
+            "images_per_second": [round(h["images_per_second"]) for h in result.history],
+            "val_acc": round(result.history[-1]["val_acc"], 4),
+            "seconds": round(time.monotonic() - started, 1),
+            "ranks_seen": sorted(p.name for p in (work / f"ddp-{name}" / "ranks").glob("*.pid")) if name != "1" else [],
+        }
+    return found
+
+
 def attempt(report: dict[str, Any], name: str, check: Callable[[], Any]) -> None:
     started = time.monotonic()
     try:
@@ -185,6 +210,7 @@ def main() -> None:
             "service_worker": lambda: service_worker(args.archive, work),
             "throughput": lambda: throughput(args.archive, work),
             "resume": lambda: exact_resume(root, work),
+            "distributed": lambda: distributed(root, work),
         }
         for name, check in checks.items():
             if name not in skip:

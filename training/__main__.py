@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, required=True, help="the run folder (weights, card, checkpoints)")
     run.add_argument("--resume", type=Path, help="a checkpoint of this run to continue from")
     run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    run.add_argument("--devices", help="processes (one per device), overriding training.devices: N or all")
+    export = commands.add_parser("export", help="export a finished run's weights to ONNX or TorchScript, checked")
+    export.add_argument("run_dir", type=Path, help="a run folder with model.json and model.safetensors")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    export.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    export.add_argument("--static-batch", action="store_true", help="ONNX: a fixed batch of 32, not any batch")
+    export.add_argument("--data", type=Path, help="the run's data set, where the spec does not name it by path")
     listing = commands.add_parser("backbones", help="list the backbones, their sizes and cached weights")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("schema", help="print the spec's JSON schema")
@@ -39,17 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(spec_json_schema(), indent=2))
         return 0
-    return run_spec(args.spec, args.out, resume=args.resume, max_steps=args.max_steps)
+    if args.command == "export":
+        return export_run_dir(args.run_dir, args.format, opset=args.opset, static=args.static_batch, data=args.data)
+    return run_spec(args.spec, args.out, resume=args.resume, max_steps=args.max_steps, devices=args.devices)
 
 
-def read_spec(path: Path, max_steps: int | None) -> Spec | None:
+def read_spec(path: Path, max_steps: int | None, devices: str | None = None) -> Spec | None:
     try:
         spec = load_spec(path)
+        overrides: dict[str, Any] = {}
         if max_steps is not None:
+            overrides["max_steps"] = max_steps
+        if devices is not None:
+            overrides["devices"] = devices if devices == "all" else int(devices) if devices.isdigit() else devices
+        if overrides:
             spec = Spec.model_validate(
                 {
                     **spec.model_dump(mode="json"),
-                    "training": {**spec.training.model_dump(mode="json"), "max_steps": max_steps},
+                    "training": {**spec.training.model_dump(mode="json"), **overrides},
                 }
             )
     except FileNotFoundError:
@@ -66,20 +80,24 @@ def read_spec(path: Path, max_steps: int | None) -> Spec | None:
     return spec
 
 
-def run_spec(path: Path, out: Path, *, resume: Path | None, max_steps: int | None) -> int:
-    spec = read_spec(path, max_steps)
+def run_spec(path: Path, out: Path, *, resume: Path | None, max_steps: int | None, devices: str | None = None) -> int:
+    spec = read_spec(path, max_steps, devices)
     if spec is None:
         return 2
-    from training.engine import Trainer  # torch is imported only for a run
+    from training.distributed import RanksLost, fit_on_devices  # torch is imported only for a run
     from training.errors import TrainingError
     from training.progress import ConsoleProgress
 
     with ConsoleProgress(console) as progress:
         try:
-            result = Trainer(spec, out, callbacks=progress).fit(resume_from=resume)
+            result = fit_on_devices(spec, out, callbacks=progress, resume_from=resume)
         except TrainingError as error:
             progress.stop()
             console.print(f"[red]error ({error.code}):[/] {error}", highlight=False)
+            return 1
+        except RanksLost as error:
+            progress.stop()
+            console.print(f"[red]error (rank_lost):[/] {error}; resume from", out / "checkpoints", highlight=False)
             return 1
         except KeyboardInterrupt:
             progress.stop()
@@ -87,6 +105,46 @@ def run_spec(path: Path, out: Path, *, resume: Path | None, max_steps: int | Non
             return 130
     console.print(summary_table(result.history, result.final, result.test))
     console.print(f"{result.status}: weights {result.weights_path}, model card {result.card_path}")
+    return 0
+
+
+def export_run_dir(run_dir: Path, export_format: str, *, opset: int | None, static: bool, data: Path | None) -> int:
+    """``python -m training export``: the published weights of a run as ONNX or TorchScript, parity-checked."""
+    card_path = run_dir / "model.json"
+    if not card_path.is_file():
+        console.print(f"[red]error:[/] {run_dir} has no model.json: not a finished run folder")
+        return 2
+    spec = Spec.model_validate(json.loads(card_path.read_text())["spec"])
+    source = data or (Path(spec.data.path) if spec.data.path else None)
+    if source is None:
+        console.print("[red]error:[/] the spec names its data set by id: give its folder with --data")
+        return 2
+    from training.data import validation_images
+    from training.errors import TrainingError
+    from training.exports import DEFAULT_OPSET, PARITY_IMAGES, ExportRequest, export_run
+    from training.settings import engine_settings
+
+    request = ExportRequest(export_format, dynamic_batch=not static, opset=opset or DEFAULT_OPSET)  # type: ignore[arg-type]
+    try:
+        images = validation_images(
+            spec.data,
+            spec.image_size,
+            source=source,
+            work_dir=run_dir / "data",
+            seed=spec.training.seed,
+            settings=engine_settings(),
+            count=PARITY_IMAGES,
+        )
+        entry = export_run(run_dir, request, images)
+    except TrainingError as error:
+        console.print(f"[red]error ({error.code}):[/] {error}", highlight=False)
+        return 1
+    parity = entry["parity"]
+    console.print(
+        f"{run_dir / entry['file']}: parity on {parity['images']} validation images, "
+        f"max |logit difference| {parity['max_abs_diff']:.3g} (tolerance {parity['tolerance']:g})",
+        highlight=False,
+    )
     return 0
 
 

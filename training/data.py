@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 from training.dataset import (
     MIB,
     DatasetError,
+    ImageFolderLayout,
     ImageRecord,
     available_cpus,
     display_name,
@@ -39,6 +40,7 @@ from training.dataset import (
     subset_per_class,
     train_batches,
 )
+from training.distributed import ONE_PROCESS, Shard
 from training.settings import EngineSettings
 from training.spec import AugmentSpec, DataSpec
 
@@ -250,8 +252,10 @@ class InMemoryImages:
         device: torch.device,
         num_threads: int | None = None,
         root: Path | None = None,
+        shard: Shard = ONE_PROCESS,
     ) -> None:
         self.image_size = image_size
+        self.shard = shard
         self.batch_size = batch_size
         self.train = train
         self.augment = augment
@@ -277,7 +281,8 @@ class InMemoryImages:
             labels = self.labels[order_on_device[low:high]]
             if self.train:
                 images = augment_batch(images, self.augment, self.seed, epoch, index)
-            yield images, labels
+            # A rank's slice of the global batch, augmented as a whole first: the same draws at any process count.
+            yield self.shard.take(images, labels)
 
     def _gather(self, order: torch.Tensor, order_on_device: torch.Tensor, low: int, high: int) -> torch.Tensor:
         if self.on_device:
@@ -376,7 +381,8 @@ class _ImageFiles(Dataset[_Sample]):
 class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of (record index, epoch) in the epoch's seeded order, from batch ``start`` on."""
 
-    def __init__(self, num_images: int, batch_size: int, train: bool, seed: int) -> None:
+    def __init__(self, num_images: int, batch_size: int, train: bool, seed: int, shard: Shard) -> None:
+        self.shard = shard
         self.num_images = num_images
         self.batch_size = batch_size
         self.train = train
@@ -391,7 +397,10 @@ class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         order = _epoch_order(self.num_images, self.seed, self.epoch, self.train).tolist()
         for index in range(self.start, len(self)):
             low = index * self.batch_size
-            yield [(i, self.epoch) for i in order[low : low + self.batch_size]]
+            batch = order[low : low + self.batch_size]
+            first, last = self.shard.bounds(len(batch))  # this rank's slice of the global batch
+            if first < last:  # a short evaluation batch may leave a rank nothing
+                yield [(i, self.epoch) for i in batch[first:last]]
 
 
 def _collate(samples: list[_Sample]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -420,10 +429,11 @@ class StreamingImages:
         device: torch.device,
         num_workers: int,
         root: Path | None = None,
+        shard: Shard = ONE_PROCESS,
     ) -> None:
         self.num_images = len(records)
         self.device = device
-        self._sampler = _EpochBatchSampler(len(records), batch_size, train, seed)
+        self._sampler = _EpochBatchSampler(len(records), batch_size, train, seed, shard)
         self._loader = DataLoader(
             _ImageFiles(records, image_size, train, augment, seed, root),
             batch_sampler=self._sampler,
@@ -520,6 +530,38 @@ def _num_workers(setting: int | str) -> int:
     return max(0, min(8, available_cpus() - 1))
 
 
+def split_records(
+    spec_data: DataSpec, *, source: Path, work_dir: Path, seed: int, settings: EngineSettings
+) -> tuple[ImageFolderLayout, list[ImageRecord], list[ImageRecord] | None]:
+    """The layout, and the train and validation records a run of ``spec_data`` uses (seeded); no validation
+    records when the archive has no val/ and ``val_split`` is 0."""
+    layout = scan_image_folder(resolve_source(source, work_dir, settings))
+    train = layout.train
+    if spec_data.subset_per_class is not None:
+        train = subset_per_class(train, spec_data.subset_per_class, seed)
+    val = layout.val
+    if val is None and spec_data.val_split > 0:
+        train, val = stratified_split(train, spec_data.val_split, seed)
+    return layout, train, val
+
+
+def validation_images(
+    spec_data: DataSpec,
+    image_size: int,
+    *,
+    source: Path,
+    work_dir: Path,
+    seed: int,
+    settings: EngineSettings,
+    count: int,
+) -> torch.Tensor:
+    """The first ``count`` validation images of a run (its test images, or its training images, when it has no
+    validation set), decoded as evaluation decodes them: uint8 (N, 3, S, S)."""
+    layout, train, val = split_records(spec_data, source=source, work_dir=work_dir, seed=seed, settings=settings)
+    records = val if val is not None else (layout.test if layout.test is not None else train)
+    return _decode_all(records[:count], image_size, None, layout.root)
+
+
 def load_data(
     spec_data: DataSpec,
     image_size: int,
@@ -530,6 +572,7 @@ def load_data(
     device: torch.device,
     settings: EngineSettings,
     normalization: ChannelStats | None,
+    shard: Shard = ONE_PROCESS,
 ) -> DataBundle:
     """Everything the fit loop reads, for a spec: the splits as batch sources and the normalization.
 
@@ -537,13 +580,7 @@ def load_data(
     is no val/ -> decoded into memory (``in_memory``: True, or "auto" and it fits ``in_memory_max_mb``)
     or streamed. ``normalization`` None uses the train split's own channel statistics.
     """
-    layout = scan_image_folder(resolve_source(source, work_dir, settings))
-    train = layout.train
-    if spec_data.subset_per_class is not None:
-        train = subset_per_class(train, spec_data.subset_per_class, seed)
-    val = layout.val
-    if val is None and spec_data.val_split > 0:
-        train, val = stratified_split(train, spec_data.val_split, seed)
+    layout, train, val = split_records(spec_data, source=source, work_dir=work_dir, seed=seed, settings=settings)
     splits = {"train": train} | ({"val": val} if val is not None else {})
     splits |= {"test": layout.test} if layout.test is not None else {}
     total = decoded_bytes(sum(len(records) for records in splits.values()), image_size)
@@ -566,6 +603,7 @@ def load_data(
                 seed=seed,
                 device=device,
                 root=layout.root,
+                shard=shard,
             )
         return StreamingImages(
             records,
@@ -577,6 +615,7 @@ def load_data(
             device=device,
             num_workers=num_workers,
             root=layout.root,
+            shard=shard,
         )
 
     train_source = make(train, True)

@@ -17,7 +17,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, 
 from training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_atomic
 from training.clipping import GradientClipper
 from training.data import DataBundle, load_data, normalize
+from training.distributed import Cluster, check_shards, global_batch_size
 from training.divergence import DivergenceGuard
 from training.errors import CheckpointError, DeviceUnavailable, NonFiniteLoss, TrainingError
 from training.export import export_state_dict, model_card, save_weights, write_card
@@ -167,6 +168,7 @@ class Trainer:
         init_from: Path | None = None,
         callbacks: Callbacks | None = None,
         settings: EngineSettings | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         source = data_path or (Path(spec.data.path) if spec.data.path else None)
         if source is None:
@@ -179,12 +181,14 @@ class Trainer:
         self.init_from = init_from or (Path(spec.backbone.init_from) if spec.backbone.init_from else None)
         self.callbacks = callbacks or Callbacks()
         self.settings = settings or engine_settings()
+        self.cluster = cluster or Cluster()  # a rank of a distributed run (training.distributed), or one process
         self.state = TrainState()
 
     # --- setup ------------------------------------------------------------------------------
 
     def _setup_runtime(self) -> None:
-        self.runtime = resolve_runtime(self.spec)
+        runtime = resolve_runtime(self.spec)
+        self.runtime = replace(runtime, device=self.cluster.device(runtime.device))
         configure_determinism(self.spec.training.deterministic, self.runtime.device)
         seed_everything(self.spec.training.seed)
 
@@ -199,7 +203,9 @@ class Trainer:
             device=self.runtime.device,
             settings=self.settings,
             normalization=normalization,
+            shard=self.cluster.shard,
         )
+        check_shards(self.cluster, self.data.train.num_images, spec.data.batch_size)
         self.num_classes = len(self.data.class_names)
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(self.data.mean, device=self.runtime.device).view(shape)
@@ -234,7 +240,11 @@ class Trainer:
         )
         memory_format = torch.channels_last if self.runtime.channels_last else torch.preserve_format
         self.model: nn.Module = self.built.model.to(self.runtime.device).to(memory_format=memory_format)
+        if spec.training.sync_batchnorm and self.cluster.active:
+            self.model = self.cluster.sync_batchnorm(self.model, self.runtime.device)
         self.freeze = FreezePlan(self.built, spec.backbone.freeze)
+        self.train_model = self.model  # the module a training step calls: under DDP with several processes
+        self.wrapped_for: frozenset[str] | None = None  # the trainable set train_model was wrapped for
 
     def _setup_optimization(self) -> None:
         spec = self.spec
@@ -301,7 +311,7 @@ class Trainer:
             self._setup_model,
             self._setup_optimization,
         ):
-            stop = self.callbacks.should_stop()
+            stop = self._should_stop()
             if stop is not None:
                 return self._result("cancelled" if stop is Stop.CANCEL else "preempted")
             setup()
@@ -353,6 +363,7 @@ class Trainer:
         trainable = [(n, p) for n, p in self.params.items() if p.requires_grad]
         self.trainable = [p for _, p in trainable]
         self.agc_params = [p for n, p in trainable if n not in self.agc_excluded]
+        self._wrap_for(frozenset(n for n, _ in trainable))
         total_batches = len(self.data.train)
         accum = t.grad_accum_steps
         sums = self.state.sums
@@ -365,13 +376,16 @@ class Trainer:
         epoch_start = time.perf_counter()
         if self.guard is not None:
             self.guard.begin_epoch(epoch)
+        self.seen_at_start = sums.seen  # this rank's images: all-reduced when the epoch's sums close
         batch_index = self.state.batches_done
         for batch_index, (images, labels) in enumerate(
             self.data.train.batches(epoch, start=self.state.batches_done), start=self.state.batches_done
         ):
             window_start = batch_index - batch_index % accum
             window_len = min(accum, total_batches - window_start)
-            self._forward_backward(images, labels, epoch, batch_index, 1.0 / window_len)
+            weight = self._shard_weight(labels.shape[0], batch_index) / window_len
+            with self.cluster.no_sync(self.train_model, accumulate=batch_index + 1 < window_start + window_len):
+                self._forward_backward(images, labels, epoch, batch_index, weight)
             sums.seen += labels.shape[0]
             if batch_index + 1 < window_start + window_len:
                 continue  # accumulate gradients over the window
@@ -383,7 +397,7 @@ class Trainer:
             step_in_epoch = math.ceil(self.state.batches_done / accum)
             if self.state.step % t.log_every_steps == 0:
                 self._report_step(epoch, step_in_epoch)
-            stop = self.callbacks.should_stop()
+            stop = self._should_stop()
             if stop is not None or self._past_deadline() or (t.max_steps and self.state.step >= t.max_steps):
                 self._close_epoch_sums(epoch_start)
                 if stop is not None:
@@ -391,6 +405,26 @@ class Trainer:
                 return "max_steps"
         self._close_epoch_sums(epoch_start)
         return "done"
+
+    def _should_stop(self) -> Stop | None:
+        """The caller's stop, agreed by every rank at the same step (rank 0 alone asks the caller)."""
+        return self.cluster.agree_stop(self.callbacks.should_stop(), self.runtime.device)
+
+    def _wrap_for(self, trainable: frozenset[str]) -> None:
+        """(Re)wrap the model for DDP when the trainable set changes (a gradual unfreeze): DDP reduces the
+        gradients of the parameters that required them when it was built."""
+        if self.cluster.active and trainable != self.wrapped_for:
+            self.train_model = self.cluster.wrap(self.model, self.runtime.device)
+            self.wrapped_for = trainable
+
+    def _shard_weight(self, shard_images: int, batch_index: int) -> float:
+        """This rank's share of the global batch's mean loss: DDP averages gradients over ranks, so a rank
+        scales its own mean by its images x ranks / the batch's images (1 with one process; uneven shards
+        of a short batch weigh what they hold)."""
+        if not self.cluster.active:
+            return 1.0
+        total = global_batch_size(self.data.train.num_images, self.spec.data.batch_size, batch_index)
+        return shard_images * self.cluster.world_size / total
 
     def _past_deadline(self) -> bool:
         if time.monotonic() > self.deadline:
@@ -400,11 +434,14 @@ class Trainer:
 
     def _close_epoch_sums(self, epoch_start: float) -> None:
         """Move the device sums into the host-side state (one sync) and check the loss stayed finite."""
-        loss, correct = torch.stack([self.loss_sum, self.correct_sum]).tolist()
-        self._check_finite()
         sums = self.state.sums
+        seen = torch.tensor(float(sums.seen - self.seen_at_start), device=self.runtime.device)
+        totals = self.cluster.all_sum(torch.stack([self.loss_sum, self.correct_sum, seen]))
+        loss, correct, seen_all = totals.tolist()
+        self._check_finite()
         sums.loss += loss
         sums.correct += correct
+        sums.seen = self.seen_at_start + int(seen_all)
         sums.seconds += time.perf_counter() - epoch_start
 
     def _forward_backward(
@@ -417,7 +454,7 @@ class Trainer:
             generator = torch.Generator().manual_seed(batch_seed(self.spec.training.seed, epoch, batch_index))
             x, targets = self.mixer(x, labels, generator)
         with self._autocast():
-            outputs = self.model(x)
+            outputs = self.train_model(x)
         logits, aux = self.built.split_outputs(outputs)
         loss = classification_loss(logits, targets, reg.label_smoothing)
         total = loss
@@ -458,13 +495,17 @@ class Trainer:
         self.step_counter += 1
 
     def _check_finite(self) -> None:
-        bad = int(self.first_bad_step.item())
+        bad = int(self.cluster.all_max(self.first_bad_step.clone()).item())
         if bad >= 0:
             raise NonFiniteLoss(step=bad, epoch=(bad - 1) // self.steps_per_epoch + 1)
 
     def _report_step(self, epoch: int, step_in_epoch: int) -> None:
-        # A host sync: only every log_every_steps steps.
-        loss, grad_norm = torch.stack([self.window_loss / max(self.window_batches, 1), self.clipper.last_norm]).tolist()
+        # A host sync: only every log_every_steps steps. Under DDP the gradients (so their norm) are the same on
+        # every rank: the losses and norms are averaged over the ranks, the images summed.
+        images = torch.tensor(float(self.window_images), device=self.window_loss.device)
+        window = torch.stack([self.window_loss / max(self.window_batches, 1), self.clipper.last_norm.float(), images])
+        loss_sum, norm_sum, images_all = self.cluster.all_sum(window).tolist()
+        loss, grad_norm = loss_sum / self.cluster.world_size, norm_sum / self.cluster.world_size
         self._check_finite()
         now = time.perf_counter()
         metrics = StepMetrics(
@@ -476,7 +517,7 @@ class Trainer:
             loss=loss,
             lr=self.step_lr,
             grad_norm=grad_norm,
-            images_per_second=self.window_images / max(now - self.window_start, 1e-9),
+            images_per_second=images_all / max(now - self.window_start, 1e-9),
             elapsed_seconds=now - self.window_start,
         )
         self.window_loss.zero_()
@@ -500,6 +541,7 @@ class Trainer:
         self, model: nn.Module, source: Any, *, confusion: bool
     ) -> tuple[dict[str, float], list[list[int]] | None]:
         model.eval()
+        self.cluster.sync_buffers(model)  # rank 0's batch norm statistics on every rank
         device = self.runtime.device
         classes = self.num_classes
         loss_sum = torch.zeros((), device=device)
@@ -510,6 +552,8 @@ class Trainer:
         top5 = classes > 5
         seen = 0
         for images, labels in source.batches(0):
+            if labels.shape[0] == 0:  # a rank's empty shard of a short last batch
+                continue
             x = normalize(images, self.mean, self.std, channels_last=self.runtime.channels_last)
             with self._autocast():
                 logits = model(x)
@@ -523,7 +567,10 @@ class Trainer:
                 counts += torch.bincount(labels * classes + predicted, minlength=classes * classes)
             seen += labels.shape[0]
         # One host sync; the ratios in float64 on the host, so that an accuracy is exactly correct / seen.
-        loss, hits, hits5 = torch.stack([loss_sum.double(), correct.double(), correct5.double()]).tolist()
+        # Under DDP each rank evaluated its shard of every batch: the sums are over the ranks.
+        counts = torch.stack([loss_sum.double(), correct.double(), correct5.double(), torch.tensor(seen).to(loss_sum)])
+        loss, hits, hits5, seen_all = self.cluster.all_sum(counts).tolist()
+        seen = int(seen_all)
         seen = max(seen, 1)
         metrics = {"loss": loss / seen, "acc": hits / seen}
         if top5:
@@ -603,7 +650,8 @@ class Trainer:
             state.best["checkpoint"] = name
         state.checkpoints = [*(c for c in state.checkpoints if c != name), name]
         guard = self.guard.state_dict(mid_epoch=mid_epoch) if self.guard is not None else None
-        save_checkpoint(path, {**self._checkpoint_state(), "divergence": guard})
+        if self.cluster.is_main:  # every rank keeps the record; rank 0 alone writes the files
+            save_checkpoint(path, {**self._checkpoint_state(), "divergence": guard})
         removed = self._apply_retention(folder)
         self.last_checkpoint = path
         self.callbacks.on_checkpoint(
@@ -626,7 +674,7 @@ class Trainer:
         best = self.state.best["checkpoint"] if self.state.best else None
         keep = {self.state.checkpoints[-1], best}
         removed = [folder / name for name in self.state.checkpoints if name not in keep]
-        for path in removed:
+        for path in removed if self.cluster.is_main else []:
             path.unlink(missing_ok=True)
         self.state.checkpoints = [name for name in self.state.checkpoints if name in keep]
         return removed
@@ -708,6 +756,10 @@ class Trainer:
             test = {f"test_{k}": v for k, v in test_metrics.items()}
             confusion["test"] = confusion_record(test_matrix)
         metrics = {"epoch": epoch, "source": source, **final, **(test or {})}
+        if not self.cluster.is_main:  # rank 0 alone publishes
+            result = self._result(status)
+            result.final, result.test = final, test
+            return result
         spec_json = self.spec.model_dump(mode="json")
         weights_path = self.out_dir / "model.safetensors"
         card_path = self.out_dir / "model.json"

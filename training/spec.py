@@ -246,7 +246,11 @@ class DataSpec(StrictModel):
         description="Fraction of train/ held out (stratified, seeded) when there is no val/; "
         "0: train on all of train/, without validation.",
     )
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = Field(
+        64,
+        description="Images per micro-batch across all processes: with training.devices N, each of the N takes "
+        "about batch_size / N (the global batch stays this; the learning rate is not rescaled).",
+    )
     eval_batch_size: PositiveInt | None = Field(None, description="Default: twice batch_size.")
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     subset_per_class: PositiveInt | None = Field(
@@ -603,6 +607,15 @@ class TrainingSpec(StrictModel):
     deterministic: bool = Field(False, description="Deterministic kernels: same spec and seed, same metrics.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: on CUDA for convolutional backbones.")
+    devices: PositiveInt | Literal["all"] = Field(
+        1,
+        description="Processes of one job, one per device (DistributedDataParallel; NCCL on GPUs, gloo on the "
+        "CPU); all: every GPU of the worker. data.batch_size stays the global batch, split across the "
+        "processes, and the learning rate is not rescaled.",
+    )
+    sync_batchnorm: bool = Field(
+        False, description="With devices > 1: batch norm statistics over the global batch (SyncBatchNorm; CUDA)."
+    )
     grad_accum_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps (smoke runs).")
     monitor: MonitorMetric | None = Field(

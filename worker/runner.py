@@ -31,8 +31,9 @@ from app.repositories import datasets as dataset_rows
 from app.repositories import job_records as record_rows
 from app.repositories import jobs as job_rows
 from app.services.dataset_validation import dataset_folder
+from app.services.dispatching import queue_for_training
 from app.services.job_records import append_event, register_artifact
-from app.services.job_state import JobError, claim_job, finish_job, release_job
+from app.services.job_state import JobError, claim_job, finish_job, release_job, requeue_lost_attempt
 from app.services.jobs import WEIGHTS_ARTIFACT
 from app.statuses import EventType, JobStatus
 from app.store import ArtifactStore, StoredObject
@@ -173,22 +174,25 @@ class JobRunner:
     def _attempt(self, keeper: LeaseKeeper, publisher: EventPublisher) -> str:
         import torch  # the pool child's first torch import: after the claim, so it does not delay it
 
-        from training.engine import Trainer
+        from training.distributed import RanksLost, fit_on_devices
         from training.errors import TrainingError
 
         callbacks = JobCallbacks(publisher, keeper, self.preempt, self.run_dir / "staging")
         try:
             inputs = self._inputs()
             publisher.tracker = self.tracker = inputs.tracker
-            trainer = Trainer(
+            # training.devices processes: this one, or ranks under torch's elastic launcher (training.distributed)
+            result = fit_on_devices(
                 inputs.spec,
                 self.run_dir,
                 data_path=inputs.data,
                 init_from=inputs.init_from,
                 callbacks=callbacks,
                 settings=self.services.settings.engine,
+                resume_from=inputs.resume_from,
             )
-            result = trainer.fit(resume_from=inputs.resume_from)
+        except RanksLost as error:
+            return self._lose_attempt(publisher, keeper, str(error))
         except TrainingError as error:
             return self._fail(publisher, keeper, error.code, error.message)
         except torch.cuda.OutOfMemoryError:
@@ -310,6 +314,20 @@ class JobRunner:
         with transaction(self.services.factory) as session:
             after = release_job(session, self.job_id, self.owner, reason="worker shutting down: checkpointed")
         return f"released ({after})" if after is not None else "lease lost"
+
+    def _lose_attempt(self, publisher: EventPublisher, keeper: LeaseKeeper, reason: str) -> str:
+        """A rank died: the attempt ends as a lost worker's does, and the job resumes from its last checkpoint
+        (sent again at once: this worker lives and may take it)."""
+        log.warning("job %s: %s", self.job_id, reason)
+        publisher.drain()
+        if keeper.stop_reason == "lost" or publisher.lease_lost:
+            return "lease lost"
+        keeper.stop()
+        with transaction(self.services.factory) as session:
+            after = requeue_lost_attempt(session, self.job_id, self.owner, f"a training process died ({reason})")
+            if after == JobStatus.QUEUED:
+                queue_for_training(session, self.services.queue, self.job_id)
+        return f"rank lost ({after})"
 
     def _fail(self, publisher: EventPublisher, keeper: LeaseKeeper, code: str, message: str) -> str:
         log.error("job %s failed (%s): %s", self.job_id, code, message)

@@ -28,7 +28,7 @@ from app.db.session import transaction
 from app.services.dataset_validation import run_dataset_validation
 from app.services.job_state import JobError, abort_job
 from app.settings import Settings
-from app.tasks import DELIVER_WEBHOOK, TRAIN_JOB, VALIDATE_DATASET
+from app.tasks import DELIVER_WEBHOOK, EXPORT_JOB, TRAIN_JOB, VALIDATE_DATASET
 from app.webhooks.delivery import attempt_delivery
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,12 @@ def register(celery: Celery, settings: Settings, *, warm_training: bool = False)
             raise Reject(f"worker shutting down: job {job_id} left for another worker", requeue=True)
         listen_for_preemption()
         return run_job(process_services(settings), job_id, preempt_requested, self.request.hostname)
+
+    @celery.task(name=EXPORT_JOB)  # type: ignore[untyped-decorator]
+    def export_job(export_id: str) -> str:
+        from app.services.exports import run_export  # torch and the exporter, in the pool child only
+
+        return run_export(process_services(settings), export_id)
 
     @celery.task(name=VALIDATE_DATASET)  # type: ignore[untyped-decorator]
     def validate_dataset(dataset_id: str) -> str:

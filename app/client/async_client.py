@@ -45,10 +45,12 @@ from app.client.models import (
     EpochTable,
     EventPage,
     EventType,
+    ExportList,
     Health,
     Job,
     JobCheckpoint,
     JobEvent,
+    JobExport,
     JobList,
     Readiness,
 )
@@ -260,6 +262,21 @@ class AsyncJobs:
 
     async def get(self, job_id: str) -> Job:
         return await self._client.send(calls.get_job(job_id))
+
+    async def export(
+        self, job_id: str, format: str, *, dynamic_batch: bool = True, opset: int | None = None
+    ) -> JobExport:
+        """Ask for an export of a succeeded job's weights (``onnx`` or ``torchscript``); it runs as a task:
+        follow it with ``get_export``. A job that has not succeeded is a ``Conflict``."""
+        return await self._client.send(
+            calls.create_export(job_id, format=format, dynamic_batch=dynamic_batch, opset=opset)
+        )
+
+    async def get_export(self, job_id: str, export_id: str) -> JobExport:
+        return await self._client.send(calls.get_export(job_id, export_id))
+
+    async def exports(self, job_id: str) -> ExportList:
+        return await self._client.send(calls.list_exports(job_id))
 
     async def cancel(self, job_id: str) -> Job:
         return await self._client.send(calls.cancel_job(job_id))

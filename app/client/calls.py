@@ -32,8 +32,10 @@ from app.client.models import (
     EpochTable,
     EventPage,
     EventType,
+    ExportList,
     Health,
     Job,
+    JobExport,
     JobList,
     JobStatus,
     Readiness,
@@ -325,6 +327,22 @@ def list_checkpoints(job_id: str, *, after: str | None, limit: int | None) -> Ca
 
 def list_artifacts(job_id: str) -> Call[ArtifactList]:
     return Call("GET", f"{job_path(job_id)}/artifacts", model(ArtifactList))
+
+
+def create_export(job_id: str, *, format: str, dynamic_batch: bool, opset: int | None) -> Call[JobExport]:
+    # Idempotent: a second request while the first is under way is a 409; once done it exports again, the same.
+    body: dict[str, Any] = {"format": format, "dynamic_batch": dynamic_batch}
+    if opset is not None:
+        body["opset"] = opset
+    return Call("POST", f"{job_path(job_id)}/exports", model(JobExport), json=body)
+
+
+def list_exports(job_id: str) -> Call[ExportList]:
+    return Call("GET", f"{job_path(job_id)}/exports", model(ExportList))
+
+
+def get_export(job_id: str, export_id: str) -> Call[JobExport]:
+    return Call("GET", f"{job_path(job_id)}/exports/{segment(export_id)}", model(JobExport))
 
 
 def events_stream_path(job_id: str) -> str:

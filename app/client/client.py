@@ -48,10 +48,12 @@ from app.client.models import (
     EpochTable,
     EventPage,
     EventType,
+    ExportList,
     Health,
     Job,
     JobCheckpoint,
     JobEvent,
+    JobExport,
     JobList,
     Readiness,
     WebhookDelivery,
@@ -297,6 +299,17 @@ class Jobs:
 
     def get(self, job_id: str) -> Job:
         return self._client.send(calls.get_job(job_id))
+
+    def export(self, job_id: str, format: str, *, dynamic_batch: bool = True, opset: int | None = None) -> JobExport:
+        """Ask for an export of a succeeded job's weights (``onnx`` or ``torchscript``); it runs as a task:
+        follow it with ``get_export``. A job that has not succeeded is a ``Conflict``."""
+        return self._client.send(calls.create_export(job_id, format=format, dynamic_batch=dynamic_batch, opset=opset))
+
+    def get_export(self, job_id: str, export_id: str) -> JobExport:
+        return self._client.send(calls.get_export(job_id, export_id))
+
+    def exports(self, job_id: str) -> ExportList:
+        return self._client.send(calls.list_exports(job_id))
 
     def cancel(self, job_id: str) -> Job:
         """A queued job ends ``cancelled`` at once; a running one turns ``cancelling`` until its worker

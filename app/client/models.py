@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from app.schemas.backbones import Backbone, BackboneList, BackboneWeights
 from app.schemas.common import Deleted, ErrorBody, ErrorDetail
 from app.schemas.datasets import Dataset, DatasetError, DatasetList
+from app.schemas.exports import ExportList, JobExport
 from app.schemas.health import Health, Readiness
 from app.schemas.jobs import (
     ArtifactList,
@@ -58,6 +59,7 @@ __all__ = [
     "ErrorDetail",
     "EventPage",
     "EventType",
+    "ExportList",
     "Health",
     "Job",
     "JobArtifact",
@@ -65,6 +67,7 @@ __all__ = [
     "JobEpoch",
     "JobError",
     "JobEvent",
+    "JobExport",
     "JobList",
     "JobMetrics",
     "JobProgress",

@@ -248,6 +248,52 @@ def download(options: GlobalOptions, job_id: str, artifact: str, out: Path | Non
         )
 
 
+@jobs.command("export")
+@click.argument("job_id")
+@click.option("--format", "export_format", type=click.Choice(["onnx", "torchscript"]), required=True)
+@click.option("--static-batch", is_flag=True, help="ONNX: a fixed batch of 32 (default: any batch size).")
+@click.option("--opset", type=click.IntRange(min=1), default=None, help="ONNX opset (default 18).")
+@click.option("--wait", is_flag=True, help="Wait for the export: exit 0 if it passed its parity check, 1 if not.")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between polls.")
+@json_option
+@pass_options
+def export(
+    options: GlobalOptions,
+    job_id: str,
+    export_format: str,
+    static_batch: bool,
+    opset: int | None,
+    wait: bool,
+    poll: float,
+) -> None:
+    """Export a succeeded job's weights to ONNX or TorchScript.
+
+    The export is checked before it is published (the exported model and PyTorch on 32 validation images,
+    max |logit difference| at most 1e-4 in fp32); then `finetune jobs download JOB --artifact model.onnx`."""
+    import time
+
+    from app.commands.output import stdout_console
+
+    with options.client() as client:
+        made = client.jobs.export(job_id, export_format, dynamic_batch=not static_batch, opset=opset)
+        while wait and made.status in ("queued", "running"):
+            time.sleep(poll)
+            made = client.jobs.get_export(job_id, made.id)
+    if options.json:
+        options.emit(made)
+    elif made.status == "succeeded" and made.card_entry is not None:
+        parity = made.card_entry["parity"]
+        stdout_console().print(
+            f"{made.id} succeeded: {made.file}, max |logit difference| {parity['max_abs_diff']:.3g} on "
+            f"{parity['images']} validation images (tolerance {parity['tolerance']:g})",
+            highlight=False,
+        )
+    elif made.error is None:
+        stdout_console().print(f"{made.id} {made.status}", highlight=False)
+    if made.status == "failed" and made.error is not None:
+        fail(f"{made.id} failed ({made.error.code}): {made.error.message}", EXIT_FAILED, as_json=options.json)
+
+
 def _follow_to_end(options: GlobalOptions, client: Client, job: Job, *, line_mode: LineMode) -> None:
     """Follow ``job`` to its terminal event, then show the summary; exit 1 unless it succeeded."""
     from app.client.models import JobStatus

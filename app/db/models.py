@@ -25,12 +25,12 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.clock import utcnow
 from app.db.base import Base
-from app.statuses import DatasetStatus, JobStatus
+from app.statuses import DatasetStatus, ExportStatus, JobStatus
 
 ID = String(40)
 
 
-def _one_of(column: str, values: type[DatasetStatus] | type[JobStatus]) -> str:
+def _one_of(column: str, values: type[DatasetStatus] | type[JobStatus] | type[ExportStatus]) -> str:
     return f"{column} IN ({', '.join(repr(str(value)) for value in values)})"
 
 
@@ -219,6 +219,30 @@ class Artifact(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobExport(Base):
+    """An export of a succeeded job's weights (ONNX, TorchScript), made by a task on the light queue; one per
+    job and format: a new request for a format replaces the last (``app.services.exports``)."""
+
+    __tablename__ = "job_exports"
+    __table_args__ = (
+        UniqueConstraint("job_id", "format"),
+        CheckConstraint(_one_of("status", ExportStatus), name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    format: Mapped[str] = mapped_column(String(16))
+    dynamic_batch: Mapped[bool] = mapped_column(Boolean)
+    opset: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    parity: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the card's entry for the export, once made
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class IdempotencyRecord(Base):

@@ -46,9 +46,10 @@ def queue_for_training(session: Session, queue: TaskQueue, job_id: str) -> None:
     assert isinstance(engine, Engine)
     job = session.get(Job, job_id)
     max_runtime = _MAX_RUNTIME.validate_python(job.spec["training"]["max_runtime"]) if job is not None else None
+    devices = job.spec["training"].get("devices", 1) if job is not None else 1  # its queue: one per device count
 
     def send() -> None:
-        queue.send_train_job(job_id, max_runtime.total_seconds() if max_runtime is not None else None)
+        queue.send_train_job(job_id, max_runtime.total_seconds() if max_runtime is not None else None, devices)
         with engine.begin() as connection:  # after the commit: a short transaction of its own
             connection.execute(
                 update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(dispatched_at=utcnow())

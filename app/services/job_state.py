@@ -263,6 +263,34 @@ def release_job(session: Session, job_id: str, owner: str, reason: str = "preemp
     return None
 
 
+def requeue_lost_attempt(session: Session, job_id: str, owner: str, reason: str) -> JobStatus | None:
+    """Part of the attempt died (a rank of a multi-process job: killed, out of host memory) while its worker
+    lives: as for a lost worker, running -> queued with the attempt counted (the next claim resumes from the
+    last checkpoint), or failed ``worker_lost`` once the attempts are spent; a job being cancelled ends
+    cancelled. The status after, or None if ``owner`` no longer held the job."""
+    job = jobs.get_any(session, job_id)
+    mine = [Job.owner == owner]
+    if job is None or job.owner != owner:
+        return None
+    if _transition(session, job_id, source=[CANCELLING], target=CANCELLED, where=mine, message="cancelled"):
+        return CANCELLED
+    note = {"owner": owner, "attempt": job.attempt, "reason": reason}
+    if job.attempt >= job.max_attempts:
+        message = f"{reason}, on attempt {job.attempt} of {job.max_attempts}"
+        failure = {"error_code": WORKER_LOST, "error_message": message}
+        error = {"error": {"code": WORKER_LOST, "message": message}}
+        if _transition(session, job_id, source=[RUNNING], target=FAILED, values=failure, where=mine, data=note | error):
+            return FAILED
+        return None
+    released: dict[str, Any] = {"owner": None, "lease_expires_at": None, "dispatched_at": None}
+    message = f"{reason}: requeued to resume from its last checkpoint"
+    if _transition(
+        session, job_id, source=[RUNNING], target=QUEUED, values=released, where=mine, data=note, message=message
+    ):
+        return QUEUED
+    return None
+
+
 def requeue_expired_leases(session: Session, now: datetime | None = None) -> list[str]:
     """Jobs whose worker stopped renewing its lease (killed, host lost): a running job goes back to
     ``queued`` (or ``failed`` with ``worker_lost`` once its attempts are spent), a cancelling job ends

@@ -1,7 +1,7 @@
 """Data set archives are stored once by content: an index finds the archive of an upload's sha256.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0007
 """
 
 from collections.abc import Sequence

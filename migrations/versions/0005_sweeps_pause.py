@@ -1,7 +1,7 @@
 """Jobs can be paused: the statuses ``pausing`` (a running job checkpoints at its next step) and ``paused``.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 """
 
 from collections.abc import Sequence

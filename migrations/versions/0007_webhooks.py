@@ -2,7 +2,7 @@
 and the integrations a job is tracked in (MLflow).
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0003
 """
 
 from collections.abc import Sequence

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from app.api import backbones, datasets, downloads, health, jobs, live, spec
+from app.api import backbones, datasets, downloads, exports, health, jobs, live, spec
 from app.db.session import transaction
 from app.openai_compat import routes as openai_compat
 from app.services.projects import create_api_key
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ROUTES = [
     route
-    for module in (datasets, jobs, live, downloads, backbones, spec, webhooks, openai_compat, health)
+    for module in (datasets, jobs, exports, live, downloads, backbones, spec, webhooks, openai_compat, health)
     for route in module.router.routes
     if isinstance(route, APIRoute)
 ]

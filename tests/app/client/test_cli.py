@@ -278,3 +278,46 @@ def test_upload_wait_exits_0_when_ready_and_1_with_the_reasons(finetune, validat
     assert [d["name"] for d in json.loads(listed.stdout)] == ["one-class.zip", "pets"]
     got = finetune("datasets", "get", shown["id"])
     assert got.exit_code == 0 and shown["error"]["reasons"][0][:40] in got.stdout
+
+
+# --- exports --------------------------------------------------------------------------------
+
+
+def finish_export_when_queued(factory, job_id: str, **values) -> threading.Thread:
+    """The export task's part: the queued export of ``job_id`` ends with ``values``."""
+    from sqlalchemy import update
+
+    from app.db.models import JobExport
+
+    def work() -> None:
+        for _ in range(200):
+            with transaction(factory) as session:
+                done = session.execute(
+                    update(JobExport).where(JobExport.job_id == job_id, JobExport.status == "queued").values(**values)
+                ).rowcount
+            if done:
+                return
+            time.sleep(0.05)
+
+    return in_background(work, delay=0.0)
+
+
+def test_jobs_export_waits_for_the_parity_check_and_exits_by_its_outcome(finetune, worker_factory):
+    job_id = worker_side.queued_job(worker_factory)
+    refused = finetune("jobs", "export", job_id, "--format", "onnx")
+    assert refused.exit_code == 1 and "only a succeeded job's weights can be exported" in refused.stderr
+    worker_side.run(worker_factory, job_id)
+
+    entry = {"file": "model.onnx", "parity": {"images": 32, "max_abs_diff": 1.3e-6, "tolerance": 1e-4}}
+    thread = finish_export_when_queued(worker_factory, job_id, status="succeeded", parity=entry)
+    made = finetune("jobs", "export", job_id, "--format", "onnx", "--wait", "--poll", "0.1")
+    thread.join()
+    assert made.exit_code == 0, made.stderr
+    assert re.search(r"exp_\w+ succeeded: model.onnx, max \|logit difference\| 1.3e-06 on 32", made.stdout)
+
+    message = "the torchscript export differs from the PyTorch model: max |logit difference| 0.01 on 32 images"
+    failure = {"status": "failed", "error_code": "export_parity_failed", "error_message": message}
+    thread = finish_export_when_queued(worker_factory, job_id, **failure)
+    failed = finetune("--json", "jobs", "export", job_id, "--format", "torchscript", "--wait", "--poll", "0.1")
+    thread.join()
+    assert failed.exit_code == 1 and "export_parity_failed" in failed.stderr and "0.01" in failed.stderr

@@ -1,0 +1,425 @@
+"""One job as N processes: DistributedDataParallel, started with PyTorch's own elastic launcher.
+
+Who does what:
+
+- ``launch`` runs in the caller (a worker's pool child, or ``python -m training run``). It starts N ranks
+  with ``torch.distributed.launcher.api.elastic_launch``, the API behind ``torchrun``: a c10d rendezvous on a
+  TCPStore at 127.0.0.1 and a free port, no restarts (a rank that dies ends the attempt; the caller resumes
+  the job from its last checkpoint, as it does for a lost worker). Spawned ranks, never forked: CUDA and the
+  caller's threads do not survive a fork.
+- Every rank runs the same ``Trainer`` with a ``Cluster``: the model wrapped in ``DistributedDataParallel``
+  (NCCL on GPUs, gloo on the CPU), each global batch split between the ranks (``Shard``), training and
+  evaluation sums all-reduced, and the stop probe agreed by an all-reduce so that every rank stops at the
+  same step. The module under DDP is the plain model, so a checkpoint is the same file at any process count.
+- Rank 0 alone writes checkpoints, the model card and weights, and relays its callbacks to the caller
+  through a queue (``RelayCallbacks``); the caller answers ``should_stop`` through a shared integer.
+
+Across hosts (not built): the same launcher with ``min_nodes = max_nodes = H`` and ``rdzv_endpoint`` a
+host:port every node reaches (torchrun's c10d rendezvous); see the README.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
+from training.errors import DeviceUnavailable, TrainingError
+
+_STOP_CODES: dict[Stop | None, int] = {None: 0, Stop.CANCEL: 1, Stop.PREEMPT: 2}
+_STOPS = {code: stop for stop, code in _STOP_CODES.items()}
+CHECKPOINT_ACK_SECONDS = 600.0  # the caller copies a checkpoint aside before rank 0 may delete it
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's part of every batch: the ``rank``-th of ``world`` near-equal, contiguous slices."""
+
+    rank: int = 0
+    world: int = 1
+
+    def bounds(self, size: int) -> tuple[int, int]:
+        return size * self.rank // self.world, size * (self.rank + 1) // self.world
+
+    def take(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.world == 1:
+            return images, labels
+        low, high = self.bounds(labels.shape[0])
+        return images[low:high], labels[low:high]
+
+
+ONE_PROCESS = Shard()  # the whole of every batch
+
+
+def global_batch_size(num_images: int, batch_size: int, index: int) -> int:
+    """Images in training batch ``index`` of an epoch (the last one may be short; a set smaller than one
+    batch is one batch)."""
+    return max(0, min(batch_size, num_images - index * batch_size))
+
+
+def resolve_devices(devices: int | str) -> int:
+    """``training.devices`` as a number of processes: "all" is every visible GPU, or 1 on a CPU-only host."""
+    if devices == "all":
+        return max(1, torch.cuda.device_count())
+    return int(devices)
+
+
+class Cluster:
+    """The ranks of one run, as the fit loop sees them. ``Cluster()`` is a single process: every hook is a no-op."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.local_rank = local_rank
+        self.shard = Shard(rank, world_size)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_environment(cls, on_cuda: bool) -> Cluster:
+        """A rank started by the elastic launcher: its process group (NCCL on GPUs, else gloo) from RANK,
+        WORLD_SIZE and MASTER_ADDR/PORT, which the launcher sets."""
+        rank, world, local = (int(os.environ[key]) for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        if not dist.is_initialized():
+            backend = "nccl" if on_cuda else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(local)
+            dist.init_process_group(backend)
+        return cls(rank, world, local)
+
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's device: its own GPU (LOCAL_RANK) on CUDA."""
+        if self.active and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module the training step calls: ``model`` itself, or under DDP. The trainable set must not change
+        under a wrapper: call again after a freeze schedule changes it."""
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not any(p.requires_grad for p in model.parameters()):
+            return model  # nothing trains (a frozen epoch): nothing to reduce
+        ids = [device.index] if device.type == "cuda" else None
+        # Buffers stay rank-local while training (batch norm uses the batch's own statistics there);
+        # evaluation takes rank 0's (sync_buffers).
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+
+    def sync_batchnorm(self, model: nn.Module, device: torch.device) -> nn.Module:
+        if device.type != "cuda":
+            raise TrainingError(
+                "training.sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU kernel)", code="invalid_spec"
+            )
+        converted: nn.Module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return converted
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (batch norm running statistics) on every rank: each rank's own saw its shards only,
+        and rank 0's are the ones a checkpoint keeps."""
+        if self.active:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks, in place."""
+        if self.active:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
+    def agree_stop(self, stop: Stop | None, device: torch.device) -> Stop | None:
+        """The stop that any rank saw (rank 0 asks the caller; preempt wins over cancel), the same on every rank:
+        each rank calls this at the same step."""
+        if not self.active:
+            return stop
+        code = torch.tensor(_STOP_CODES[stop], device=device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        return _STOPS[int(code.item())]
+
+    def no_sync(self, module: nn.Module, accumulate: bool) -> contextlib.AbstractContextManager[Any]:
+        """While accumulating gradients over micro-batches, skip DDP's all-reduce until the last one."""
+        no_sync = getattr(module, "no_sync", None)  # DistributedDataParallel's
+        if accumulate and no_sync is not None:
+            context: contextlib.AbstractContextManager[Any] = no_sync()
+            return context
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def check_shards(cluster: Cluster, num_images: int, batch_size: int) -> None:
+    """Every rank needs images in every training batch (DDP reduces each backward on all ranks)."""
+    if not cluster.active:
+        return
+    batches = -(-num_images // batch_size)
+    smallest = min(global_batch_size(num_images, batch_size, i) for i in {0, max(batches - 1, 0)})
+    if smallest < cluster.world_size:
+        raise TrainingError(
+            f"training.devices: {cluster.world_size} processes need at least {cluster.world_size} images in every "
+            f"batch; the smallest training batch has {smallest} (raise data.batch_size or use fewer devices)",
+            code="invalid_spec",
+        )
+
+
+# --- the launcher, in the caller ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankJob:
+    """Everything a rank needs to build its ``Trainer``: plain, picklable values (ranks are spawned)."""
+
+    spec: dict[str, Any]
+    out_dir: Path
+    data_path: Path | None = None
+    init_from: Path | None = None
+    resume_from: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class RanksLost(Exception):
+    """A rank died (killed, out of host memory, an unexpected exception): the attempt is over; the job resumes
+    from its last checkpoint."""
+
+
+class RelayCallbacks(Callbacks):
+    """Rank 0's callbacks: every event goes to the caller's queue; a checkpoint waits for the caller's ack
+    (it copies the file aside before retention may delete it); ``should_stop`` reads the caller's answer."""
+
+    def __init__(self, events: Any, acks: Any, stop_code: Any) -> None:
+        self.events = events
+        self.acks = acks
+        self.stop_code = stop_code
+
+    def on_start(self, info: RunInfo) -> None:
+        self.events.put(("on_start", info))
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        self.events.put(("on_step", metrics))
+
+    def on_epoch(self, metrics: dict[str, Any]) -> None:
+        self.events.put(("on_epoch", metrics))
+
+    def on_checkpoint(self, info: CheckpointInfo) -> None:
+        self.events.put(("on_checkpoint", info))
+        self.acks.get(timeout=CHECKPOINT_ACK_SECONDS)
+
+    def should_stop(self) -> Stop | None:
+        return _STOPS.get(int(self.stop_code.value))
+
+
+def fit_on_devices(
+    spec: Any,
+    out_dir: Path,
+    *,
+    callbacks: Callbacks,
+    data_path: Path | None = None,
+    init_from: Path | None = None,
+    resume_from: Path | None = None,
+    settings: Any = None,
+) -> Any:
+    """Run ``spec`` on ``training.devices`` processes: in this process for one, through ``launch`` for more."""
+    from training.engine import Trainer
+    from training.settings import engine_settings
+
+    settings = settings or engine_settings()
+    devices = resolve_devices(spec.training.devices)
+    gpus = torch.cuda.device_count() if spec.training.device != "cpu" else 0
+    if 0 < gpus < devices:
+        raise DeviceUnavailable(f"training.devices: {devices} asked for, and this worker has {gpus} GPUs")
+    if devices == 1:
+        trainer = Trainer(
+            spec, out_dir, data_path=data_path, init_from=init_from, callbacks=callbacks, settings=settings
+        )
+        return trainer.fit(resume_from=resume_from)
+    job = RankJob(
+        spec=spec.model_dump(mode="json"),
+        out_dir=Path(out_dir),
+        data_path=data_path,
+        init_from=init_from,
+        resume_from=resume_from,
+        settings=settings.model_dump(),
+    )
+    return launch(job, devices, callbacks)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _error_file(out_dir: Path, rank: int) -> Path:
+    return out_dir / "ranks" / f"error-{rank}.json"
+
+
+def run_rank(job: RankJob, events: Any, acks: Any, stop_code: Any) -> Any:
+    """A rank's entry point (module level, so that spawn can find it). Returns rank 0's ``FitResult``.
+
+    A ``TrainingError`` is written to ``ranks/error-<rank>.json`` before it ends the process, so that the
+    caller reports it as the run's error (a bad spec, a non-finite loss) and does not retry the job."""
+    from training.engine import Trainer
+    from training.settings import EngineSettings
+    from training.spec import Spec
+
+    spec = Spec.model_validate(job.spec)
+    on_cuda = spec.training.device != "cpu" and torch.cuda.is_available()
+    cluster = Cluster.from_environment(on_cuda)
+    folder = job.out_dir / "ranks"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{cluster.rank}.pid").write_text(str(os.getpid()))  # for an operator (and a test) to find a rank
+    if not on_cuda:
+        from training.dataset import available_cpus
+
+        torch.set_num_threads(max(1, available_cpus() // cluster.world_size))  # ranks share the host's cores
+    try:
+        callbacks: Callbacks = RelayCallbacks(events, acks, stop_code) if cluster.is_main else Callbacks()
+        trainer = Trainer(
+            spec,
+            job.out_dir,
+            data_path=job.data_path,
+            init_from=job.init_from,
+            callbacks=callbacks,
+            settings=EngineSettings(**job.settings),
+            cluster=cluster,
+        )
+        result = trainer.fit(resume_from=job.resume_from)
+    except TrainingError as error:
+        _error_file(job.out_dir, cluster.rank).write_text(
+            json.dumps({"code": error.code, "message": error.message, "type": type(error).__name__})
+        )
+        raise
+    except torch.cuda.OutOfMemoryError:
+        message = f"rank {cluster.rank}: out of GPU memory: lower data.batch_size (and raise training.grad_accum_steps)"
+        _error_file(job.out_dir, cluster.rank).write_text(
+            json.dumps({"code": "out_of_memory", "message": message, "type": "OutOfMemoryError"})
+        )
+        raise
+    finally:
+        cluster.close()
+    return result if cluster.is_main else None
+
+
+def launch(job: RankJob, devices: int, callbacks: Callbacks, *, poll_seconds: float = 0.05) -> Any:
+    """Run ``job`` as ``devices`` processes and return rank 0's ``FitResult``. Rank 0's events reach
+    ``callbacks`` on a thread of this process, which also answers the ranks' stop probe.
+
+    Raises the ``TrainingError`` a rank reported, or ``RanksLost`` when a rank died without one."""
+    import multiprocessing
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    context = multiprocessing.get_context("spawn")
+    events, acks = context.Queue(), context.Queue()
+    stop_code = context.Value("i", 0)
+    errors = job.out_dir / "ranks"
+    for stale in errors.glob("error-*.json") if errors.is_dir() else []:
+        stale.unlink()
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=devices,
+        run_id=f"ft-{os.getpid()}-{threading.get_ident()}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        max_restarts=0,  # a rank that dies ends the attempt; the job resumes from its checkpoint
+        monitor_interval=0.2,
+        start_method="spawn",
+        local_addr="127.0.0.1",
+        # On GPUs each rank sees only its own (CUDA_VISIBLE_DEVICES per rank, taken from the worker's list) as
+        # device 0, and LOCAL_RANK is 0: a rank cannot allocate on a neighbour's GPU.
+        virtual_local_rank=job.spec["training"]["device"] != "cpu" and torch.cuda.is_available(),
+    )
+    relay = _Relay(events, acks, stop_code, callbacks, poll_seconds)
+    relay.start()
+    try:
+        results = elastic_launch(config, run_rank)(job, events, acks, stop_code)
+    except ChildFailedError as failure:
+        raise _rank_error(job.out_dir, failure) from None
+    except SignalException as signalled:  # the launcher's own handler: this process was told to stop
+        raise RanksLost(f"the launcher got {signalled.sigval.name}: its ranks were stopped") from None
+    finally:
+        relay.finish()
+    return results[0]
+
+
+def _rank_error(out_dir: Path, failure: Any) -> Exception:
+    reported = sorted((out_dir / "ranks").glob("error-*.json"))
+    if reported:
+        record = json.loads(reported[0].read_text())
+        return TrainingError(record["message"], code=record["code"])
+    lines = []
+    for rank, info in sorted(failure.failures.items()):
+        how = f"signal {info.signal_name()}" if info.exitcode < 0 else f"exit code {info.exitcode}"
+        lines.append(f"rank {rank} ended with {how}")
+    return RanksLost("; ".join(lines) or "a rank ended unexpectedly")
+
+
+class _Relay(threading.Thread):
+    """The caller's side of ``RelayCallbacks``: events to ``callbacks``, checkpoint acks, the stop answer."""
+
+    def __init__(self, events: Any, acks: Any, stop_code: Any, callbacks: Callbacks, poll_seconds: float) -> None:
+        super().__init__(name="rank-relay", daemon=True)
+        self.events, self.acks, self.stop_code = events, acks, stop_code
+        self.callbacks = callbacks
+        self.poll_seconds = poll_seconds
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self._answer_stop()
+            try:
+                name, payload = self.events.get(timeout=self.poll_seconds)
+            except queue.Empty:
+                continue
+            self._deliver(name, payload)
+        self._drain()
+
+    def _answer_stop(self) -> None:
+        self.stop_code.value = _STOP_CODES[self.callbacks.should_stop()]
+
+    def _deliver(self, name: str, payload: Any) -> None:
+        try:
+            getattr(self.callbacks, name)(payload)
+        finally:
+            if name == "on_checkpoint":
+                self.acks.put(True)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                name, payload = self.events.get(timeout=self.poll_seconds)
+            except queue.Empty:
+                return
+            self._deliver(name, payload)
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join()
