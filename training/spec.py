@@ -765,6 +765,15 @@ class Spec(StrictModel):
                         freeze.unfreeze_at,
                     )
                 )
+        if self.training.divergence is not None and self.training.devices != 1:
+            # Each process sees its own shard's loss: a rollback decided on one rank alone would desynchronize them.
+            problems.append(
+                (
+                    ("training", "divergence"),
+                    "the divergence guard runs in single-process jobs only (training.devices: 1)",
+                    self.training.divergence.model_dump(mode="json"),
+                )
+            )
         return problems
 
 

@@ -186,3 +186,12 @@ def test_the_spec_module_imports_no_torch():
     code = "import sys, training.spec, training.catalog; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_divergence_guard_is_refused_in_a_multi_process_job():
+    with pytest.raises(ValidationError) as caught:
+        Spec.model_validate(
+            {"data": {"path": "/data"}, "training": {"devices": 2, "divergence": {"action": "rollback"}}}
+        )
+    [error] = caught.value.errors()
+    assert error["loc"] == ("training", "divergence") and "single-process" in error["msg"]
