@@ -70,26 +70,35 @@ def running_gateway(folder: Path, *, start_timeout: float = 60) -> Iterator[Gate
     identity = {"name": "finetune", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
     identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]
     config.write_text(json.dumps({"identities": [identity]}))
-    ports = _ports()
-    command = [
-        binary, "server", "-s3",
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
-        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
-        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}",
-        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.grpc']}",
-        f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3.grpc']}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
-        f"-filer.localSocket={folder / 'filer.sock'}", f"-s3.localSocket={folder / 's3.sock'}",
-        "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=0", "-metricsPort=0",
-        "-master.telemetry=false",  # and no statistics sent anywhere
-    ]  # fmt: skip
-    log = folder / "weed.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
-    gateway = Gateway(endpoint, ACCESS_KEY, SECRET_KEY, f"fttest-{uuid.uuid4().hex[:12]}", log)
+    for attempt in range(3):  # a free port taken by another process before weed binds it: new ports
+        ports = _ports()
+        command = [
+            binary, "server", "-s3",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
+            f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}",
+            f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.grpc']}",
+            f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3.grpc']}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+            f"-filer.localSocket={folder / 'filer.sock'}", f"-s3.localSocket={folder / 's3.sock'}",
+            "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=0", "-metricsPort=0",
+            "-master.telemetry=false",  # and no statistics sent anywhere
+        ]  # fmt: skip
+        log = folder / "weed.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
+        endpoint = f"http://127.0.0.1:{ports['s3']}"
+        gateway = Gateway(endpoint, ACCESS_KEY, SECRET_KEY, f"fttest-{uuid.uuid4().hex[:12]}", log)
+        try:
+            _create_bucket_when_up(gateway, process, start_timeout)
+            break
+        except RuntimeError:
+            exited = process.poll() is not None  # it stopped by itself: most likely a port taken meanwhile
+            process.kill()
+            process.wait(10)
+            if not exited or attempt == 2:
+                raise
     try:
-        _create_bucket_when_up(gateway, process, start_timeout)
         yield gateway
     finally:
         process.terminate()

@@ -33,7 +33,7 @@ from app.clock import utcnow
 from app.db.models import Dataset
 from app.db.session import transaction
 from app.repositories import datasets
-from app.services.datasets import archive_name, dataset_work_dir
+from app.services.datasets import archive_name, dataset_work_dir, thumbnails_key
 from app.settings import Settings
 from app.statuses import DatasetStatus
 from app.store import CHUNK_BYTES, ArtifactStore, ObjectMissing
@@ -113,10 +113,6 @@ def _check(store: ArtifactStore, settings: Settings, dataset: Dataset) -> dict[s
     except DatasetError as error:
         shutil.rmtree(work_dir, ignore_errors=True)  # nothing half-extracted stays behind
         return _failed(error.code, error.message, error.problems)
-
-
-def thumbnails_key(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}/thumbnails.json"
 
 
 def _store_thumbnails(

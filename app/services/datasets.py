@@ -103,6 +103,11 @@ def dataset_work_dir(settings: Settings, dataset_id: str) -> Path:
     return settings.data_path / "datasets" / dataset_id
 
 
+def thumbnails_key(dataset_id: str) -> str:
+    """The console's thumbnails of a data set, made at validation."""
+    return f"datasets/{dataset_id}/thumbnails.json"
+
+
 def delete_dataset(
     session: Session, store: ArtifactStore, settings: Settings, project_id: str, dataset_id: str
 ) -> Dataset:
@@ -129,6 +134,8 @@ def delete_dataset(
         if not shared:
             store.delete(archive)  # under datasets/<id>/, or another (deleted) data set's that it shared
             store.delete_prefix(f"datasets/{dataset_id}")
+        else:  # the archive stays for the data set that shares it; what is this one's alone goes
+            store.delete(thumbnails_key(dataset_id))
         shutil.rmtree(work_dir, ignore_errors=True)
 
     send_after_commit(session, remove_files)

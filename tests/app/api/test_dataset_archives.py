@@ -30,9 +30,10 @@ async def test_the_same_archive_uploaded_twice_is_stored_once_and_deleted_with_i
     for shown in (first, second):
         assert (await client.get(f"/v1/datasets/{shown['id']}")).json()["status"] == DatasetStatus.READY
     assert (await client.delete(f"/v1/datasets/{first['id']}")).status_code == 200
-    assert store_listing(store) == [f"datasets/{first['id']}/pets.zip"]  # the second still reads it
+    kept = [f"datasets/{first['id']}/pets.zip", f"datasets/{second['id']}/thumbnails.json"]
+    assert store_listing(store) == kept  # the second still reads the archive; the first's thumbnails are gone
     third = (await upload(client, archive, filename="third.zip")).json()  # found through the second
-    assert store_listing(store) == [f"datasets/{first['id']}/pets.zip"]
+    assert store_listing(store) == kept
     assert (await client.delete(f"/v1/datasets/{second['id']}")).status_code == 200
     assert (await client.delete(f"/v1/datasets/{third['id']}")).status_code == 200
     assert store_listing(store) == []
