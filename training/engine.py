@@ -568,14 +568,14 @@ class Trainer:
             seen += labels.shape[0]
         # One host sync; the ratios in float64 on the host, so that an accuracy is exactly correct / seen.
         # Under DDP each rank evaluated its shard of every batch: the sums are over the ranks.
-        counts = torch.stack([loss_sum.double(), correct.double(), correct5.double(), torch.tensor(seen).to(loss_sum)])
-        loss, hits, hits5, seen_all = self.cluster.all_sum(counts).tolist()
+        totals = torch.stack([loss_sum.double(), correct.double(), correct5.double(), torch.tensor(seen).to(loss_sum)])
+        loss, hits, hits5, seen_all = self.cluster.all_sum(totals).tolist()
         seen = int(seen_all)
         seen = max(seen, 1)
         metrics = {"loss": loss / seen, "acc": hits / seen}
         if top5:
             metrics["acc_top5"] = hits5 / seen
-        matrix = counts.view(classes, classes).tolist() if counts is not None else None
+        matrix = self.cluster.all_sum(counts).view(classes, classes).tolist() if counts is not None else None
         return metrics, matrix
 
     def _end_epoch(self, epoch: int) -> bool:
