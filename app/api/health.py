@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.api.deps import QueueDep, SessionFactoryDep, SettingsDep, StoreDep
+from app.api.errors import error_responses
 from app.errors import NotFound
 from app.schemas.health import Health, Readiness
 from app.settings import Settings
@@ -68,7 +69,7 @@ async def readyz(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}, **error_responses(404)},
 )
 def metrics(request: Request, settings: SettingsDep) -> Response:
     """With FT_METRICS_TOKEN set, only to ``Authorization: Bearer <token>``; without it, only to the loopback
