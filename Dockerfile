@@ -47,11 +47,12 @@ FROM ${PYTHON_IMAGE} AS runtime
 # A fixed uid, so volumes and Kubernetes' runAsNonRoot see the same user everywhere.
 RUN groupadd --system --gid 10001 finetune \
     && useradd --system --uid 10001 --gid finetune --home-dir /var/lib/finetune --shell /usr/sbin/nologin finetune \
-    && mkdir -p /var/lib/finetune /srv/finetune/artifacts /srv/finetune/torch \
+    && mkdir -p /var/lib/finetune /srv/finetune/artifacts /srv/finetune/torch /srv/finetune/cache \
     && chown -R finetune:finetune /var/lib/finetune /srv/finetune
 COPY --from=builder /opt/venv /opt/venv
-# FT_HOME: this container's scratch (job work folders, extracted data sets). The artifact store and the torch
-# weights cache are shared volumes in compose; these folders, owned by the app's user, seed them.
+# FT_HOME: this container's scratch (job work folders, extracted data sets). The torch weights cache and the fetch
+# cache (FT_CACHE_DIR) are volumes in compose; these folders, owned by the app's user, seed them (a new volume
+# takes its folder's owner: without them it is root's, and the worker cannot write its cache).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
