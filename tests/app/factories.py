@@ -13,8 +13,8 @@ from app.statuses import DatasetStatus, JobStatus
 from training.spec import Spec
 
 
-def make_job(session: Session, *, project: str = "default", max_attempts: int = 3, epochs: int = 3) -> Job:
-    """A queued job on a ready data set, as ``create_job`` leaves it."""
+def make_ready_dataset(session: Session, *, project: str = "default", per_class: dict[str, int]) -> Dataset:
+    """A ready data set row (no archive behind it) with ``per_class`` training images."""
     owner = get_or_create_project(session, project)
     dataset = Dataset(
         id=new_id("dataset"),
@@ -25,16 +25,22 @@ def make_job(session: Session, *, project: str = "default", max_attempts: int = 
         store_key="datasets/x/set.zip",
         bytes=1,
         sha256="0" * 64,
-        class_names=["a", "b"],
-        counts={"train": {"a": 2, "b": 2}},
+        class_names=list(per_class),
+        counts={"train": dict(per_class)},
         created_at=utcnow(),
     )
     session.add(dataset)
+    return dataset
+
+
+def make_job(session: Session, *, project: str = "default", max_attempts: int = 3, epochs: int = 3) -> Job:
+    """A queued job on a ready data set, as ``create_job`` leaves it."""
+    dataset = make_ready_dataset(session, project=project, per_class={"a": 2, "b": 2})
     spec = Spec.model_validate({"data": {"dataset": dataset.id}, "training": {"epochs": epochs}})
     now = utcnow()
     job = Job(
         id=new_id("job"),
-        project_id=owner.id,
+        project_id=dataset.project_id,
         dataset_id=dataset.id,
         spec=spec.model_dump(mode="json"),
         status=JobStatus.QUEUED,

@@ -15,15 +15,12 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from app.clock import utcnow
 from app.context import Services
-from app.db.models import Dataset, Job
+from app.db.models import Job
 from app.db.session import transaction
-from app.ids import new_id
-from app.services.projects import get_or_create_project
-from app.statuses import DatasetStatus
 from app.tasks import GPU_QUEUE, TRAIN_JOB
 from tests.app.api.test_uvicorn_streams import healthz_seconds
+from tests.app.factories import make_ready_dataset
 from tests.app.helpers import broker_messages, job_body
 from tests.app.servers import Server, uvicorn_server
 
@@ -56,22 +53,7 @@ def services(server, settings) -> Iterator[Services]:
 @pytest.fixture
 def dataset_id(services) -> str:
     with transaction(services.factory) as session:
-        project = get_or_create_project(session, "default")
-        row = Dataset(
-            id=new_id("dataset"),
-            project_id=project.id,
-            name="set",
-            status=DatasetStatus.READY,
-            filename="set.zip",
-            store_key="datasets/x/set.zip",
-            bytes=1,
-            sha256="0" * 64,
-            class_names=["cat", "dog"],
-            counts={"train": {"cat": 40, "dog": 40}},
-            created_at=utcnow(),
-        )
-        session.add(row)
-        return row.id
+        return make_ready_dataset(session, per_class={"cat": 40, "dog": 40}).id
 
 
 def test_a_64_mib_body_is_refused_as_it_streams_with_flat_memory(server):
