@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -121,6 +121,18 @@ def get_job(options: GlobalOptions, job_id: str) -> None:
         stdout_console().print(job_view(job))
 
 
+def _change_status(options: GlobalOptions, job_id: str, action: Literal["cancel", "pause", "resume"]) -> None:
+    """Cancel, pause or resume a job through the client and print its new status (or the job, with --json)."""
+    from app.commands.output import stdout_console
+
+    with options.client() as client:
+        job = getattr(client.jobs, action)(job_id)
+    if options.json:
+        options.emit(job)
+    else:
+        stdout_console().print(f"{job.id} {job.status}", highlight=False)
+
+
 @jobs.command("cancel")
 @click.argument("job_id")
 @json_option
@@ -129,14 +141,7 @@ def cancel_job(options: GlobalOptions, job_id: str) -> None:
     """Cancel a job.
 
     A queued job is cancelled at once; a running one stops at its worker's next step."""
-    from app.commands.output import stdout_console
-
-    with options.client() as client:
-        job = client.jobs.cancel(job_id)
-    if options.json:
-        options.emit(job)
-    else:
-        stdout_console().print(f"{job.id} {job.status}", highlight=False)
+    _change_status(options, job_id, "cancel")
 
 
 @jobs.command("pause")
@@ -148,14 +153,7 @@ def pause_job(options: GlobalOptions, job_id: str) -> None:
 
     A queued job is held at once; a running one checkpoints at its worker's next step and turns paused,
     freeing the worker. `finetune jobs resume` continues it from that checkpoint."""
-    from app.commands.output import stdout_console
-
-    with options.client() as client:
-        job = client.jobs.pause(job_id)
-    if options.json:
-        options.emit(job)
-    else:
-        stdout_console().print(f"{job.id} {job.status}", highlight=False)
+    _change_status(options, job_id, "pause")
 
 
 @jobs.command("resume")
@@ -164,14 +162,7 @@ def pause_job(options: GlobalOptions, job_id: str) -> None:
 @pass_options
 def resume_job(options: GlobalOptions, job_id: str) -> None:
     """Resume a paused job: it is queued again and continues from the checkpoint it paused at."""
-    from app.commands.output import stdout_console
-
-    with options.client() as client:
-        job = client.jobs.resume(job_id)
-    if options.json:
-        options.emit(job)
-    else:
-        stdout_console().print(f"{job.id} {job.status}", highlight=False)
+    _change_status(options, job_id, "resume")
 
 
 @jobs.command("logs")
