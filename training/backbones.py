@@ -160,6 +160,30 @@ def _maxvit_stages(model: nn.Module) -> Stages:
     return [["stem"], *blocks]
 
 
+def _googlenet_kwargs(image_size: int, pretrained: bool) -> dict[str, Any]:
+    return {"aux_logits": True, "transform_input": pretrained, **({} if pretrained else {"init_weights": True})}
+
+
+def _inception_kwargs(image_size: int, pretrained: bool) -> dict[str, Any]:
+    aux = image_size >= INCEPTION_AUX_MIN_SIZE
+    return {"aux_logits": aux, "transform_input": pretrained, **({} if pretrained else {"init_weights": True})}
+
+
+def _vit_resize_state(model: nn.Module, image_size: int, state: dict[str, Any]) -> dict[str, Any]:
+    resized: dict[str, Any] = interpolate_embeddings(image_size, model.patch_size, state)
+    return resized
+
+
+def _vit_sizes(name: str) -> tuple[int, int]:
+    with empty_weights():
+        patch: int = torchvision.models.get_model(name).patch_size
+    return patch, patch
+
+
+def _maxvit_sizes(name: str) -> tuple[int, int]:
+    return 224, 224  # every stage's grid must divide by the partition size 7: input / 32 % 7 == 0
+
+
 @dataclass(frozen=True)
 class Family:
     """What the models of one torchvision family share."""
@@ -173,6 +197,15 @@ class Family:
     dropout_kwarg: str | None = None
     stochastic_depth_kwarg: str | None = None
     size_kwarg: str | None = None  # builder argument that fixes the input size
+    # Builder arguments for an input size and whether the weights are pretrained (input size, aux heads...).
+    builder_kwargs: Callable[[int, bool], dict[str, Any]] = lambda image_size, pretrained: {}
+    # Builder arguments of the catalog's size search: Inception v3 trains below 299 px without its aux head.
+    catalog_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # The pretrained state dict for another input size (ViT: position embeddings interpolated); None: as it is.
+    resize_state: Callable[[nn.Module, int, dict[str, Any]], dict[str, Any]] | None = None
+    # (smallest input, size multiple) known without the search: ViT's patch, MaxViT's partition grid.
+    fixed_sizes: Callable[[str], tuple[int, int]] | None = None
+    convolutional: bool = True  # channels_last pays off ("auto" turns it on, on CUDA)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -190,6 +223,7 @@ FAMILIES: tuple[Family, ...] = (
         aux_heads=("aux1.fc2", "aux2.fc2"),
         aux_loss_weight=0.3,
         dropout_kwarg="dropout",
+        builder_kwargs=_googlenet_kwargs,
     ),
     Family(
         "inception",
@@ -199,6 +233,8 @@ FAMILIES: tuple[Family, ...] = (
         aux_heads=("AuxLogits.fc",),
         aux_loss_weight=0.4,
         dropout_kwarg="dropout",
+        builder_kwargs=_inception_kwargs,
+        catalog_kwargs={"aux_logits": False},
     ),
     Family("mobilenet_v2", ("mobilenet_v2",), "classifier.1", _features_stages, dropout_kwarg="dropout"),
     Family("mobilenet_v3", ("mobilenet_v3",), "classifier.3", _mobilenet_v3_stages, dropout_kwarg="dropout"),
@@ -219,7 +255,18 @@ FAMILIES: tuple[Family, ...] = (
         _convnext_stages,
         stochastic_depth_kwarg="stochastic_depth_prob",
     ),
-    Family("vit", ("vit_",), "heads.head", _vit_stages, dropout_kwarg="dropout", size_kwarg="image_size"),
+    Family(
+        "vit",
+        ("vit_",),
+        "heads.head",
+        _vit_stages,
+        dropout_kwarg="dropout",
+        size_kwarg="image_size",
+        builder_kwargs=lambda image_size, pretrained: {"image_size": image_size},
+        resize_state=_vit_resize_state,
+        fixed_sizes=_vit_sizes,
+        convolutional=False,
+    ),
     Family(
         "swin",
         ("swin_",),
@@ -227,9 +274,18 @@ FAMILIES: tuple[Family, ...] = (
         _swin_stages,
         dropout_kwarg="dropout",
         stochastic_depth_kwarg="stochastic_depth_prob",
+        convolutional=False,
     ),
     # MaxViT's builder fixes stochastic_depth_prob itself, so it takes none from us.
-    Family("maxvit", ("maxvit",), "classifier.5", _maxvit_stages, size_kwarg="input_size"),
+    Family(
+        "maxvit",
+        ("maxvit",),
+        "classifier.5",
+        _maxvit_stages,
+        size_kwarg="input_size",
+        builder_kwargs=lambda image_size, pretrained: {"input_size": (image_size, image_size)},
+        fixed_sizes=_maxvit_sizes,
+    ),
 )
 
 
@@ -257,10 +313,6 @@ def empty_weights() -> Iterator[None]:
         yield
     finally:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
-
-
-def get_submodule(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -394,17 +446,7 @@ def _builder_kwargs(spec: BackboneSpec, info: BackboneInfo, family: Family, imag
         kwargs[info.dropout_kwarg] = spec.dropout
     if spec.stochastic_depth is not None and info.stochastic_depth_kwarg:
         kwargs[info.stochastic_depth_kwarg] = spec.stochastic_depth
-    if family.name == "vit":
-        kwargs["image_size"] = image_size
-    if family.name == "maxvit":
-        kwargs["input_size"] = (image_size, image_size)
-    if family.name == "googlenet":
-        kwargs.update(aux_logits=True, transform_input=pretrained)
-    if family.name == "inception":
-        kwargs.update(aux_logits=image_size >= INCEPTION_AUX_MIN_SIZE, transform_input=pretrained)
-    if family.name in ("googlenet", "inception") and not pretrained:
-        kwargs["init_weights"] = True
-    return kwargs
+    return {**kwargs, **family.builder_kwargs(image_size, pretrained)}
 
 
 def _weights_enum(name: str, weights: str) -> torchvision.models.WeightsEnum:
@@ -477,8 +519,8 @@ def _pretrained_model(
         # Weights made for another input size: build at ours and load them, ViT's position embeddings resized.
         model = torchvision.models.get_model(name, num_classes=len(enum.meta["categories"]), **kwargs)
         state = enum.get_state_dict(progress=False, check_hash=True)
-        if family.name == "vit":
-            state = interpolate_embeddings(image_size, model.patch_size, state)
+        if family.resize_state is not None:
+            state = family.resize_state(model, image_size, state)
         model.load_state_dict(state)
         loaded: nn.Module = model
         return loaded
@@ -518,10 +560,10 @@ def build_model(
         head_paths = (family.head, *(p for p in family.aux_heads if _has_module(model, p)))
         fresh = weights is not None and not empty  # the pretrained heads have 1000 classes
         if fresh or not spec.head.is_plain:
-            set_submodule(model, family.head, make_head(get_submodule(model, family.head), num_classes, spec.head))
+            set_submodule(model, family.head, make_head(model.get_submodule(family.head), num_classes, spec.head))
         if fresh:
             for path in head_paths[1:]:
-                set_submodule(model, path, make_head(get_submodule(model, path), num_classes, HeadSpec()))
+                set_submodule(model, path, make_head(model.get_submodule(path), num_classes, HeadSpec()))
     built = BuiltModel(
         model=model,
         info=info,
@@ -611,14 +653,10 @@ def load_init_from(built: BuiltModel, path: Path) -> list[str]:
 
 def _measure_min_size(name: str, family: Family) -> tuple[int, int]:
     """(smallest input, size multiple) that a freshly built model trains on, found on the meta device."""
-    if family.name == "vit":
-        with empty_weights():
-            patch = torchvision.models.get_model(name).patch_size
-        return patch, patch
-    if family.name == "maxvit":
-        return 224, 224  # every stage's grid must divide by the partition size 7: input / 32 % 7 == 0
+    if family.fixed_sizes is not None:
+        return family.fixed_sizes(name)
     with empty_weights():
-        model = torchvision.models.get_model(name, num_classes=10, **_catalog_build_kwargs(family))
+        model = torchvision.models.get_model(name, num_classes=10, **family.catalog_kwargs)
     model = model.to("meta").train()
     for size in range(1, 512):
         try:
@@ -627,11 +665,6 @@ def _measure_min_size(name: str, family: Family) -> tuple[int, int]:
             continue
         return size, 1
     raise RuntimeError(f"{name} accepts no input size up to 512")
-
-
-def _catalog_build_kwargs(family: Family) -> dict[str, Any]:
-    # Inception v3 trains below 299 px without its auxiliary head (see _builder_kwargs).
-    return {"aux_logits": False} if family.name == "inception" else {}
 
 
 def build_catalog(*, measure_sizes: bool = True) -> dict[str, Any]:

@@ -105,35 +105,3 @@ class Callbacks:
     def should_stop(self) -> Stop | None:
         """Checked between optimizer steps; keep it cheap (read a flag)."""
         return None
-
-
-class CallbackList(Callbacks):
-    def __init__(self, callbacks: list[Callbacks]) -> None:
-        self.callbacks = callbacks
-
-    def on_start(self, info: RunInfo) -> None:
-        for callback in self.callbacks:
-            callback.on_start(info)
-
-    def on_step(self, metrics: StepMetrics) -> None:
-        for callback in self.callbacks:
-            callback.on_step(metrics)
-
-    def on_epoch(self, metrics: dict[str, Any]) -> None:
-        for callback in self.callbacks:
-            callback.on_epoch(metrics)
-
-    def on_checkpoint(self, info: CheckpointInfo) -> None:
-        for callback in self.callbacks:
-            callback.on_checkpoint(info)
-
-    def on_rollback(self, info: RollbackInfo) -> None:
-        for callback in self.callbacks:
-            callback.on_rollback(info)
-
-    def should_stop(self) -> Stop | None:
-        for callback in self.callbacks:
-            stop = callback.should_stop()
-            if stop is not None:
-                return stop
-        return None
