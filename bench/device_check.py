@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.engine_vs_seed import engine_loop, extract_subset, seed_loop
 from training.callbacks import Callbacks
-from training.engine import Trainer, resolve_runtime
+from training.engine import Trainer
+from training.runtime import resolve_runtime
 from training.spec import Spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -60,7 +60,8 @@ class DivergenceGuard:
         snapshot's position. Raises ``Diverged`` when the guard gives up."""
         trainer = self.trainer
         # A host sync, every step (see the module docstring).
-        first_bad, loss = torch.stack([trainer.first_bad_step.double(), trainer.last_loss.double()]).tolist()
+        tally = trainer.state.tally
+        first_bad, loss = torch.stack([tally.first_bad_step.double(), tally.last_loss.double()]).tolist()
         step = trainer.state.step
         average = sum(self.recent) / len(self.recent) if self.recent else None
         if first_bad >= 0 or not math.isfinite(loss):
@@ -94,7 +95,7 @@ class DivergenceGuard:
         self._restore_snapshot()
         # The snapshot's rates already carry the cuts made before it was taken.
         scale_learning_rates(trainer, self.spec.lr_factor ** (cuts - self.snapshot["cuts"]))
-        lr = float(trainer.optimizer.param_groups[0]["lr"])
+        lr = float(trainer.parts.optimizer.param_groups[0]["lr"])
         info = RollbackInfo(
             step=step,
             epoch=epoch + 1,
@@ -120,19 +121,20 @@ class DivergenceGuard:
 
     def _take_snapshot(self) -> None:
         trainer = self.trainer
-        sums = torch.stack([trainer.loss_sum.double(), trainer.correct_sum.double()]).tolist()
-        state = copy.deepcopy(trainer._checkpoint_state())  # tensors are cloned, on their device
+        tally = trainer.state.tally
+        sums = torch.stack([tally.pass_loss.double(), tally.pass_correct.double()]).tolist()
+        state = copy.deepcopy(trainer.checkpoint_state())  # tensors are cloned, on their device
         self.snapshot = {**state, "device_sums": sums, "recent": list(self.recent), "cuts": len(self.history)}
 
     def _restore_snapshot(self) -> None:
         trainer, snapshot = self.trainer, self.snapshot
         assert snapshot is not None
-        trainer._restore(copy.deepcopy(snapshot))
+        trainer.restore(copy.deepcopy(snapshot))
         # The epoch's device sums up to the snapshot move to the host record; the epoch restarts them at zero.
         loss, correct = snapshot["device_sums"]
         trainer.state.sums.loss += loss
         trainer.state.sums.correct += correct
-        trainer.first_bad_step.fill_(-1)
+        trainer.state.tally.first_bad_step.fill_(-1)
         self.recent = deque(snapshot["recent"], maxlen=self.spec.window_steps)
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -154,11 +156,11 @@ class DivergenceGuard:
 def scale_learning_rates(trainer: Trainer, factor: float) -> None:
     """Multiply the learning rate of every parameter group by ``factor``, and the rates the schedule
     computes from (its base rates and last rates), so that the next scheduler step keeps the cut."""
-    for group in trainer.optimizer.param_groups:
+    optimizer, schedule = trainer.parts.optimizer, trainer.parts.schedule
+    for group in optimizer.param_groups:
         for key in LR_KEYS:
             if key in group:
                 group[key] = group[key] * factor
-    schedule = trainer.schedule
     schedulers: list[Any] = [schedule.warmup, schedule.scheduler]
     schedulers += list(getattr(schedule.scheduler, "_schedulers", []))  # SequentialLR's children
     for scheduler in (s for s in schedulers if s is not None):
@@ -166,4 +168,4 @@ def scale_learning_rates(trainer: Trainer, factor: float) -> None:
             scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
         if hasattr(scheduler, "_last_lr"):
             scheduler._last_lr = [lr * factor for lr in scheduler._last_lr]
-    trainer.step_lr = trainer.optimizer.param_groups[0]["lr"]
+    trainer.state.step_lr = optimizer.param_groups[0]["lr"]

@@ -74,7 +74,7 @@ def test_engine_excludes_the_final_classifier_from_agc(colour_set, tmp_path):
 
     trainer = Trainer(tiny_spec(colour_set, clipping={"mode": "agc"}, training={"max_steps": 1}), tmp_path)
     trainer.fit()
-    excluded = {n for n, p in trainer.params.items() if not any(p is q for q in trainer.agc_params)}
+    excluded = {n for n, p in trainer.parts.params.items() if not any(p is q for q in trainer.state.agc_params)}
     assert excluded == {"fc.weight", "fc.bias"}
 
 

@@ -141,7 +141,7 @@ def test_bf16_autocast_trains_on_the_cpu(colour_set, tmp_path):
 
 
 def test_auto_precision_stays_fp32_for_deterministic_cpu_runs(colour_set):
-    from training.engine import resolve_runtime
+    from training.runtime import resolve_runtime
 
     deterministic = tiny_spec(colour_set, training={"precision": "auto", "deterministic": True})
     assert resolve_runtime(deterministic).precision == "fp32"
@@ -204,7 +204,7 @@ def test_init_from_an_earlier_run_takes_its_weights_and_normalization(colour_set
     trainer = Trainer(spec, tmp_path / "second")
     trainer.fit()
     card = json.loads(first.card_path.read_text())
-    assert list(trainer.data.mean) == card["preprocessing"]["mean"]
+    assert list(trainer.parts.data.mean) == card["preprocessing"]["mean"]
 
 
 def test_a_set_too_big_for_memory_streams_from_disk_with_the_same_result(colour_set, tmp_path):
@@ -214,7 +214,7 @@ def test_a_set_too_big_for_memory_streams_from_disk_with_the_same_result(colour_
         spec = tiny_spec(colour_set, data={"in_memory": False, "num_workers": workers}, training={"epochs": 1})
         trainer = Trainer(spec, tmp_path / str(workers))
         result = trainer.fit()
-        assert not trainer.data.in_memory and result.status == "completed"
+        assert not trainer.parts.data.in_memory and result.status == "completed"
         runs[workers] = weights(tmp_path / str(workers))
     assert_same_weights(runs[0], runs[2])
 
@@ -231,4 +231,6 @@ def test_a_stop_asked_during_the_setup_ends_the_run_before_it_trains(colour_set,
     trainer = Trainer(tiny_spec(colour_set), tmp_path, callbacks=StopAtOnce())
     result = trainer.fit()
     assert result.status == "cancelled" and result.steps == 0
-    assert hasattr(trainer, "data") and not hasattr(trainer, "built")
+    assert trainer.callbacks.asked == 2  # stopped at the check after the data, before the model
+    with pytest.raises(RuntimeError):  # the run has no parts: nothing was handed to the loop
+        trainer.parts

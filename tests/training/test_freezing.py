@@ -26,7 +26,7 @@ def train(colour_set, tmp_path, freeze: dict, epochs: int = 2, **sections) -> tu
     )
     trainer = Trainer(spec, tmp_path)
     trainer.fit()
-    return trainer.built.model.state_dict(), trainer
+    return trainer.parts.built.model.state_dict(), trainer
 
 
 def initial_state(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -52,7 +52,7 @@ def test_linear_probe_changes_only_the_head(colour_set, tmp_path):
 def test_frozen_stages_stay_bit_identical_and_the_rest_trains(colour_set, tmp_path):
     after, trainer = train(colour_set, tmp_path, {"strategy": "stages", "frozen_stages": 2})
     before = initial_state(trainer)
-    built = trainer.built
+    built = trainer.parts.built
     for key in before:
         stage = built.stage_of(key.rsplit(".", 1)[0] + ".weight") if key.endswith(STATS) else built.stage_of(key)
         if stage < 2:
@@ -73,7 +73,7 @@ def test_freeze_bn_keeps_running_statistics_and_affine_weights(colour_set, tmp_p
 def test_gradual_unfreezing_changes_the_trainable_set_at_the_given_epochs(colour_set, tmp_path):
     freeze = {"strategy": "gradual", "unfreeze_at": [1, 2]}
     _, trainer = train(colour_set, tmp_path, freeze, epochs=3, optimizer={"backbone_lr_mult": 0.5})
-    plan = FreezePlan(trainer.built, FreezeGradual(unfreeze_at=[1, 2]))
+    plan = FreezePlan(trainer.parts.built, FreezeGradual(unfreeze_at=[1, 2]))
     assert plan.trainable_stages(0) == {5}
     assert plan.trainable_stages(1) == {4, 5}  # from the head down: layer4 first
     assert plan.trainable_stages(2) == {3, 4, 5}
@@ -93,10 +93,10 @@ def test_gradual_unfreezing_changes_the_trainable_set_at_the_given_epochs(colour
     assert trainables[0] < trainables[1] < trainables[2]
 
     # The unfrozen groups train at the learning rate the schedule gives them, as the preview shows.
-    preview = preview_lr(trainer.spec, trainer.steps_per_epoch)
+    preview = preview_lr(trainer.spec, trainer.parts.plan.steps_per_epoch)
     last = dict(zip(preview.groups, preview.lr[-1], strict=True))
     assert last["stage3"] is not None and last["stage2"] is None
-    for group in trainer.optimizer.param_groups:
+    for group in trainer.parts.optimizer.param_groups:
         if last[group["name"]] is not None:
             assert group["lr"] == last[group["name"]]
     assert last["stage4"] == 0.5 * last["head"]

@@ -26,16 +26,16 @@ def test_val_split_0_leaves_the_monitor_unset_and_the_default_is_val_acc(colour_
 def test_all_of_train_is_trained_and_the_last_epoch_is_published(colour_set, tmp_path):
     trainer = Trainer(tiny_spec(colour_set, data={"val_split": 0}, training={"epochs": 3}), tmp_path)
     result = trainer.fit()
-    assert trainer.data.counts == {"train": 72, "test": 18}  # 24 a class, none held out
+    assert trainer.parts.data.counts == {"train": 72, "test": 18}  # 24 a class, none held out
     assert all(not key.startswith(("val_", "ema_val_")) for epoch in result.history for key in epoch)
     assert result.best is None and result.final == {}
     published = json.loads((tmp_path / "metrics.json").read_text())["published"]
     assert published["epoch"] == 3 and published["source"] == "model"
     assert set(result.test or {}) == {"test_loss", "test_acc"}
     last = load_checkpoint(tmp_path / "checkpoints" / "epoch-003.pt")["model"]
-    trainer.model.load_state_dict(last)
+    trainer.parts.model.load_state_dict(last)
     weights = load_file(tmp_path / "model.safetensors")
-    assert all(torch.equal(weights[k], v) for k, v in export_state_dict(trainer.model).items())
+    assert all(torch.equal(weights[k], v) for k, v in export_state_dict(trainer.parts.model).items())
 
 
 def test_a_test_monitor_selects_the_published_epoch_on_test(colour_set, tmp_path):
