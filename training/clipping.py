@@ -7,13 +7,14 @@ the host reads them only when the engine reports (every ``log_every_steps`` and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
-from training.spec import ClipAGC, ClipAuto, ClipNone, ClipNorm, Clipping, ClipValue
+from training.registry import lookup
+from training.spec import ClipAGC, ClipAuto, ClipNorm, Clipping, ClipValue
 
 
 def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
@@ -68,25 +69,7 @@ class GradientClipper:
         if not grads:
             return
         total = get_total_norm(grads, norm_type=self.norm_type)
-        spec = self.spec
-        clipped: torch.Tensor
-        if isinstance(spec, ClipNone):
-            clipped = torch.zeros((), dtype=torch.bool, device=self.device)
-        elif isinstance(spec, ClipNorm):
-            clipped = total > spec.max_norm
-            clip_grads_with_norm_(params, spec.max_norm, total)
-        elif isinstance(spec, ClipValue):
-            largest = get_total_norm(grads, norm_type=float("inf"))
-            clipped = largest > spec.clip_value
-            clip_grad_value_(params, spec.clip_value)
-        elif isinstance(spec, ClipAGC):
-            clipped = adaptive_clip_(agc_params, spec.clip_factor, spec.eps)
-        elif isinstance(spec, ClipAuto):
-            threshold = self._autoclip_threshold(total)
-            clipped = total > threshold
-            clip_grads_with_norm_(params, threshold, total)  # type: ignore[arg-type]  # a tensor: no host sync
-        else:
-            raise TypeError(f"unknown clipping mode {spec.mode}")
+        clipped = lookup(CLIPPERS, "clipping mode", self.spec.mode)(self, params, agc_params, total)
         finite = torch.isfinite(total)
         safe = torch.where(finite, total, torch.zeros_like(total))
         self.last_norm = total
@@ -95,7 +78,7 @@ class GradientClipper:
         self.clipped += clipped.float()
         self.steps += 1
 
-    def _autoclip_threshold(self, total: torch.Tensor) -> torch.Tensor:
+    def autoclip_threshold(self, total: torch.Tensor) -> torch.Tensor:
         """The ``percentile`` of every total norm seen so far, this one included (AutoClip, Seetharaman et al.)."""
         assert isinstance(self.spec, ClipAuto)
         if self.seen >= len(self.history):  # more steps than planned (a resumed, longer run): grow
@@ -136,3 +119,44 @@ class GradientClipper:
             capacity = max(len(self.history), self.seen)
             self.history = torch.zeros(capacity, device=self.device)
             self.history[: self.seen] = state["history"].to(self.device)
+
+
+Params = Sequence[torch.Tensor]
+
+
+def _clip_none(clipper: GradientClipper, params: Params, agc_params: Params, total: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((), dtype=torch.bool, device=clipper.device)
+
+
+def _clip_norm(clipper: GradientClipper, params: Params, agc_params: Params, total: torch.Tensor) -> torch.Tensor:
+    assert isinstance(clipper.spec, ClipNorm)
+    clip_grads_with_norm_(params, clipper.spec.max_norm, total)
+    return total > clipper.spec.max_norm
+
+
+def _clip_value(clipper: GradientClipper, params: Params, agc_params: Params, total: torch.Tensor) -> torch.Tensor:
+    assert isinstance(clipper.spec, ClipValue)
+    largest = get_total_norm([p.grad for p in params if p.grad is not None], norm_type=float("inf"))
+    clip_grad_value_(params, clipper.spec.clip_value)
+    return largest > clipper.spec.clip_value
+
+
+def _clip_agc(clipper: GradientClipper, params: Params, agc_params: Params, total: torch.Tensor) -> torch.Tensor:
+    assert isinstance(clipper.spec, ClipAGC)
+    return adaptive_clip_(agc_params, clipper.spec.clip_factor, clipper.spec.eps)
+
+
+def _clip_auto(clipper: GradientClipper, params: Params, agc_params: Params, total: torch.Tensor) -> torch.Tensor:
+    threshold = clipper.autoclip_threshold(total)
+    clip_grads_with_norm_(params, threshold, total)  # type: ignore[arg-type]  # a tensor: no host sync
+    return total > threshold
+
+
+# Clip in place, by clipping.mode: (clipper, trainable params, AGC's params, total norm) -> whether it clipped.
+CLIPPERS: dict[str, Callable[[GradientClipper, Params, Params, torch.Tensor], torch.Tensor]] = {
+    "none": _clip_none,
+    "norm": _clip_norm,
+    "value": _clip_value,
+    "agc": _clip_agc,
+    "autoclip": _clip_auto,
+}

@@ -7,10 +7,32 @@ dropout off). ``freeze_bn`` does the same to every batch-norm layer of the backb
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torch import nn
 
 from training.backbones import BuiltModel
-from training.spec import Freeze, FreezeGradual, FreezeLinearProbe, FreezeNone, FreezeStages
+from training.registry import lookup
+from training.spec import Freeze, FreezeGradual, FreezeStages
+
+# The first stage that trains in an epoch, by freeze strategy: (the strategy's spec, num_stages, epoch) -> stage.
+# num_stages is the head, which always trains.
+FREEZE_STRATEGIES: dict[str, Callable[[Any, int, int], int]] = {
+    "none": lambda spec, num_stages, epoch: 0,
+    "linear_probe": lambda spec, num_stages, epoch: num_stages,
+    "stages": lambda spec, num_stages, epoch: _first_of_stages(spec),
+    "gradual": lambda spec, num_stages, epoch: _first_of_gradual(spec, num_stages, epoch),
+}
+
+
+def _first_of_stages(spec: FreezeStages) -> int:
+    return spec.frozen_stages
+
+
+def _first_of_gradual(spec: FreezeGradual, num_stages: int, epoch: int) -> int:
+    unfrozen = sum(1 for at in spec.unfreeze_at if at <= epoch)  # one more stage per milestone
+    return num_stages - unfrozen
 
 
 class FreezePlan:
@@ -21,18 +43,7 @@ class FreezePlan:
     def trainable_stages(self, epoch: int) -> set[int]:
         """Stages that train in ``epoch`` (0-based); ``num_stages`` is the head and always trains."""
         n = self.built.num_stages
-        spec = self.spec
-        if isinstance(spec, FreezeNone):
-            first = 0
-        elif isinstance(spec, FreezeLinearProbe):
-            first = n
-        elif isinstance(spec, FreezeStages):
-            first = spec.frozen_stages
-        elif isinstance(spec, FreezeGradual):
-            unfrozen = sum(1 for at in spec.unfreeze_at if at <= epoch)  # one more stage per milestone
-            first = n - unfrozen
-        else:
-            raise TypeError(f"unknown freeze strategy {spec.strategy}")
+        first = lookup(FREEZE_STRATEGIES, "freeze strategy", self.spec.strategy)(self.spec, n, epoch)
         return set(range(max(first, 0), n + 1))
 
     def apply(self, epoch: int) -> None:

@@ -12,7 +12,7 @@ when it unfreezes it trains at its group's scheduled learning rate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +20,8 @@ import torch
 from torch import nn
 
 from training.backbones import BuiltModel
-from training.spec import (
-    AdamOptimizer,
-    AdamWOptimizer,
-    RMSpropOptimizer,
-    SGDOptimizer,
-    Spec,
-)
+from training.registry import lookup
+from training.spec import AdamOptimizer, AdamWOptimizer, RMSpropOptimizer, SGDOptimizer, Spec
 
 DECOUPLED_DECAY = "manual_decoupled_weight_decay"  # param-group key: decay applied outside SGD/RMSprop
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -91,6 +86,42 @@ def plan_param_groups(built: BuiltModel, spec: Spec) -> list[GroupPlan]:
     return plans
 
 
+Groups = list[dict[str, Any]]
+
+
+def _sgd(groups: Groups, opt: SGDOptimizer, decoupled: bool) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, dampening=opt.dampening, nesterov=opt.nesterov)
+
+
+def _adam(groups: Groups, opt: AdamOptimizer | AdamWOptimizer, decoupled: bool) -> torch.optim.Optimizer:
+    # adam and adamw differ only in their default weight_decay_mode: the mode picks the torch class.
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, amsgrad=opt.amsgrad)
+
+
+def _rmsprop(groups: Groups, opt: RMSpropOptimizer, decoupled: bool) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(
+        groups, lr=opt.lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, centered=opt.centered
+    )
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """How to build one ``optimizer.name``: the torch optimizer over the groups, and whether it applies
+    decoupled weight decay itself (AdamW) or needs ``apply_decoupled_weight_decay`` before each step."""
+
+    build: Callable[[Groups, Any, bool], torch.optim.Optimizer]  # (groups, the spec's optimizer, decoupled)
+    own_decoupled_decay: bool
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+    "sgd": OptimizerEntry(_sgd, own_decoupled_decay=False),
+    "adam": OptimizerEntry(_adam, own_decoupled_decay=True),
+    "adamw": OptimizerEntry(_adam, own_decoupled_decay=True),
+    "rmsprop": OptimizerEntry(_rmsprop, own_decoupled_decay=False),
+}
+
+
 def build_optimizer(plans: list[GroupPlan], params: Mapping[str, torch.Tensor], spec: Spec) -> torch.optim.Optimizer:
     """The optimizer over the planned groups. Decay goes in the optimizer's own form for the mode:
 
@@ -100,9 +131,10 @@ def build_optimizer(plans: list[GroupPlan], params: Mapping[str, torch.Tensor], 
     ``decoupled_weight_decay`` key, a flag that Adam and AdamW keep in their groups).
     """
     opt = spec.optimizer
+    entry = lookup(OPTIMIZERS, "optimizer", opt.name)
     decoupled = spec.regularization.weight_decay_mode == "decoupled"
-    in_optimizer = not decoupled or isinstance(opt, AdamOptimizer | AdamWOptimizer)
-    groups: list[dict[str, Any]] = []
+    in_optimizer = not decoupled or entry.own_decoupled_decay
+    groups: Groups = []
     for plan in plans:
         group: dict[str, Any] = {
             "params": [params[name] for name in plan.param_names],
@@ -114,16 +146,7 @@ def build_optimizer(plans: list[GroupPlan], params: Mapping[str, torch.Tensor], 
         if not in_optimizer:
             group[DECOUPLED_DECAY] = plan.weight_decay
         groups.append(group)
-    if isinstance(opt, SGDOptimizer):
-        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, dampening=opt.dampening, nesterov=opt.nesterov)
-    if isinstance(opt, AdamOptimizer | AdamWOptimizer):
-        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-        return cls(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, amsgrad=opt.amsgrad)
-    if isinstance(opt, RMSpropOptimizer):
-        return torch.optim.RMSprop(
-            groups, lr=opt.lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, centered=opt.centered
-        )
-    raise TypeError(f"unknown optimizer {opt.name}")
+    return entry.build(groups, opt, decoupled)
 
 
 @torch.no_grad()

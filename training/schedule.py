@@ -11,12 +11,14 @@ from there, while ``milestones`` are epochs of the whole run). ``plateau`` is
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
 
+from training.registry import lookup
 from training.spec import (
     ConstantSchedule,
     CosineRestartsSchedule,
@@ -57,48 +59,88 @@ class ScheduleLength:
         return self.total - self.warmup
 
 
+MainScheduler = Callable[[torch.optim.Optimizer, Any, Spec, ScheduleLength], lr_scheduler.LRScheduler | None]
+
+
+def _constant(optimizer: torch.optim.Optimizer, s: ConstantSchedule, spec: Spec, length: ScheduleLength) -> Any:
+    return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def _step(optimizer: torch.optim.Optimizer, s: StepSchedule, spec: Spec, length: ScheduleLength) -> Any:
+    return lr_scheduler.StepLR(optimizer, step_size=s.step_size * length.per_epoch, gamma=s.gamma)
+
+
+def _multistep(optimizer: torch.optim.Optimizer, s: MultiStepSchedule, spec: Spec, length: ScheduleLength) -> Any:
+    milestones = [m * length.per_epoch - length.warmup for m in s.milestones]
+    return lr_scheduler.MultiStepLR(optimizer, milestones=[m for m in milestones if m > 0], gamma=s.gamma)
+
+
+def _exponential(optimizer: torch.optim.Optimizer, s: ExponentialSchedule, spec: Spec, length: ScheduleLength) -> Any:
+    return lr_scheduler.ExponentialLR(optimizer, gamma=s.gamma ** (1.0 / length.per_epoch))
+
+
+def _cosine(optimizer: torch.optim.Optimizer, s: CosineSchedule, spec: Spec, length: ScheduleLength) -> Any:
+    t_max = s.t_max * length.per_epoch if s.t_max is not None else length.main
+    return lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=s.min_lr)
+
+
+def _cosine_restarts(
+    optimizer: torch.optim.Optimizer, s: CosineRestartsSchedule, spec: Spec, length: ScheduleLength
+) -> Any:
+    t_0 = s.t_0 * length.per_epoch
+    return lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=t_0, T_mult=s.t_mult, eta_min=s.min_lr)
+
+
+def _polynomial(optimizer: torch.optim.Optimizer, s: PolynomialSchedule, spec: Spec, length: ScheduleLength) -> Any:
+    total = s.total_epochs * length.per_epoch if s.total_epochs is not None else length.main
+    return lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=s.power)
+
+
+def _linear(optimizer: torch.optim.Optimizer, s: LinearSchedule, spec: Spec, length: ScheduleLength) -> Any:
+    total = s.total_epochs * length.per_epoch if s.total_epochs is not None else length.main
+    return lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=s.end_factor, total_iters=total)
+
+
+def _onecycle(optimizer: torch.optim.Optimizer, s: OneCycleSchedule, spec: Spec, length: ScheduleLength) -> Any:
+    scale = (s.max_lr or spec.optimizer.lr) / spec.optimizer.lr
+    return lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] * scale for group in optimizer.param_groups],
+        total_steps=length.total,
+        pct_start=s.pct_start,
+        anneal_strategy=s.anneal_strategy,
+        div_factor=s.div_factor,
+        final_div_factor=s.final_div_factor,
+        three_phase=s.three_phase,
+        cycle_momentum=s.cycle_momentum,
+    )
+
+
+def _plateau(optimizer: torch.optim.Optimizer, s: PlateauSchedule, spec: Spec, length: ScheduleLength) -> None:
+    return None  # ReduceLROnPlateau is stepped by hand, with the epoch's metric (LRSchedule.plateau)
+
+
+# The schedule after warmup, by scheduler.name: (optimizer, the spec's scheduler, the spec, the clock).
+SCHEDULERS: dict[str, MainScheduler] = {
+    "constant": _constant,
+    "step": _step,
+    "multistep": _multistep,
+    "exponential": _exponential,
+    "cosine": _cosine,
+    "cosine_restarts": _cosine_restarts,
+    "polynomial": _polynomial,
+    "linear": _linear,
+    "onecycle": _onecycle,
+    "plateau": _plateau,
+}
+
+
 def _main_scheduler(
     optimizer: torch.optim.Optimizer, spec: Spec, length: ScheduleLength
 ) -> lr_scheduler.LRScheduler | None:
     """The schedule after warmup; None for plateau, which is stepped by hand."""
-    s = spec.scheduler
-    unit = length.per_epoch
-    if isinstance(s, ConstantSchedule):
-        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if isinstance(s, StepSchedule):
-        return lr_scheduler.StepLR(optimizer, step_size=s.step_size * unit, gamma=s.gamma)
-    if isinstance(s, MultiStepSchedule):
-        milestones = [m * unit - length.warmup for m in s.milestones]
-        return lr_scheduler.MultiStepLR(optimizer, milestones=[m for m in milestones if m > 0], gamma=s.gamma)
-    if isinstance(s, ExponentialSchedule):
-        return lr_scheduler.ExponentialLR(optimizer, gamma=s.gamma ** (1.0 / unit))
-    if isinstance(s, CosineSchedule):
-        t_max = s.t_max * unit if s.t_max is not None else length.main
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=s.min_lr)
-    if isinstance(s, CosineRestartsSchedule):
-        return lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=s.t_0 * unit, T_mult=s.t_mult, eta_min=s.min_lr)
-    if isinstance(s, PolynomialSchedule):
-        total = s.total_epochs * unit if s.total_epochs is not None else length.main
-        return lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=s.power)
-    if isinstance(s, LinearSchedule):
-        total = s.total_epochs * unit if s.total_epochs is not None else length.main
-        return lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=s.end_factor, total_iters=total)
-    if isinstance(s, OneCycleSchedule):
-        scale = (s.max_lr or spec.optimizer.lr) / spec.optimizer.lr
-        return lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[group["lr"] * scale for group in optimizer.param_groups],
-            total_steps=length.total,
-            pct_start=s.pct_start,
-            anneal_strategy=s.anneal_strategy,
-            div_factor=s.div_factor,
-            final_div_factor=s.final_div_factor,
-            three_phase=s.three_phase,
-            cycle_momentum=s.cycle_momentum,
-        )
-    if isinstance(s, PlateauSchedule):
-        return None
-    raise TypeError(f"unknown schedule {s.name}")
+    build = lookup(SCHEDULERS, "scheduler", spec.scheduler.name)
+    return build(optimizer, spec.scheduler, spec, length)
 
 
 class LRSchedule:
