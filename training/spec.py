@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -85,9 +86,15 @@ class StrictModel(BaseModel):
         """Fill defaults that depend on other fields, so the stored spec says what runs."""
 
 
-def variant(tag: str, default: str, names: list[str]) -> Discriminator:
-    """Chooses a union member by its ``tag`` field; a missing tag means ``default`` (so
+def variant_tags(union: Any) -> list[str]:
+    """The tags of a union of ``Annotated[Model, Tag(...)]`` members, in their order."""
+    return [str(get_args(member)[1].tag) for member in get_args(union)]
+
+
+def variant(tag: str, default: str, union: Any) -> Discriminator:
+    """Chooses a member of ``union`` by its ``tag`` field; a missing tag means ``default`` (so
     ``optimizer: {lr: 0.1}`` is SGD at 0.1); an unknown one is an error listing the valid tags."""
+    names = variant_tags(union)
 
     def choose(value: Any) -> str:
         return str(value.get(tag, default) if isinstance(value, dict) else getattr(value, tag, default))
@@ -156,13 +163,13 @@ class FreezeGradual(_FreezeBase):
         return value
 
 
-Freeze = Annotated[
+FreezeVariants = (
     Annotated[FreezeNone, Tag("none")]
     | Annotated[FreezeLinearProbe, Tag("linear_probe")]
     | Annotated[FreezeStages, Tag("stages")]
-    | Annotated[FreezeGradual, Tag("gradual")],
-    variant("strategy", "none", ["none", "linear_probe", "stages", "gradual"]),
-]
+    | Annotated[FreezeGradual, Tag("gradual")]
+)
+Freeze = Annotated[FreezeVariants, variant("strategy", "none", FreezeVariants)]
 
 
 class BackboneSpec(StrictModel):
@@ -216,6 +223,24 @@ class BackboneSpec(StrictModel):
             message = f"the torchvision builder of {self.name} takes no stochastic depth"
             problems.append((("stochastic_depth",), message, self.stochastic_depth))
         return problems
+
+
+def freeze_problems(spec: Spec) -> list[Problem]:
+    """backbone.freeze against the backbone's stages and the run's epochs."""
+    info = get_backbone(spec.backbone.name)
+    freeze, epochs = spec.backbone.freeze, spec.training.epochs
+    at = ("backbone", "freeze")
+    problems: list[Problem] = []
+    if isinstance(freeze, FreezeStages) and freeze.frozen_stages > info.num_stages:
+        problems.append(((*at, "frozen_stages"), f"{info.name} has {info.num_stages} stages", freeze.frozen_stages))
+    if isinstance(freeze, FreezeGradual):
+        if freeze.unfreeze_at[-1] >= epochs:
+            message = f"epoch {freeze.unfreeze_at[-1]} is never reached in a run of {epochs} epochs"
+            problems.append(((*at, "unfreeze_at"), message, freeze.unfreeze_at))
+        if len(freeze.unfreeze_at) > info.num_stages:
+            message = f"{info.name} has only {info.num_stages} stages to unfreeze"
+            problems.append(((*at, "unfreeze_at"), message, freeze.unfreeze_at))
+    return problems
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -284,6 +309,17 @@ class DataSpec(StrictModel):
         return []
 
 
+def image_size_problems(spec: Spec) -> list[Problem]:
+    """data.image_size against what the backbone accepts."""
+    info = get_backbone(spec.backbone.name)
+    size = spec.image_size
+    if size < info.min_size:
+        return [(("data", "image_size"), f"{size} px is below the {info.min_size} px that {info.name} accepts", size)]
+    if size % info.size_multiple:
+        return [(("data", "image_size"), f"{info.name} needs a multiple of {info.size_multiple} px, got {size}", size)]
+    return []
+
+
 # --- optimizer ------------------------------------------------------------------------------
 
 
@@ -302,26 +338,38 @@ class SGDOptimizer(_OptimizerBase):
     dampening: Fraction = 0.0
     nesterov: bool = False
 
+    @property
+    def has_momentum(self) -> bool:
+        return self.momentum > 0.0
+
     def _rule_problems(self) -> list[Problem]:
         if self.nesterov and (self.momentum == 0.0 or self.dampening != 0.0):
             return [(("nesterov",), "nesterov needs momentum above 0 and dampening 0", True)]
         return []
 
 
-class AdamOptimizer(_OptimizerBase):
+class _AdamBase(_OptimizerBase):
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    amsgrad: bool = False
+
+    @property
+    def has_momentum(self) -> bool:
+        return True  # beta1 is Adam's momentum
+
+
+class AdamOptimizer(_AdamBase):
+    """Adam; with `regularization.weight_decay_mode: decoupled` it runs as torch's AdamW."""
+
     name: Literal["adam"] = "adam"
-    lr: PositiveFloat = 1e-3
-    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
-    eps: PositiveFloat = 1e-8
-    amsgrad: bool = False
 
 
-class AdamWOptimizer(_OptimizerBase):
+class AdamWOptimizer(_AdamBase):
+    """Adam whose weight decay defaults to decoupled (torch's AdamW). The name sets only that default: with
+    `regularization.weight_decay_mode: l2` it runs as torch's Adam, L2 decay added to the gradient."""
+
     name: Literal["adamw"] = "adamw"
-    lr: PositiveFloat = 1e-3
-    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
-    eps: PositiveFloat = 1e-8
-    amsgrad: bool = False
 
 
 class RMSpropOptimizer(_OptimizerBase):
@@ -331,14 +379,18 @@ class RMSpropOptimizer(_OptimizerBase):
     momentum: Fraction = 0.0
     centered: bool = False
 
+    @property
+    def has_momentum(self) -> bool:
+        return self.momentum > 0.0
 
-Optimizer = Annotated[
+
+OptimizerVariants = (
     Annotated[SGDOptimizer, Tag("sgd")]
     | Annotated[AdamOptimizer, Tag("adam")]
     | Annotated[AdamWOptimizer, Tag("adamw")]
-    | Annotated[RMSpropOptimizer, Tag("rmsprop")],
-    variant("name", "sgd", ["sgd", "adam", "adamw", "rmsprop"]),
-]
+    | Annotated[RMSpropOptimizer, Tag("rmsprop")]
+)
+Optimizer = Annotated[OptimizerVariants, variant("name", "sgd", OptimizerVariants)]
 
 
 # --- regularization -------------------------------------------------------------------------
@@ -380,7 +432,8 @@ class RegularizationSpec(StrictModel):
     weight_decay_mode: Literal["l2", "decoupled"] | None = Field(
         None,
         description="l2: added to the gradient (classic SGD); decoupled: applied to the weights (AdamW). "
-        "Default: decoupled for adamw, l2 otherwise.",
+        "Default: decoupled for adamw, l2 otherwise. The mode decides, not the optimizer's name: adam with "
+        "decoupled runs as torch's AdamW, adamw with l2 as torch's Adam.",
     )
     decay_norm_and_bias: bool = Field(False, description="Also decay biases and normalization weights.")
     label_smoothing: Fraction = 0.0
@@ -426,14 +479,14 @@ class ClipAuto(StrictModel):
     percentile: Annotated[float, Field(gt=0.0, le=100.0)] = 10.0
 
 
-Clipping = Annotated[
+ClippingVariants = (
     Annotated[ClipNone, Tag("none")]
     | Annotated[ClipNorm, Tag("norm")]
     | Annotated[ClipValue, Tag("value")]
     | Annotated[ClipAGC, Tag("agc")]
-    | Annotated[ClipAuto, Tag("autoclip")],
-    variant("mode", "none", ["none", "norm", "value", "agc", "autoclip"]),
-]
+    | Annotated[ClipAuto, Tag("autoclip")]
+)
+Clipping = Annotated[ClippingVariants, variant("mode", "none", ClippingVariants)]
 
 
 # --- learning-rate schedules ----------------------------------------------------------------
@@ -544,7 +597,7 @@ class PlateauSchedule(_ScheduleBase):
             self.mode = monitor_mode(self.monitor)
 
 
-Scheduler = Annotated[
+SchedulerVariants = (
     Annotated[ConstantSchedule, Tag("constant")]
     | Annotated[StepSchedule, Tag("step")]
     | Annotated[MultiStepSchedule, Tag("multistep")]
@@ -554,24 +607,32 @@ Scheduler = Annotated[
     | Annotated[PolynomialSchedule, Tag("polynomial")]
     | Annotated[LinearSchedule, Tag("linear")]
     | Annotated[OneCycleSchedule, Tag("onecycle")]
-    | Annotated[PlateauSchedule, Tag("plateau")],
-    variant(
-        "name",
-        "constant",
-        [
-            "constant",
-            "step",
-            "multistep",
-            "exponential",
-            "cosine",
-            "cosine_restarts",
-            "polynomial",
-            "linear",
-            "onecycle",
-            "plateau",
-        ],
-    ),
-]
+    | Annotated[PlateauSchedule, Tag("plateau")]
+)
+Scheduler = Annotated[SchedulerVariants, variant("name", "constant", SchedulerVariants)]
+
+
+def scheduler_problems(spec: Spec) -> list[Problem]:
+    """The scheduler against the run's epochs and the optimizer."""
+    sched, epochs = spec.scheduler, spec.training.epochs
+    problems: list[Problem] = []
+    if sched.warmup_epochs >= epochs:
+        message = f"warmup of {sched.warmup_epochs} epochs must be shorter than the run ({epochs} epochs)"
+        problems.append((("scheduler", "warmup_epochs"), message, sched.warmup_epochs))
+    if isinstance(sched, MultiStepSchedule):
+        if sched.milestones[-1] >= epochs:
+            message = f"milestone {sched.milestones[-1]} is never reached in a run of {epochs} epochs"
+            problems.append((("scheduler", "milestones"), message, sched.milestones))
+        if sched.milestones[0] <= sched.warmup_epochs:
+            message = f"milestone {sched.milestones[0]} falls inside the {sched.warmup_epochs}-epoch warmup"
+            problems.append((("scheduler", "milestones"), message, sched.milestones))
+    if isinstance(sched, OneCycleSchedule):
+        if sched.has_warmup:
+            problems.append((("scheduler", "warmup_epochs"), "onecycle warms up by itself: set pct_start instead", 0))
+        if sched.cycle_momentum and not spec.optimizer.has_momentum:
+            message = f"optimizer {spec.optimizer.name} has no momentum to cycle"
+            problems.append((("scheduler", "cycle_momentum"), message, True))
+    return problems
 
 
 # --- training -------------------------------------------------------------------------------
@@ -644,6 +705,16 @@ class TrainingSpec(StrictModel):
         return value
 
 
+def divergence_problems(spec: Spec) -> list[Problem]:
+    """training.divergence against training.devices."""
+    divergence = spec.training.divergence
+    if divergence is not None and spec.training.devices != 1:
+        # Each process sees its own shard's loss: a rollback decided on one rank alone would desynchronize them.
+        message = "the divergence guard runs in single-process jobs only (training.devices: 1)"
+        return [(("training", "divergence"), message, divergence.model_dump(mode="json"))]
+    return []
+
+
 # --- the spec -------------------------------------------------------------------------------
 
 
@@ -684,122 +755,32 @@ class Spec(StrictModel):
             reg.weight_decay_mode = "decoupled" if self.optimizer.name == "adamw" else "l2"
 
     def _rule_problems(self) -> list[Problem]:
-        problems: list[Problem] = []
-        info = get_backbone(self.backbone.name)
-        epochs = self.training.epochs
-        size = self.image_size
-        if size < info.min_size:
-            problems.append(
-                (
-                    ("data", "image_size"),
-                    f"{size} px is below the {info.min_size} px that {info.name} accepts",
-                    size,
-                )
-            )
-        elif size % info.size_multiple:
-            problems.append(
-                (
-                    ("data", "image_size"),
-                    f"{info.name} needs a multiple of {info.size_multiple} px, got {size}",
-                    size,
-                )
-            )
-        sched = self.scheduler
-        if sched.warmup_epochs >= epochs:
-            problems.append(
-                (
-                    ("scheduler", "warmup_epochs"),
-                    f"warmup of {sched.warmup_epochs} epochs must be shorter than the run ({epochs} epochs)",
-                    sched.warmup_epochs,
-                )
-            )
-        if isinstance(sched, MultiStepSchedule) and sched.milestones[-1] >= epochs:
-            problems.append(
-                (
-                    ("scheduler", "milestones"),
-                    f"milestone {sched.milestones[-1]} is never reached in a run of {epochs} epochs",
-                    sched.milestones,
-                )
-            )
-        if isinstance(sched, MultiStepSchedule) and sched.milestones[0] <= sched.warmup_epochs:
-            problems.append(
-                (
-                    ("scheduler", "milestones"),
-                    f"milestone {sched.milestones[0]} falls inside the {sched.warmup_epochs}-epoch warmup",
-                    sched.milestones,
-                )
-            )
-        if isinstance(sched, OneCycleSchedule) and sched.has_warmup:
-            problems.append((("scheduler", "warmup_epochs"), "onecycle warms up by itself: set pct_start instead", 0))
-        if isinstance(sched, OneCycleSchedule) and sched.cycle_momentum and not _has_momentum(self.optimizer):
-            problems.append(
-                (
-                    ("scheduler", "cycle_momentum"),
-                    f"optimizer {self.optimizer.name} has no momentum to cycle",
-                    True,
-                )
-            )
-        freeze = self.backbone.freeze
-        if isinstance(freeze, FreezeStages) and freeze.frozen_stages > info.num_stages:
-            problems.append(
-                (
-                    ("backbone", "freeze", "frozen_stages"),
-                    f"{info.name} has {info.num_stages} stages",
-                    freeze.frozen_stages,
-                )
-            )
-        if isinstance(freeze, FreezeGradual):
-            if freeze.unfreeze_at[-1] >= epochs:
-                problems.append(
-                    (
-                        ("backbone", "freeze", "unfreeze_at"),
-                        f"epoch {freeze.unfreeze_at[-1]} is never reached in a run of {epochs} epochs",
-                        freeze.unfreeze_at,
-                    )
-                )
-            if len(freeze.unfreeze_at) > info.num_stages:
-                problems.append(
-                    (
-                        ("backbone", "freeze", "unfreeze_at"),
-                        f"{info.name} has only {info.num_stages} stages to unfreeze",
-                        freeze.unfreeze_at,
-                    )
-                )
-        if self.training.divergence is not None and self.training.devices != 1:
-            # Each process sees its own shard's loss: a rollback decided on one rank alone would desynchronize them.
-            problems.append(
-                (
-                    ("training", "divergence"),
-                    "the divergence guard runs in single-process jobs only (training.devices: 1)",
-                    self.training.divergence.model_dump(mode="json"),
-                )
-            )
-        return problems
+        """The rules between sections, each checked beside the section whose field it reports."""
+        return [problem for check in SECTION_RULES for problem in check(self)]
 
 
-def _has_momentum(optimizer: SGDOptimizer | AdamOptimizer | AdamWOptimizer | RMSpropOptimizer) -> bool:
-    if isinstance(optimizer, SGDOptimizer | RMSpropOptimizer):
-        return optimizer.momentum > 0.0
-    return True  # Adam's beta1 is its momentum
+# The rules that span sections, in the order their problems are reported.
+SECTION_RULES: tuple[Callable[[Spec], list[Problem]], ...] = (
+    image_size_problems,
+    scheduler_problems,
+    freeze_problems,
+    divergence_problems,
+)
 
-
-def _union_tags() -> dict[str, set[str]]:
-    """The tags of each tagged union, by the field that holds it."""
-    unions = {"optimizer": Optimizer, "clipping": Clipping, "scheduler": Scheduler, "freeze": Freeze}
-    return {
-        field_name: {str(get_args(m)[1].tag) for m in get_args(get_args(union)[0])}
-        for field_name, union in unions.items()
-    }
-
-
-_UNION_TAGS = _union_tags()
+# The tags of each tagged union, by the field that holds it.
+UNION_TAGS: dict[str, set[str]] = {
+    "optimizer": set(variant_tags(OptimizerVariants)),
+    "clipping": set(variant_tags(ClippingVariants)),
+    "scheduler": set(variant_tags(SchedulerVariants)),
+    "freeze": set(variant_tags(FreezeVariants)),
+}
 
 
 def error_path(loc: tuple[str | int, ...]) -> str:
     """A pydantic error location as a dotted field path, union tags left out: ``scheduler.milestones``."""
     parts: list[str] = []
     for part in loc:
-        if parts and part in _UNION_TAGS.get(parts[-1], ()):
+        if parts and part in UNION_TAGS.get(parts[-1], ()):
             continue  # pydantic names the chosen variant of a union: not a field
         parts.append(str(part))
     return ".".join(parts)
