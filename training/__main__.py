@@ -17,6 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from training.catalog import backbone_names, describe, get_backbone
+from training.errors import TrainingError
+from training.progress import ConsoleProgress
+from training.settings import engine_settings
 from training.spec import Spec, format_validation_error, load_spec, spec_json_schema
 
 console = Console(stderr=True, soft_wrap=True)  # whole lines: scripts grep them
@@ -84,9 +87,7 @@ def run_spec(path: Path, out: Path, *, resume: Path | None, max_steps: int | Non
     spec = read_spec(path, max_steps, devices)
     if spec is None:
         return 2
-    from training.distributed import RanksLost, fit_on_devices  # torch is imported only for a run
-    from training.errors import TrainingError
-    from training.progress import ConsoleProgress
+    from training.distributed import RanksLost, fit_on_devices  # torch: imported only for a run
 
     with ConsoleProgress(console) as progress:
         try:
@@ -119,10 +120,9 @@ def export_run_dir(run_dir: Path, export_format: str, *, opset: int | None, stat
     if source is None:
         console.print("[red]error:[/] the spec names its data set by id: give its folder with --data")
         return 2
+    # torch: imported only for an export (listing backbones or checking a spec stays fast)
     from training.data import validation_images
-    from training.errors import TrainingError
     from training.exports import DEFAULT_OPSET, PARITY_IMAGES, ExportRequest, export_run
-    from training.settings import engine_settings
 
     request = ExportRequest(export_format, dynamic_batch=not static, opset=opset or DEFAULT_OPSET)  # type: ignore[arg-type]
     try:

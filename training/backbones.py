@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torchvision
+from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.googlenet import GoogLeNetOutputs
 from torchvision.models.inception import InceptionOutputs
@@ -603,8 +604,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise InitFromError(f"backbone.init_from: {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return dict(load_file(str(path)))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unreadable files come in many shapes; say which file and why

@@ -145,7 +145,7 @@ def describe(info: BackboneInfo) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    from training.backbones import build_catalog
+    from training.backbones import build_catalog  # torch: this module stays torch-free when imported
 
     CATALOG_PATH.write_text(json.dumps(build_catalog(), indent=1) + "\n")
     print(f"wrote {CATALOG_PATH}")

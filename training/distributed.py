@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import queue
 import socket
@@ -33,9 +34,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from torch.nn.parallel import DistributedDataParallel
 
 from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
+from training.dataset import available_cpus
 from training.errors import DeviceUnavailable, TrainingError
+from training.settings import EngineSettings, engine_settings
+from training.spec import Spec
 
 _STOP_CODES: dict[Stop | None, int] = {None: 0, Stop.CANCEL: 1, Stop.PREEMPT: 2}
 _STOPS = {code: stop for stop, code in _STOP_CODES.items()}
@@ -115,8 +123,6 @@ class Cluster:
         under a wrapper: call again after a freeze schedule changes it."""
         if not self.active:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         if not any(p.requires_grad for p in model.parameters()):
             return model  # nothing trains (a frozen epoch): nothing to reduce
         ids = [device.index] if device.type == "cuda" else None
@@ -243,8 +249,7 @@ def fit_on_devices(
     settings: Any = None,
 ) -> Any:
     """Run ``spec`` on ``training.devices`` processes: in this process for one, through ``launch`` for more."""
-    from training.engine import Trainer
-    from training.settings import engine_settings
+    from training.engine import Trainer  # here: training.engine imports this module
 
     settings = settings or engine_settings()
     devices = resolve_devices(spec.training.devices)
@@ -283,9 +288,7 @@ def run_rank(job: RankJob, events: Any, acks: Any, stop_code: Any) -> Any:
 
     A ``TrainingError`` is written to ``ranks/error-<rank>.json`` before it ends the process, so that the
     caller reports it as the run's error (a bad spec, a non-finite loss) and does not retry the job."""
-    from training.engine import Trainer
-    from training.settings import EngineSettings
-    from training.spec import Spec
+    from training.engine import Trainer  # here: training.engine imports this module
 
     spec = Spec.model_validate(job.spec)
     on_cuda = spec.training.device != "cpu" and torch.cuda.is_available()
@@ -294,8 +297,6 @@ def run_rank(job: RankJob, events: Any, acks: Any, stop_code: Any) -> Any:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{cluster.rank}.pid").write_text(str(os.getpid()))  # for an operator (and a test) to find a rank
     if not on_cuda:
-        from training.dataset import available_cpus
-
         torch.set_num_threads(max(1, available_cpus() // cluster.world_size))  # ranks share the host's cores
     try:
         callbacks: Callbacks = RelayCallbacks(events, acks, stop_code) if cluster.is_main else Callbacks()
@@ -330,12 +331,6 @@ def launch(job: RankJob, devices: int, callbacks: Callbacks, *, poll_seconds: fl
     ``callbacks`` on a thread of this process, which also answers the ranks' stop probe.
 
     Raises the ``TrainingError`` a rank reported, or ``RanksLost`` when a rank died without one."""
-    import multiprocessing
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     context = multiprocessing.get_context("spawn")
     events, acks = context.Queue(), context.Queue()
     stop_code = context.Value("i", 0)

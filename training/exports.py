@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import onnxruntime
 import torch
 from torch import nn
 
@@ -181,8 +182,6 @@ def _export_onnx(model: nn.Module, inputs: torch.Tensor, path: Path, request: Ex
 
 
 def _onnx_logits(path: Path, inputs: torch.Tensor) -> torch.Tensor:
-    import onnxruntime
-
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
