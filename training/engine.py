@@ -283,6 +283,7 @@ class Trainer:
         self._parts = parts
         if checkpoint is not None:
             self.restore(checkpoint)
+        parts.freeze.apply(self.state.epoch)  # the trainable count that on_start reports
         self.callbacks.on_start(self._run_info())
         status = self._train()
         if status in ("cancelled", "preempted"):
@@ -291,7 +292,6 @@ class Trainer:
 
     def _run_info(self) -> RunInfo:
         parts = self.parts
-        parts.freeze.apply(self.state.epoch)
         return RunInfo(
             class_names=parts.data.class_names,
             steps_per_epoch=parts.plan.steps_per_epoch,
