@@ -294,7 +294,7 @@ def run_rank(job: RankJob, events: Any, acks: Any, stop_code: Any) -> Any:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{cluster.rank}.pid").write_text(str(os.getpid()))  # for an operator (and a test) to find a rank
     if not on_cuda:
-        from training.dataset import available_cpus
+        from training.decoding import available_cpus
 
         torch.set_num_threads(max(1, available_cpus() // cluster.world_size))  # ranks share the host's cores
     try:

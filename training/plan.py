@@ -10,8 +10,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from training.dataset import planned_train_images, train_batches
 from training.spec import Spec
+from training.splits import planned_train_images
+
+
+def train_batches(num_images: int, batch_size: int) -> int:
+    """Training batches per epoch: a short last batch is kept only if it holds at least half a batch.
+
+    Batch norm normalizes by the batch's own statistics: a batch of two or three images gives
+    gradients orders of magnitude larger than a full one. The order is reshuffled every epoch, so
+    the images left out differ each time. A set smaller than one batch trains as one batch.
+    """
+    full, rest = divmod(num_images, batch_size)
+    if full == 0:
+        return 1 if num_images >= 2 else 0
+    return full + (1 if rest >= max(batch_size // 2, 2) else 0)
 
 
 def steps_per_epoch(spec: Spec, train_images: int) -> int:

@@ -26,8 +26,8 @@ from app.settings import Settings
 from app.statuses import DatasetStatus, EventType, JobStatus
 from app.store import ArtifactStore
 from training.catalog import get_backbone, weights_cache_path
-from training.dataset import scan_image_folder
 from training.errors import TrainingError
+from training.imagefolder import scan_image_folder
 from training.plan import PlannedRun
 from training.spec import Spec, missing_split_problem
 

@@ -9,16 +9,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.training.images import batches_of, make_tree, png_bytes, records_of, write_image
-from training.data import (
-    InMemoryImages,
-    StreamingImages,
-    channel_stats,
-    decoded_bytes,
-    load_data,
-    normalize,
-    train_batches,
-)
-from training.dataset import DatasetError, ImageRecord
+from training.batches import InMemoryImages, StreamingImages, decoded_bytes
+from training.data import load_data
+from training.errors import DatasetError
+from training.imagefolder import ImageRecord
+from training.normalization import channel_stats, normalize
+from training.plan import train_batches
 from training.settings import EngineSettings
 from training.spec import AugmentSpec, DataSpec
 
@@ -383,7 +379,7 @@ def test_cuda_batches_match_the_cpu_and_never_wait_for_the_device(tmp_path, size
 
 @needs_cuda
 def test_cuda_host_resident_images_give_the_same_batches(tmp_path, monkeypatch):
-    import training.data as data_module
+    import training.batches as data_module
 
     records = records_of(make_tree(tmp_path, {"a": 10, "b": 9}, size=16))
     kwargs = {"batch_size": 8, "augment": AugmentSpec(), "seed": 4, "device": torch.device("cuda")}
