@@ -32,6 +32,13 @@ def steps_per_epoch(spec: Spec, train_images: int) -> int:
     return math.ceil(train_batches(train_images, spec.data.batch_size) / spec.training.grad_accum_steps)
 
 
+def total_steps(spec: Spec, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: every epoch's, cut by ``training.max_steps`` (the engine stops there;
+    the schedule still spans every epoch)."""
+    total = spec.training.epochs * steps_per_epoch
+    return min(total, spec.training.max_steps) if spec.training.max_steps is not None else total
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     train_images: int
@@ -40,11 +47,6 @@ class PlannedRun:
 
     @classmethod
     def of(cls, spec: Spec, train_counts: Sequence[int], *, has_val: bool) -> PlannedRun:
-        images = planned_train_images(
-            train_counts, has_val=has_val, val_split=spec.data.val_split, subset_per_class=spec.data.subset_per_class
-        )
+        images = planned_train_images(train_counts, spec.data, has_val=has_val)
         per_epoch = steps_per_epoch(spec, images)
-        total = per_epoch * spec.training.epochs
-        if spec.training.max_steps is not None:
-            total = min(total, spec.training.max_steps)
-        return cls(train_images=images, steps_per_epoch=per_epoch, total_steps=total)
+        return cls(train_images=images, steps_per_epoch=per_epoch, total_steps=total_steps(spec, per_epoch))
