@@ -1,13 +1,12 @@
-"""Random crops and flips of uint8 images, drawn from a seed: whole batches on their device, or one image.
+"""Random crops and flips of uint8 batches on their device: the one augmentation of both batch sources.
 
 A batch's draws come from a CPU generator seeded by (seed, epoch, batch index), so the same batch is
-augmented the same way on any device and after a resume.
+augmented the same way on any device, with any number of loader workers or processes, and after a resume.
 """
 
 from __future__ import annotations
 
 import math
-import random
 
 import torch
 import torch.nn.functional as F
@@ -78,45 +77,36 @@ def crop_padding(augment: AugmentSpec, image_size: int) -> int:
     return min(padding, image_size - 1)
 
 
-def augment_batch(images: torch.Tensor, augment: AugmentSpec, seed: int, epoch: int, batch_index: int) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor,
+    augment: AugmentSpec,
+    seed: int,
+    epoch: int,
+    batch_index: int,
+    *,
+    whole: int | None = None,
+    first: int = 0,
+) -> torch.Tensor:
     """Random crop (with padding up to 64 px, resized above) and flip of a uint8 batch, on its device.
 
     Parameters come from a CPU generator seeded by (seed, epoch, batch_index): the same batch gets the same
-    augmentation on any device and after a resume.
+    augmentation on any device and after a resume. ``images`` may be a rank's rows, ``first`` on, of a batch
+    of ``whole`` images: the draws are the whole batch's, so a rank augments its rows as one process would.
     """
-    batch, _, size, _ = images.shape
+    count, _, size, _ = images.shape
+    whole = count if whole is None else whole
+    rows = slice(first, first + count)
     device = images.device
     generator = torch.Generator().manual_seed(batch_seed("augment", seed, epoch, batch_index))
-    flip_cpu = torch.rand(batch, generator=generator) < 0.5 if augment.hflip else None
-    flip = flip_cpu.to(device, non_blocking=True) if flip_cpu is not None else None
+    flip_whole = torch.rand(whole, generator=generator) < 0.5 if augment.hflip else None
+    flip = flip_whole[rows].to(device, non_blocking=True) if flip_whole is not None else None
     if augment.random_crop and size <= 64:
         padding = crop_padding(augment, size)
-        offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator)
+        offsets = torch.randint(0, 2 * padding + 1, (2, whole), generator=generator)[:, rows]
         return _crop_with_padding(images, offsets.to(device, non_blocking=True), padding, flip)
     if augment.random_crop:
-        theta = _resized_crop_theta(batch, augment.min_crop_scale, flip_cpu, generator)
+        theta = _resized_crop_theta(whole, augment.min_crop_scale, flip_whole, generator)[rows]
         return _resized_crop(images, theta.to(device, non_blocking=True))
     if flip is not None:
         return torch.where(flip[:, None, None, None], images.flip(3), images)
     return images
-
-
-def _resized_crop_box(height: int, width: int, min_scale: float, rng: random.Random) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of torchvision's RandomResizedCrop, drawn from ``rng``."""
-    area = height * width
-    log_low, log_high = math.log(_RESIZED_CROP_RATIO[0]), math.log(_RESIZED_CROP_RATIO[1])
-    for _ in range(10):
-        target = area * rng.uniform(min_scale, 1.0)
-        ratio = math.exp(rng.uniform(log_low, log_high))
-        w = round(math.sqrt(target * ratio))
-        h = round(math.sqrt(target / ratio))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    ratio = width / height  # fallback: the central crop of the widest allowed ratio
-    if ratio < _RESIZED_CROP_RATIO[0]:
-        w, h = width, round(width / _RESIZED_CROP_RATIO[0])
-    elif ratio > _RESIZED_CROP_RATIO[1]:
-        h, w = height, round(height * _RESIZED_CROP_RATIO[1])
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w

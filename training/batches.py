@@ -10,18 +10,17 @@ is the same on any device, with any number of workers, and after a resume that s
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import functional as TF
 
-from training.augment import _crop_with_padding, _resized_crop_box, augment_batch, crop_padding
-from training.decoding import decode_problem, decode_resized, in_chunks, open_rgb
+from training.augment import augment_batch
+from training.decoding import decode_problem, decode_resized, in_chunks
 from training.distributed import ONE_PROCESS, Shard
 from training.errors import DatasetError
 from training.imagefolder import ImageRecord, display_name, display_root
@@ -139,13 +138,13 @@ class InMemoryImages:
         order_on_device = order.to(self.device, non_blocking=True)
         for index in range(start, len(self)):
             low = index * self.batch_size
-            high = min(low + self.batch_size, self.num_images)
-            images = self._gather(order, order_on_device, low, high)
-            labels = self.labels[order_on_device[low:high]]
-            if self.train:
-                images = augment_batch(images, self.augment, self.seed, epoch, index)
-            # A rank's slice of the global batch, augmented as a whole first: the same draws at any process count.
-            yield self.shard.take(images, labels)
+            whole = min(self.batch_size, self.num_images - low)
+            first, last = self.shard.bounds(whole)  # this rank's slice of the global batch
+            images = self._gather(order, order_on_device, low + first, low + last)
+            labels = self.labels[order_on_device[low + first : low + last]]
+            if self.train:  # the global batch's draws: the same at any process count
+                images = augment_batch(images, self.augment, self.seed, epoch, index, whole=whole, first=first)
+            yield images, labels
 
     def _gather(self, order: torch.Tensor, order_on_device: torch.Tensor, low: int, high: int) -> torch.Tensor:
         if self.on_device:
@@ -164,35 +163,24 @@ _Sample = tuple[torch.Tensor, int, str | None]  # image (3, S, S) uint8, label, 
 
 
 class _ImageFiles(Dataset[_Sample]):
-    """Images decoded from disk; indexed by (record index, epoch) so the randomness is per image and epoch."""
+    """Images decoded from disk as evaluation decodes them (resized, center-cropped); a decoding failure
+    comes back as a problem naming the file, for the main process to report."""
 
-    def __init__(
-        self,
-        records: Sequence[ImageRecord],
-        image_size: int,
-        train: bool,
-        augment: AugmentSpec,
-        seed: int,
-        root: Path | None,
-    ) -> None:
+    def __init__(self, records: Sequence[ImageRecord], image_size: int, root: Path | None) -> None:
         base = root if root is not None else display_root(records)
         self.paths = [record.path for record in records]
         self.labels = [record.label for record in records]
         self.names = [display_name(record.path, base) for record in records]
         self.image_size = image_size
-        self.train = train
-        self.augment = augment
-        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> _Sample:
-        index, epoch = key
+    def __getitem__(self, index: int) -> _Sample:
+        size = self.image_size
         try:
-            image = self._load(index, epoch)
+            image = torch.from_numpy(decode_resized(self.paths[index], size).transpose(2, 0, 1).copy())
         except Exception as error:  # reported by the main process, with the file's name
-            size = self.image_size
             return (
                 torch.zeros(3, size, size, dtype=torch.uint8),
                 self.labels[index],
@@ -200,28 +188,17 @@ class _ImageFiles(Dataset[_Sample]):
             )
         return image, self.labels[index], None
 
-    def _load(self, index: int, epoch: int) -> torch.Tensor:
-        size, augment, path = self.image_size, self.augment, self.paths[index]
-        if not self.train:
-            return torch.from_numpy(decode_resized(path, size).transpose(2, 0, 1).copy())
-        rng = random.Random(mixed_seed("sample", self.seed, epoch, index))
-        flip = augment.hflip and rng.random() < 0.5
-        if augment.random_crop and size > 64:
-            array = np.asarray(open_rgb(path, 2 * size)).transpose(2, 0, 1).copy()
-            full = torch.from_numpy(array)
-            top, left, h, w = _resized_crop_box(full.shape[1], full.shape[2], augment.min_crop_scale, rng)
-            image: torch.Tensor = TF.resized_crop(full, top, left, h, w, [size, size], antialias=True)
-        else:
-            image = torch.from_numpy(decode_resized(path, size).transpose(2, 0, 1).copy())
-            if augment.random_crop:
-                padding = crop_padding(augment, size)
-                offsets = torch.tensor([[rng.randint(0, 2 * padding)], [rng.randint(0, 2 * padding)]])
-                image = _crop_with_padding(image[None], offsets, padding, None)[0]
-        return TF.horizontal_flip(image) if flip else image
+
+@dataclass(frozen=True)
+class _RankBatch:
+    index: int  # the batch's index in the epoch
+    whole: int  # images in the global batch
+    first: int  # this rank's first row of it
+    records: list[int]  # this rank's rows, as record indices
 
 
-class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of (record index, epoch) in the epoch's seeded order, from batch ``start`` on."""
+class _EpochBatchSampler(Sampler[list[int]]):
+    """This rank's rows of each batch, in the epoch's seeded order, from batch ``start`` on."""
 
     def __init__(self, num_images: int, batch_size: int, train: bool, seed: int, shard: Shard) -> None:
         self.shard = shard
@@ -235,14 +212,18 @@ class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return _num_batches(self.num_images, self.batch_size, self.train)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def rank_batches(self) -> Iterator[_RankBatch]:
         order = _epoch_order(self.num_images, self.seed, self.epoch, self.train).tolist()
         for index in range(self.start, len(self)):
             low = index * self.batch_size
             batch = order[low : low + self.batch_size]
             first, last = self.shard.bounds(len(batch))  # this rank's slice of the global batch
             if first < last:  # a short evaluation batch may leave a rank nothing
-                yield [(i, self.epoch) for i in batch[first:last]]
+                yield _RankBatch(index, len(batch), first, batch[first:last])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.rank_batches():
+            yield batch.records
 
 
 def _collate(samples: list[_Sample]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -254,9 +235,9 @@ def _collate(samples: list[_Sample]) -> tuple[torch.Tensor, torch.Tensor, list[s
 class StreamingImages:
     """Images decoded from disk by ``num_workers`` DataLoader processes, for sets too big for memory.
 
-    Same batches and order as ``InMemoryImages``; the augmentation is per image (torchvision's
-    RandomResizedCrop above 64 px, a reflect-padded random crop up to it, a horizontal flip), seeded by
-    (seed, epoch, image index), so a batch does not depend on the number of workers.
+    The same batches as ``InMemoryImages``, pixel for pixel: the workers decode (resized, center-cropped) and
+    the batch is augmented on the device by the same ``augment_batch``, seeded by (seed, epoch, batch index),
+    so a batch does not depend on the number of workers, nor on whether the set fits in memory.
     """
 
     def __init__(
@@ -275,9 +256,12 @@ class StreamingImages:
     ) -> None:
         self.num_images = len(records)
         self.device = device
+        self.train = train
+        self.augment = augment
+        self.seed = seed
         self._sampler = _EpochBatchSampler(len(records), batch_size, train, seed, shard)
         self._loader = DataLoader(
-            _ImageFiles(records, image_size, train, augment, seed, root),
+            _ImageFiles(records, image_size, root),
             batch_sampler=self._sampler,
             num_workers=num_workers,
             collate_fn=_collate,
@@ -291,7 +275,12 @@ class StreamingImages:
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         self._sampler.epoch = epoch  # read when the loader's iterator starts, in this process
         self._sampler.start = start
-        for images, labels, problems in self._loader:
+        for batch, (images, labels, problems) in zip(self._sampler.rank_batches(), self._loader, strict=True):
             if problems:
                 raise DatasetError("dataset_unreadable", problems)
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True)
+            if self.train:
+                images = augment_batch(
+                    images, self.augment, self.seed, epoch, batch.index, whole=batch.whole, first=batch.first
+                )
+            yield images, labels.to(self.device, non_blocking=True)
