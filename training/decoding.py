@@ -23,7 +23,7 @@ _DECODE_CHUNK = 64  # images per thread task: tiny images are dominated by per-t
 _THREADED_MIN_SECONDS = 0.0005  # per image, below which decoding threads only contend for the GIL
 
 
-def open_rgb(path: Path, draft_size: int | None) -> Image.Image:
+def _open_rgb(path: Path, draft_size: int | None) -> Image.Image:
     """The image as RGB, upright by its EXIF orientation; a JPEG decoded at a reduced scale if it suffices."""
     with Image.open(path) as img:
         if draft_size is not None:
@@ -36,7 +36,7 @@ def open_rgb(path: Path, draft_size: int | None) -> Image.Image:
         return image.convert("RGB")
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Shorter side to ``size``, then the central ``size`` x ``size`` (torchvision's Resize + CenterCrop)."""
     width, height = img.size
     if min(width, height) != size:
@@ -52,7 +52,7 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def decode_resized(path: Path, size: int) -> np.ndarray:
     """(size, size, 3) uint8: the image resized so its shorter side is ``size`` and center-cropped."""
-    return np.asarray(resize_center_crop(open_rgb(path, size), size))
+    return np.asarray(_resize_center_crop(_open_rgb(path, size), size))
 
 
 def decode_problem(name: str, error: Exception) -> str:
