@@ -29,7 +29,7 @@ from torchvision.models.googlenet import GoogLeNetOutputs
 from torchvision.models.inception import InceptionOutputs
 from torchvision.models.vision_transformer import interpolate_embeddings
 
-from training.catalog import BackboneInfo, WeightsInfo, get_backbone, weights_cache_path
+from training.catalog import BackboneInfo, WeightsInfo, check_weights_available, get_backbone
 from training.errors import InitFromError, WeightsUnavailable
 from training.settings import EngineSettings, engine_settings
 from training.spec import BackboneSpec, HeadSpec
@@ -462,14 +462,9 @@ def fetch_weights(info: WeightsInfo, settings: EngineSettings) -> Path:
     Offline, or with downloads off, this fails fast with a ``WeightsUnavailable`` a person can act on,
     never a hang and never a urllib traceback.
     """
-    path = weights_cache_path(info)
+    path = check_weights_available(info, settings.allow_weight_downloads)
     if path.is_file():
         return path
-    if settings.allow_weight_downloads is False:
-        raise WeightsUnavailable(
-            f"pretrained weights {info.name} are not in the local cache: expected {path} "
-            "(put the file there, or allow downloads with FT_ALLOW_WEIGHT_DOWNLOADS=1)"
-        )
     hash_prefix = _HASH_IN_NAME.search(info.file_name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from training.errors import WeightsUnavailable
+
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 
 
@@ -115,6 +117,19 @@ def torch_hub_dir() -> Path:
 def weights_cache_path(weights: WeightsInfo) -> Path:
     """Where torchvision looks for (and downloads) these weights: $TORCH_HOME/hub/checkpoints/<file>."""
     return torch_hub_dir() / "checkpoints" / weights.file_name
+
+
+def check_weights_available(weights: WeightsInfo, allow_downloads: bool | None) -> Path:
+    """The weights' file in torchvision's cache, checked to be there or downloadable: ``WeightsUnavailable``,
+    naming the file, when it is missing and downloads are off (``allow_downloads`` None lets torchvision
+    download, as it does by default). The service checks a spec with this; the engine, before it builds."""
+    path = weights_cache_path(weights)
+    if not path.is_file() and allow_downloads is False:
+        raise WeightsUnavailable(
+            f"pretrained weights {weights.name} are not in the local cache (expected {path}) and weight downloads "
+            "are off: put the file there, or allow downloads with FT_ALLOW_WEIGHT_DOWNLOADS=1"
+        )
+    return path
 
 
 def describe(info: BackboneInfo) -> dict[str, object]:

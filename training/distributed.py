@@ -40,7 +40,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 
 from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
-from training.dataset import available_cpus
+from training.decoding import available_cpus
 from training.errors import DeviceUnavailable, TrainingError
 from training.settings import EngineSettings, engine_settings
 from training.spec import Spec

@@ -24,7 +24,7 @@ from training.backbones import build_model
 from training.errors import TrainingError
 from training.freezing import FreezePlan
 from training.optim import build_optimizer, plan_param_groups
-from training.plan import PlannedRun, steps_per_epoch
+from training.plan import PlannedRun, steps_per_epoch, total_steps
 from training.schedule import LRSchedule
 from training.spec import Spec
 
@@ -47,7 +47,7 @@ class DryRun:
     num_classes: int
     train_images: int
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int  # cut by training.max_steps, as the engine stops
     params_total: int
     params_trainable: int  # in the first epoch (gradual unfreezing adds more later)
     lr_preview: LRPreview
@@ -142,7 +142,7 @@ def preview_lr(
     schedule = LRSchedule(optimizer, spec, steps_per_epoch)
     freeze = FreezePlan(built, spec.backbone.freeze)
     per_interval = 1 if spec.scheduler.interval == "step" else steps_per_epoch
-    taken = preview_steps(spec.training.epochs * steps_per_epoch, max_points)
+    taken = preview_steps(total_steps(spec, steps_per_epoch), max_points)
     rows: list[list[float | None]] = []
     for count, step in enumerate(taken):
         if deadline is not None and count % 64 == 0:
@@ -174,7 +174,7 @@ def dry_run(
         num_classes=len(train_counts),
         train_images=plan.train_images,
         steps_per_epoch=plan.steps_per_epoch,
-        total_steps=plan.steps_per_epoch * spec.training.epochs,
+        total_steps=plan.total_steps,
         params_total=sum(p.numel() for _, p in params),
         params_trainable=sum(p.numel() for n, p in params if built.stage_of(n) in trainable),
         lr_preview=preview,

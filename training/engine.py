@@ -28,12 +28,13 @@ from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, 
 from training.catalog import get_backbone
 from training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_atomic
 from training.clipping import GradientClipper
-from training.data import DataBundle, load_data, normalize
+from training.data import DataBundle, load_data
 from training.distributed import Cluster, check_shards, global_batch_size
 from training.divergence import DivergenceGuard
 from training.errors import CheckpointError, NonFiniteLoss, TrainingError
 from training.export import export_state_dict, model_card, save_weights, write_card
 from training.freezing import FreezePlan
+from training.normalization import normalize
 from training.optim import apply_decoupled_weight_decay, build_optimizer, plan_param_groups
 from training.regularization import EarlyStopping, Mixer, classification_loss, make_ema
 from training.runtime import configure_determinism, resolve_runtime, seed_everything

@@ -20,6 +20,25 @@ class TrainingError(Exception):
         return str(self)
 
 
+class DatasetError(TrainingError):
+    """A data set that cannot be used; ``problems`` are one-line reasons a person can act on, naming files.
+
+    ``code`` is ``dataset_invalid`` (layout, classes, unsafe archive) or ``dataset_unreadable`` (images that
+    do not decode).
+    """
+
+    def __init__(self, code: str, problems: list[str]) -> None:
+        self.problems = list(problems) or ["the data set cannot be used"]
+        shown = "; ".join(self.problems[:3])
+        more = len(self.problems) - 3
+        super().__init__(f"{shown} (and {more} more)" if more > 0 else shown, code=code)
+
+    @classmethod
+    def invalid(cls, *problems: str) -> DatasetError:
+        """A ``dataset_invalid`` error: the layout, the classes or the archive cannot be used."""
+        return cls("dataset_invalid", list(problems))
+
+
 class WeightsUnavailable(TrainingError):
     code = "weights_unavailable"
 

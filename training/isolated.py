@@ -19,7 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.dataset import DatasetError, DatasetReport, validate_dataset
+from training.dataset_check import DatasetReport, validate_dataset
+from training.errors import DatasetError
 from training.settings import EngineSettings
 
 PR_SET_PDEATHSIG = 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.dataset import scan_image_folder
+from training.imagefolder import scan_image_folder
 
 THUMBNAILS_PER_CLASS = 4
 THUMBNAIL_PIXELS = 64  # the longer side; small pictures (CIFAR's 32 px) are not enlarged

@@ -235,7 +235,7 @@ class JobRunner:
             init_keys = self._init_keys(session, job)
             tracker = tracker_for(services.settings.mlflow_tracking_uri, job.id, job.integrations, job.spec, job.name)
         if dataset is None:
-            from training.dataset import DatasetError
+            from training.errors import DatasetError
 
             raise DatasetError("dataset_unreadable", [f"data set {job.dataset_id} is gone; upload it again"])
         data = dataset_folder(services.store, services.settings, dataset)

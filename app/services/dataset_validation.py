@@ -1,7 +1,7 @@
 """Validation of an uploaded data set, off the request path: the worker's ``finetune.validate_dataset``
 task calls ``run_dataset_validation``.
 
-The engine's checks (``training.dataset.validate_dataset``) extract the archive safely and decode every
+The engine's checks (``training.dataset_check.validate_dataset``) extract the archive safely and decode every
 image, in a child process with a memory and a time limit (``training.isolated``); the data set ends
 ``ready`` with its classes and counts, or ``failed`` with every reason (``validation_crashed`` or
 ``validation_timeout`` when the child hit a limit). It runs in two short transactions around the long
@@ -39,7 +39,9 @@ from app.statuses import DatasetStatus
 from app.store import CHUNK_BYTES, ArtifactStore, ObjectMissing
 from app.stores import cache_for
 from app.stores.cache import CacheCorrupt
-from training.dataset import DatasetError, DatasetReport, resolve_source
+from training.archives import resolve_source
+from training.dataset_check import DatasetReport
+from training.errors import DatasetError
 from training.isolated import ChildLimits, validate_in_child
 from training.thumbnails import THUMBNAIL_PIXELS, class_thumbnails
 

@@ -147,7 +147,7 @@ def _export(services: Services, export_id: str, work: Path) -> dict[str, Any]:
 
         raise ExportError(f"job {job_id} has no published weights and model card")
     if dataset is None:
-        from training.dataset import DatasetError
+        from training.errors import DatasetError
 
         raise DatasetError("dataset_unreadable", [f"data set {job.dataset_id} is gone: the parity check needs it"])
     work.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,9 @@ from app.services.idempotency import IdempotencyKey
 from app.settings import Settings
 from app.statuses import DatasetStatus, EventType, JobStatus
 from app.store import ArtifactStore
-from training.catalog import get_backbone, weights_cache_path
-from training.dataset import scan_image_folder
-from training.errors import TrainingError
+from training.catalog import check_weights_available, get_backbone
+from training.errors import TrainingError, WeightsUnavailable
+from training.imagefolder import scan_image_folder
 from training.plan import PlannedRun
 from training.spec import Spec, missing_split_problem
 
@@ -75,15 +75,15 @@ def _check_weights(settings: Settings, spec: Spec) -> None:
     weights = info.find_weights(spec.backbone.weights)
     if weights is None:  # the spec model refuses these already
         raise InvalidSpec(f"{info.name} has no weights {spec.backbone.weights}", param="spec.backbone.weights")
-    cached = weights_cache_path(weights)
-    if not cached.is_file() and not settings.engine.allow_weight_downloads:
+    try:
+        check_weights_available(weights, settings.engine.allow_weight_downloads)
+    except WeightsUnavailable as error:
         raise InvalidSpec(
-            f"the {weights.name} weights of {info.name} are not in this server's cache (expected {cached}) and "
-            "weight downloads are off (FT_ALLOW_WEIGHT_DOWNLOADS); ask an operator to add the file, choose weights "
-            "that GET /v1/backbones/{name} shows as cached, or train from scratch (weights: null)",
+            f"{info.name}: {error.message}; or choose weights that GET /v1/backbones/{{name}} shows as cached, "
+            "or train from scratch (weights: null)",
             param="spec.backbone.weights",
-            code="weights_unavailable",
-        )
+            code=error.code,
+        ) from None
 
 
 def _check_dataset(session: Session, project_id: str, dataset_id: str, *, lock: bool) -> Dataset:

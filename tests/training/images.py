@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.dataset import ImageRecord, scan_image_folder
+from training.imagefolder import ImageRecord, scan_image_folder
 
 
 def png_bytes(width: int = 8, height: int = 8, seed: int = 0, fmt: str = "PNG") -> bytes:

@@ -9,16 +9,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.training.images import batches_of, make_tree, png_bytes, records_of, write_image
-from training.data import (
-    InMemoryImages,
-    StreamingImages,
-    channel_stats,
-    decoded_bytes,
-    load_data,
-    normalize,
-    train_batches,
-)
-from training.dataset import DatasetError, ImageRecord
+from training.batches import InMemoryImages, StreamingImages, decoded_bytes
+from training.data import load_data
+from training.distributed import Shard
+from training.errors import DatasetError
+from training.imagefolder import ImageRecord
+from training.normalization import channel_stats, normalize
+from training.plan import train_batches
 from training.settings import EngineSettings
 from training.spec import AugmentSpec, DataSpec
 
@@ -240,6 +237,26 @@ def test_streaming_batches_do_not_depend_on_the_number_of_workers(tmp_path):
     assert not torch.equal(serial[0][0], batches_of(StreamingImages(records, 12, num_workers=0, **kwargs))[0][0])
 
 
+@pytest.mark.parametrize(("size", "augment"), [(12, AugmentSpec(crop_padding=2)), (72, AugmentSpec())])
+def test_streaming_gives_the_in_memory_batches_pixel_for_pixel_on_every_rank(tmp_path, size, augment):
+    records = records_of(make_tree(tmp_path, {"a": 6, "b": 5}, size=size))
+    kwargs = {"batch_size": 4, "train": True, "augment": augment, "seed": 2, "device": CPU}
+
+    whole = batches_of(InMemoryImages(records, size, **kwargs), epoch=1)
+    for world in (1, 2):
+        ranks = []
+        for rank in range(world):
+            shard = Shard(rank, world)
+            memory = batches_of(InMemoryImages(records, size, shard=shard, **kwargs), epoch=1)
+            stream = batches_of(StreamingImages(records, size, num_workers=0, shard=shard, **kwargs), epoch=1)
+            for (x, y), (x2, y2) in zip(memory, stream, strict=True):
+                assert torch.equal(x, x2) and torch.equal(y, y2)
+            ranks.append(memory)
+        for index, (x, y) in enumerate(whole):  # the ranks' rows make up the one-process batch
+            assert torch.equal(torch.cat([batches[index][0] for batches in ranks]), x)
+            assert torch.equal(torch.cat([batches[index][1] for batches in ranks]), y)
+
+
 def test_streaming_random_resized_crop_gives_square_images(tmp_path):
     records = [ImageRecord(write_image(tmp_path / f"{i}.png", 90, 70, seed=i), i % 2) for i in range(3)]
     source = StreamingImages(
@@ -383,7 +400,7 @@ def test_cuda_batches_match_the_cpu_and_never_wait_for_the_device(tmp_path, size
 
 @needs_cuda
 def test_cuda_host_resident_images_give_the_same_batches(tmp_path, monkeypatch):
-    import training.data as data_module
+    import training.batches as data_module
 
     records = records_of(make_tree(tmp_path, {"a": 10, "b": 9}, size=16))
     kwargs = {"batch_size": 8, "augment": AugmentSpec(), "seed": 4, "device": torch.device("cuda")}

@@ -22,18 +22,13 @@ from tests.training.images import (
     records_of,
     write_image,
 )
-from training.dataset import (
-    DatasetError,
-    ImageRecord,
-    check_images,
-    resolve_source,
-    safe_extract,
-    scan_image_folder,
-    stratified_split,
-    subset_per_class,
-    validate_dataset,
-)
+from training.archives import resolve_source, safe_extract
+from training.dataset_check import validate_dataset
+from training.decoding import check_images
+from training.errors import DatasetError
+from training.imagefolder import ImageRecord, scan_image_folder
 from training.settings import EngineSettings
+from training.splits import stratified_split, subset_per_class
 
 SETTINGS = EngineSettings()
 

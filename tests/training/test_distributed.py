@@ -41,8 +41,7 @@ def cifar_spec(root: Path, devices: int, **data: Any) -> Spec:
     return Spec.model_validate(
         {
             "backbone": {"name": "resnet18", "freeze": {"strategy": "none", "freeze_bn": True}},
-            # No augmentation: the streaming path augments per image, the in-memory one per batch, and the
-            # resume test compares the two paths' runs with each other.
+            # No augmentation: the resume test compares the streaming path's runs with the in-memory path's.
             "data": {
                 "path": str(root),
                 "image_size": 32,

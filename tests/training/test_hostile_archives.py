@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.training.images import left_in, png_bytes
-from training.dataset import MAX_HEADER_MEMBER_BYTES, DatasetError, safe_extract
+from training.archives import MAX_HEADER_MEMBER_BYTES, safe_extract
+from training.errors import DatasetError
 from training.settings import EngineSettings
 
 MIB = 1 << 20
