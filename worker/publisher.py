@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.context import Services
+from app.context import Runtime
 from app.db.session import transaction
 from app.errors import LeaseLost
 from app.services.job_records import (
@@ -70,7 +70,7 @@ Item = Step | Epoch | Note | Checkpoint
 
 
 class EventPublisher(threading.Thread):
-    def __init__(self, services: Services, job_id: str, owner: str, on_lease_lost: Callable[[], None]) -> None:
+    def __init__(self, services: Runtime, job_id: str, owner: str, on_lease_lost: Callable[[], None]) -> None:
         super().__init__(name=f"publisher-{job_id}", daemon=True)
         self.services = services
         self.job_id = job_id

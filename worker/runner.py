@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.context import Services
+from app.context import Runtime
 from app.db.models import Job
 from app.db.session import transaction
 from app.observability.logs import job_context, start_in_context
@@ -141,7 +141,7 @@ def fetch_cached(cache: FetchCache, store: ArtifactStore, stored: StoredObject, 
 
 class JobRunner:
     def __init__(
-        self, services: Services, job_id: str, preempt: threading.Event, worker_name: str | None = None
+        self, services: Runtime, job_id: str, preempt: threading.Event, worker_name: str | None = None
     ) -> None:
         self.services = services
         self.job_id = job_id
@@ -350,7 +350,7 @@ def _input_error(message: str) -> Exception:
     return InitFromError(message)
 
 
-def run_job(services: Services, job_id: str, preempt: threading.Event, worker_name: str | None = None) -> str:
+def run_job(services: Runtime, job_id: str, preempt: threading.Event, worker_name: str | None = None) -> str:
     """The ``finetune.train_job`` task's body. Returns how the attempt ended, for the worker's log."""
     return JobRunner(services, job_id, preempt, worker_name).run()
 

@@ -34,7 +34,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, Float, and_, case, cast, extract, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.context import Services
+from app.context import Runtime
 from app.db.models import Job, JobEvent
 from app.observability.heartbeats import Heartbeats, alive_limit, heartbeats_for
 from app.settings import Settings
@@ -160,11 +160,11 @@ class ServiceMetrics(Collector):
     """Collects the metrics above at each scrape (``/metrics`` runs in a thread: the queries do not block
     the event loop)."""
 
-    def __init__(self, services: Services) -> None:
-        self.settings = services.settings
-        self.factory: sessionmaker[Session] = services.factory
-        self.queue_depth = QueueDepth(services.settings)
-        self.heartbeats: Heartbeats = heartbeats_for(services.settings)
+    def __init__(self, runtime: Runtime) -> None:
+        self.settings = runtime.settings
+        self.factory: sessionmaker[Session] = runtime.factory
+        self.queue_depth = QueueDepth(runtime.settings)
+        self.heartbeats: Heartbeats = heartbeats_for(runtime.settings)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(

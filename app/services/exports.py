@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.context import Services
+from app.context import Runtime
 from app.db.models import JobExport
 from app.db.session import transaction
 from app.dispatch import send_after_commit
@@ -92,8 +92,8 @@ def _claim(session: Session, export_id: str) -> bool:
     return bool(claimed.rowcount)  # type: ignore[attr-defined]
 
 
-def _finish(services: Services, export_id: str, status: ExportStatus, **values: Any) -> None:
-    with transaction(services.factory) as session:
+def _finish(runtime: Runtime, export_id: str, status: ExportStatus, **values: Any) -> None:
+    with transaction(runtime.factory) as session:
         session.execute(
             update(JobExport)
             .where(JobExport.id == export_id, JobExport.status == ExportStatus.RUNNING)
@@ -101,14 +101,14 @@ def _finish(services: Services, export_id: str, status: ExportStatus, **values: 
         )
 
 
-def run_export(services: Services, export_id: str) -> str:
+def run_export(runtime: Runtime, export_id: str) -> str:
     """The ``finetune.export_job`` task's body. Returns how it ended, for the worker's log."""
-    with transaction(services.factory) as session:
+    with transaction(runtime.factory) as session:
         if not _claim(session, export_id):
             return "not claimed"
-    work = services.settings.work_path / f"export-{export_id}"
+    work = runtime.settings.work_path / f"export-{export_id}"
     try:
-        entry = _export(services, export_id, work)
+        entry = _export(runtime, export_id, work)
     except Exception as error:
         from training.errors import TrainingError
 
@@ -117,22 +117,22 @@ def run_export(services: Services, export_id: str) -> str:
             error.message if isinstance(error, TrainingError) else f"internal error: {type(error).__name__}: {error}"
         )
         log.error("export %s failed (%s): %s", export_id, code, message)
-        _finish(services, export_id, ExportStatus.FAILED, error_code=code, error_message=message[:2000])
+        _finish(runtime, export_id, ExportStatus.FAILED, error_code=code, error_message=message[:2000])
         return f"failed ({code})"
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _finish(services, export_id, ExportStatus.SUCCEEDED, parity=entry)
+    _finish(runtime, export_id, ExportStatus.SUCCEEDED, parity=entry)
     return "succeeded"
 
 
-def _export(services: Services, export_id: str, work: Path) -> dict[str, Any]:
+def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
     from app.services.dataset_validation import dataset_folder
     from training.data import validation_images
     from training.exports import PARITY_IMAGES, ExportRequest, export_run
     from training.spec import Spec
 
-    store = services.store
-    with transaction(services.factory) as session:
+    store = runtime.store
+    with transaction(runtime.factory) as session:
         row = session.get(JobExport, export_id)
         assert row is not None
         job = job_rows.get_any(session, row.job_id)
@@ -157,14 +157,14 @@ def _export(services: Services, export_id: str, work: Path) -> dict[str, Any]:
     images = validation_images(
         spec.data,
         spec.image_size,
-        source=dataset_folder(store, services.settings, dataset),
+        source=dataset_folder(store, runtime.settings, dataset),
         work_dir=work / "data",
         seed=spec.training.seed,
-        settings=services.settings.engine,
+        settings=runtime.settings.engine,
         count=PARITY_IMAGES,
     )
     entry = export_run(work, request, images)
-    with transaction(services.factory) as session:
+    with transaction(runtime.factory) as session:
         for name in (entry["file"], CARD_ARTIFACT):
             with (work / name).open("rb") as file:
                 stored = store.put(f"jobs/{job_id}/{name}", file)
