@@ -15,7 +15,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
@@ -27,6 +26,7 @@ from app.errors import Conflict, NotFound
 from app.ids import new_id
 from app.queue import TaskQueue
 from app.repositories import datasets as dataset_rows
+from app.repositories import exports as export_rows
 from app.repositories import job_records as record_rows
 from app.repositories import jobs as job_rows
 from app.schemas.exports import ExportCreate
@@ -44,7 +44,7 @@ def request_export(session: Session, queue: TaskQueue, project_id: str, job_id: 
     job = get_job(session, project_id, job_id)
     if job.status != JobStatus.SUCCEEDED:
         raise Conflict(f"job {job_id} is {job.status}: only a succeeded job's weights can be exported", param="job_id")
-    row = session.scalar(select(JobExport).where(JobExport.job_id == job_id, JobExport.format == body.format))
+    row = export_rows.of_format(session, job_id, body.format)
     now = utcnow()
     if (
         row is not None
@@ -54,7 +54,7 @@ def request_export(session: Session, queue: TaskQueue, project_id: str, job_id: 
         raise Conflict(f"the {body.format} export of job {job_id} is already {row.status} ({row.id})", param="format")
     if row is None:
         row = JobExport(id=new_id("export"), job_id=job_id, format=body.format)
-        session.add(row)
+        export_rows.add(session, row)
     row.dynamic_batch = body.dynamic_batch
     row.opset = body.opset if body.format == "onnx" else None
     row.status = ExportStatus.QUEUED
@@ -68,12 +68,12 @@ def request_export(session: Session, queue: TaskQueue, project_id: str, job_id: 
 
 def list_exports(session: Session, project_id: str, job_id: str) -> list[JobExport]:
     get_job(session, project_id, job_id)
-    return list(session.scalars(select(JobExport).where(JobExport.job_id == job_id).order_by(JobExport.id)))
+    return export_rows.of_job(session, job_id)
 
 
 def get_export(session: Session, project_id: str, job_id: str, export_id: str) -> JobExport:
     get_job(session, project_id, job_id)
-    row = session.get(JobExport, export_id)
+    row = export_rows.get(session, export_id)
     if row is None or row.job_id != job_id:
         raise NotFound(f"no export {export_id} of job {job_id}", param="export_id")
     return row
@@ -82,29 +82,15 @@ def get_export(session: Session, project_id: str, job_id: str, export_id: str) -
 # --- the task -------------------------------------------------------------------------------------------
 
 
-def _claim(session: Session, export_id: str) -> bool:
-    """queued -> running, compare-and-set: a redelivered task finds it taken and does nothing."""
-    claimed = session.execute(
-        update(JobExport)
-        .where(JobExport.id == export_id, JobExport.status == ExportStatus.QUEUED)
-        .values(status=ExportStatus.RUNNING, updated_at=utcnow())
-    )
-    return bool(claimed.rowcount)  # type: ignore[attr-defined]
-
-
 def _finish(runtime: Runtime, export_id: str, status: ExportStatus, **values: Any) -> None:
     with transaction(runtime.factory) as session:
-        session.execute(
-            update(JobExport)
-            .where(JobExport.id == export_id, JobExport.status == ExportStatus.RUNNING)
-            .values(status=status, updated_at=utcnow(), finished_at=utcnow(), **values)
-        )
+        export_rows.finish(session, export_id, status, **values)
 
 
 def run_export(runtime: Runtime, export_id: str) -> str:
     """The ``finetune.export_job`` task's body. Returns how it ended, for the worker's log."""
     with transaction(runtime.factory) as session:
-        if not _claim(session, export_id):
+        if not export_rows.claim(session, export_id):
             return "not claimed"
     work = runtime.settings.work_path / f"export-{export_id}"
     try:
@@ -133,7 +119,7 @@ def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
 
     store = runtime.store
     with transaction(runtime.factory) as session:
-        row = session.get(JobExport, export_id)
+        row = export_rows.get(session, export_id)
         assert row is not None
         job = job_rows.get_any(session, row.job_id)
         assert job is not None
