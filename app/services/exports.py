@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 from app.clock import utcnow
 from app.context import Runtime
 from app.db.models import JobExport
-from app.db.session import transaction
 from app.dispatch import send_after_commit
 from app.errors import Conflict, NotFound
 from app.ids import new_id
@@ -32,6 +31,7 @@ from app.repositories import jobs as job_rows
 from app.schemas.exports import ExportCreate
 from app.services.job_records import register_artifact
 from app.services.jobs import WEIGHTS_ARTIFACT, get_job
+from app.services.transactions import short_transaction
 from app.statuses import ExportStatus, JobStatus
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,13 @@ def get_export(session: Session, project_id: str, job_id: str, export_id: str) -
 
 
 def _finish(runtime: Runtime, export_id: str, status: ExportStatus, **values: Any) -> None:
-    with transaction(runtime.factory) as session:
+    with short_transaction(runtime.factory) as session:
         export_rows.finish(session, export_id, status, **values)
 
 
 def run_export(runtime: Runtime, export_id: str) -> str:
     """The ``finetune.export_job`` task's body. Returns how it ended, for the worker's log."""
-    with transaction(runtime.factory) as session:
+    with short_transaction(runtime.factory) as session:
         if not export_rows.claim(session, export_id):
             return "not claimed"
     work = runtime.settings.work_path / f"export-{export_id}"
@@ -118,7 +118,7 @@ def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
     from training.spec import Spec
 
     store = runtime.store
-    with transaction(runtime.factory) as session:
+    with short_transaction(runtime.factory) as session:
         row = export_rows.get(session, export_id)
         assert row is not None
         job = job_rows.get_any(session, row.job_id)
@@ -150,7 +150,7 @@ def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
         count=PARITY_IMAGES,
     )
     entry = export_run(work, request, images)
-    with transaction(runtime.factory) as session:
+    with short_transaction(runtime.factory) as session:
         for name in (entry["file"], CARD_ARTIFACT):
             with (work / name).open("rb") as file:
                 stored = store.put(f"jobs/{job_id}/{name}", file)

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
-from app.db.session import transaction
 from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
 from app.queue import TaskQueue
@@ -22,6 +21,7 @@ from app.schemas.jobs import DryRun, JobCreate
 from app.services import idempotency, job_state
 from app.services.dispatching import queue_for_training
 from app.services.idempotency import IdempotencyKey
+from app.services.transactions import short_transaction
 from app.settings import Settings
 from app.statuses import DatasetStatus, EventType, JobStatus
 from app.store import ArtifactStore
@@ -372,7 +372,7 @@ def dry_run_job(factory: sessionmaker[Session], settings: Settings, project_id: 
     """The run planned without running it: resolved spec, parameter counts, steps, the lr of every group at
     the steps it shows. Stores nothing. The checks read the database in a short transaction; the plan
     (torch, on the meta device) runs after it, holding no lock, and gives up past the dry-run time limit."""
-    with transaction(factory) as session:
+    with short_transaction(factory) as session:
         checked = check_spec(session, settings, project_id, spec)
     train_counts, has_val = _train_counts(checked)
     check_planned_steps(settings, checked.spec, train_counts, has_val)
