@@ -31,16 +31,13 @@ from app.services.job_records import (
     register_checkpoint,
 )
 from app.statuses import EventType
+from app.stores.keys import checkpoint_key
 from training.callbacks import CheckpointInfo
 from worker.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.2, 1.0, 3.0, 10.0)  # a database hiccup is retried; a longer outage drops the item
-
-
-def checkpoint_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/checkpoints/{name}"
 
 
 @dataclass(frozen=True)

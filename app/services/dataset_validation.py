@@ -32,13 +32,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import utcnow
 from app.db.models import Dataset
 from app.repositories import datasets
-from app.services.datasets import archive_name, dataset_work_dir, thumbnails_key
+from app.services.datasets import archive_name, dataset_work_dir
 from app.services.transactions import short_transaction
 from app.settings import Settings
 from app.statuses import DatasetStatus
 from app.store import CHUNK_BYTES, ArtifactStore, ObjectMissing
 from app.stores import cache_for
 from app.stores.cache import CacheCorrupt
+from app.stores.keys import thumbnails_key
 from training.dataset import DatasetError, DatasetReport, resolve_source
 from training.isolated import ChildLimits, validate_in_child
 from training.thumbnails import THUMBNAIL_PIXELS, class_thumbnails

@@ -30,13 +30,14 @@ from app.repositories import job_records as record_rows
 from app.repositories import jobs as job_rows
 from app.schemas.exports import ExportCreate
 from app.services.job_records import register_artifact
-from app.services.jobs import WEIGHTS_ARTIFACT, get_job
+from app.services.jobs import get_job
 from app.services.transactions import short_transaction
 from app.statuses import ExportStatus, JobStatus
+from app.stores.keys import job_artifact_key
+from training import artifacts
 
 log = logging.getLogger(__name__)
 
-CARD_ARTIFACT = "model.json"
 STALE_RUNNING = timedelta(minutes=30)  # a running export not heard of for this long (its worker died) may be redone
 
 
@@ -126,7 +127,7 @@ def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
         job_id, spec = job.id, Spec.model_validate(job.spec)
         request = ExportRequest(row.format, row.dynamic_batch, row.opset or 18)  # type: ignore[arg-type]
         dataset = dataset_rows.get_any(session, job.dataset_id) if job.dataset_id else None
-        keys = {name: record_rows.artifact(session, job_id, name) for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT)}
+        keys = {name: record_rows.artifact(session, job_id, name) for name in (artifacts.WEIGHTS, artifacts.CARD)}
         stored_keys = {name: artifact.store_key for name, artifact in keys.items() if artifact is not None}
     if len(stored_keys) < 2:
         from training.exports import ExportError
@@ -151,8 +152,8 @@ def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
     )
     entry = export_run(work, request, images)
     with short_transaction(runtime.factory) as session:
-        for name in (entry["file"], CARD_ARTIFACT):
+        for name in (entry["file"], artifacts.CARD):
             with (work / name).open("rb") as file:
-                stored = store.put(f"jobs/{job_id}/{name}", file)
+                stored = store.put(job_artifact_key(job_id, name), file)
             register_artifact(session, job_id, name, stored)
     return entry

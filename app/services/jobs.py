@@ -25,14 +25,12 @@ from app.services.transactions import short_transaction
 from app.settings import Settings
 from app.statuses import DatasetStatus, EventType, JobStatus
 from app.store import ArtifactStore
+from training import artifacts
 from training.catalog import get_backbone, weights_cache_path
 from training.dataset import scan_image_folder
 from training.errors import TrainingError
 from training.plan import PlannedRun
 from training.spec import Spec, missing_split_problem
-
-WEIGHTS_ARTIFACT = "model.safetensors"  # the final weights a succeeded job publishes (the worker's name)
-CONFUSION_ARTIFACT = "confusion.json"  # its confusion matrices on the validation and test sets
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,7 @@ def _check_init_from(session: Session, settings: Settings, project_id: str, spec
         job = jobs.get(session, project_id, source)
         if job is None:
             raise InvalidSpec(f"no job {source} in this project", param=param, code="init_from_invalid")
-        if job.status != JobStatus.SUCCEEDED or job_records.artifact(session, source, WEIGHTS_ARTIFACT) is None:
+        if job.status != JobStatus.SUCCEEDED or job_records.artifact(session, source, artifacts.WEIGHTS) is None:
             message = f"job {source} is {job.status}: only a succeeded job's published weights can be a start"
             raise InvalidSpec(message, param=param, code="init_from_invalid")
         _same_backbone(job.spec, spec, source)
@@ -332,7 +330,7 @@ def list_artifacts(session: Session, project_id: str, job_id: str) -> list[Artif
 def read_confusion(session: Session, store: ArtifactStore, project_id: str, job_id: str) -> dict[str, Any]:
     """The confusion matrices a succeeded job published (``confusion.json``), as the engine wrote them."""
     job = get_job(session, project_id, job_id)
-    artifact = job_records.artifact(session, job.id, CONFUSION_ARTIFACT)
+    artifact = job_records.artifact(session, job.id, artifacts.CONFUSION)
     if artifact is None:
         raise NotFound(f"job {job_id} has no confusion matrix: a job publishes one when it succeeds", param="job_id")
     with store.open(artifact.store_key) as file:
