@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -200,7 +201,5 @@ class EventHub:
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
-    import json
-
     event: dict[str, Any] = json.loads(raw)
     return event

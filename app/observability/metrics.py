@@ -68,7 +68,7 @@ class QueueDepth:
         raise NotImplementedError(f"queue depth of a {self.url.split(':', 1)[0]} broker")
 
     def _redis_depth(self, queue: str) -> int:
-        from kombu.transport.redis import PRIORITY_STEPS, Channel
+        from kombu.transport.redis import PRIORITY_STEPS, Channel  # Celery's transport: only when a Redis broker
 
         if self._client is None:
             self._client = redis.Redis.from_url(self.url, socket_timeout=3, socket_connect_timeout=3)

@@ -29,12 +29,16 @@ from app.repositories import exports as export_rows
 from app.repositories import job_records as record_rows
 from app.repositories import jobs as job_rows
 from app.schemas.exports import ExportCreate
+from app.services.dataset_validation import dataset_folder
 from app.services.job_records import register_artifact
 from app.services.jobs import get_job
 from app.services.transactions import short_transaction
 from app.statuses import ExportStatus, JobStatus
 from app.stores.keys import job_artifact_key
 from training import artifacts
+from training.dataset import DatasetError
+from training.errors import TrainingError
+from training.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +101,6 @@ def run_export(runtime: Runtime, export_id: str) -> str:
     try:
         entry = _export(runtime, export_id, work)
     except Exception as error:
-        from training.errors import TrainingError
-
         code = error.code if isinstance(error, TrainingError) else "internal"
         message = (
             error.message if isinstance(error, TrainingError) else f"internal error: {type(error).__name__}: {error}"
@@ -113,10 +115,9 @@ def run_export(runtime: Runtime, export_id: str) -> str:
 
 
 def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
-    from app.services.dataset_validation import dataset_folder
+    # torch and the exporter: in the worker's pool child that runs the export, never in the API
     from training.data import validation_images
-    from training.exports import PARITY_IMAGES, ExportRequest, export_run
-    from training.spec import Spec
+    from training.exports import PARITY_IMAGES, ExportError, ExportRequest, export_run
 
     store = runtime.store
     with short_transaction(runtime.factory) as session:
@@ -130,12 +131,8 @@ def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
         keys = {name: record_rows.artifact(session, job_id, name) for name in (artifacts.WEIGHTS, artifacts.CARD)}
         stored_keys = {name: artifact.store_key for name, artifact in keys.items() if artifact is not None}
     if len(stored_keys) < 2:
-        from training.exports import ExportError
-
         raise ExportError(f"job {job_id} has no published weights and model card")
     if dataset is None:
-        from training.dataset import DatasetError
-
         raise DatasetError("dataset_unreadable", [f"data set {job.dataset_id} is gone: the parity check needs it"])
     work.mkdir(parents=True, exist_ok=True)
     for name, key in stored_keys.items():

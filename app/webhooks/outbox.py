@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
@@ -95,8 +95,6 @@ def send_deliveries(engine: Engine, queue: TaskQueue, delivery_ids: list[str]) -
 
 
 def install_outbox_hooks(factory: sessionmaker[Session], queue: TaskQueue) -> None:
-    from sqlalchemy import event
-
     def after_commit(session: Session) -> None:
         pending: list[str] = session.info.pop(_PENDING, [])
         if pending:
