@@ -19,7 +19,7 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import unix_seconds, utcnow
-from app.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.db.models import WebhookAttempt, WebhookDelivery
 from app.db.session import transaction
 from app.settings import Settings
 from app.webhooks import repository
@@ -131,6 +131,6 @@ def attempt_delivery(factory: sessionmaker[Session], settings: Settings, deliver
 
 
 def _endpoint_of(session: Session, delivery: WebhookDelivery) -> tuple[str, str]:
-    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    endpoint = repository.endpoint_of(session, delivery)
     assert endpoint is not None  # a delivery is deleted with its endpoint
     return endpoint.url, endpoint.secret
