@@ -1,4 +1,7 @@
-"""The service's shared parts, built once from settings by the API and by each worker process alike."""
+"""The service's runtime: the infrastructure (engine, sessions, store, queue, event stream) built once from settings
+by the API and by each worker process alike.
+
+Not to be confused with ``app.services``, the business logic that is handed this runtime or a session from it."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from app.webhooks.outbox import install_outbox_hooks
 
 
 @dataclass
-class Services:
+class Runtime:
     settings: Settings
     engine: Engine
     factory: sessionmaker[Session]  # sessions that send queued tasks and mirror events after commit
@@ -26,7 +29,7 @@ class Services:
     stream: EventStream | None  # None in the embedded mode: live events are read from the database
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Services:
+    def from_settings(cls, settings: Settings) -> Runtime:
         engine = engine_for(settings)
         factory = session_factory(engine)
         stream = EventStream(settings.redis_url, settings.broker_key_prefix) if settings.redis_url else None

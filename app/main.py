@@ -21,7 +21,7 @@ from app.api.event_hub import EventHub
 from app.api.limits import BodyLimitMiddleware, HostAllowlistMiddleware
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.console.routes import mount_console
-from app.context import Services
+from app.context import Runtime
 from app.observability.metrics import ServiceMetrics
 from app.openai_compat import routes as openai_compat
 from app.services.dispatching import sweep
@@ -32,13 +32,13 @@ API_VERSION = "1"
 log = logging.getLogger(__name__)
 
 
-async def sweep_forever(services: Services) -> None:
+async def sweep_forever(runtime: Runtime) -> None:
     """Requeue jobs whose worker was lost and re-send tasks that never reached the broker, every few
     seconds (``app.services.dispatching.sweep``; any number of API processes may run it at once)."""
     while True:
-        await asyncio.sleep(services.settings.sweep_interval_seconds)
+        await asyncio.sleep(runtime.settings.sweep_interval_seconds)
         try:
-            await asyncio.to_thread(sweep, services)
+            await asyncio.to_thread(sweep, runtime)
         except Exception:  # a database or broker outage: try again next time
             log.warning("the sweep failed", exc_info=True)
 
@@ -46,21 +46,21 @@ async def sweep_forever(services: Services) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.warn_if_open()
-    services = Services.from_settings(settings)
+    runtime = Runtime.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(sweep_forever(services))
+        sweeper = asyncio.create_task(sweep_forever(runtime))
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await event_hub.aclose()
-        if services.stream is not None:
-            await services.stream.aclose()
+        if runtime.stream is not None:
+            await runtime.stream.aclose()
         service_metrics.close()
         dry_runs.close()
-        services.close()
+        runtime.close()
 
     app = FastAPI(
         title="finetune",
@@ -69,23 +69,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         dependencies=[Depends(reject_unknown_query)],
     )
-    app.state.services = services
+    app.state.runtime = runtime
     app.state.settings = settings
-    app.state.engine = services.engine
-    app.state.session_factory = services.factory
-    app.state.store = services.store
-    app.state.queue = services.queue
-    app.state.stream = services.stream
+    app.state.engine = runtime.engine
+    app.state.session_factory = runtime.factory
+    app.state.store = runtime.store
+    app.state.queue = runtime.queue
+    app.state.stream = runtime.stream
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
-    service_metrics = ServiceMetrics(services)  # jobs, queues, durations, heartbeats, throughput: at scrape time
+    service_metrics = ServiceMetrics(runtime)  # jobs, queues, durations, heartbeats, throughput: at scrape time
     registry.register(service_metrics)
     app.state.metrics_registry = registry
     dry_runs = DryRunPool(settings.dry_run_threads, settings.dry_run_timeout_seconds)
     app.state.dry_runs = dry_runs
     event_hub = EventHub(
-        services.factory, services.stream, settings.max_streams_per_process, settings.max_streams_per_project
+        runtime.factory, runtime.stream, settings.max_streams_per_process, settings.max_streams_per_project
     )
     app.state.event_hub = event_hub
 

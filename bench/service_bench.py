@@ -90,7 +90,7 @@ def queue_latency(stack: Stack, dataset: str, jobs: int) -> list[float]:
 
 def event_latency(stack: Stack, dataset: str, count: int) -> list[float]:
     """Milliseconds from a worker's publisher taking an event to an SSE client reading it."""
-    from app.context import Services
+    from app.context import Runtime
     from app.db.session import transaction
     from app.services.job_state import claim_job, finish_job
     from app.settings import Settings
@@ -98,7 +98,7 @@ def event_latency(stack: Stack, dataset: str, count: int) -> list[float]:
     from worker.publisher import EventPublisher, Step
 
     os.environ.update({name: value for name, value in stack.env.items() if name.startswith("FT_")})
-    services = Services.from_settings(Settings())  # the stack's settings, from the environment
+    services = Runtime.from_settings(Settings())  # the stack's settings, from the environment
     with stack.client() as client:
         job_id = client.post("/v1/jobs", json=job_body(dataset, epochs=1)).json()["id"]
     with transaction(services.factory) as session:  # this process plays the worker

@@ -116,14 +116,14 @@ def api_download(api: Api, job_id: str, follow: bool) -> int:
 
 def register_weights(api: Api, key: str, size: int, sha256: str) -> str:
     """A job whose weights artifact is the object at ``key`` (written straight into the API's database)."""
-    from app.context import Services
+    from app.context import Runtime
     from app.db.session import transaction
     from app.services.job_records import register_artifact
     from app.settings import Settings
     from app.store import StoredObject
     from tests.app.factories import make_job
 
-    services = Services.from_settings(Settings(home=Path(api.env["FT_HOME"])))
+    services = Runtime.from_settings(Settings(home=Path(api.env["FT_HOME"])))
     try:
         with transaction(services.factory) as session:
             job = make_job(session)

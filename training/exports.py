@@ -22,6 +22,7 @@ import onnxruntime
 import torch
 from torch import nn
 
+from training import artifacts
 from training.checkpoint import write_atomic
 from training.errors import TrainingError
 from training.export import load_exported, write_card
@@ -95,7 +96,7 @@ def export_run(run_dir: Path, request: ExportRequest, images: torch.Tensor) -> d
     it in the card. Returns the card's entry for the export."""
     request.check()
     export_format = get_format(request.format)
-    card_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
+    card_path, weights_path = run_dir / artifacts.CARD, run_dir / artifacts.WEIGHTS
     if not card_path.is_file() or not weights_path.is_file():
         raise ExportError(f"{run_dir} has no published weights (model.json, model.safetensors): the run did not finish")
     card = json.loads(card_path.read_text())
@@ -215,7 +216,7 @@ def run_exported_onnx(path: Path, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def card_of(run_dir: Path) -> dict[str, Any]:
-    card: dict[str, Any] = json.loads((run_dir / "model.json").read_text())
+    card: dict[str, Any] = json.loads((run_dir / artifacts.CARD).read_text())
     return card
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.context import Services
+from app.context import Runtime
 from app.db.session import transaction
 from app.errors import LeaseLost
 from app.services.job_records import (
@@ -31,16 +31,13 @@ from app.services.job_records import (
     register_checkpoint,
 )
 from app.statuses import EventType
+from app.stores.keys import checkpoint_key
 from training.callbacks import CheckpointInfo
 from worker.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (0.2, 1.0, 3.0, 10.0)  # a database hiccup is retried; a longer outage drops the item
-
-
-def checkpoint_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/checkpoints/{name}"
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ Item = Step | Epoch | Note | Checkpoint
 
 
 class EventPublisher(threading.Thread):
-    def __init__(self, services: Services, job_id: str, owner: str, on_lease_lost: Callable[[], None]) -> None:
+    def __init__(self, services: Runtime, job_id: str, owner: str, on_lease_lost: Callable[[], None]) -> None:
         super().__init__(name=f"publisher-{job_id}", daemon=True)
         self.services = services
         self.job_id = job_id

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.context import Services
+from app.context import Runtime
 from app.db.models import Job
 from app.db.session import transaction
 from app.observability.logs import job_context, start_in_context
@@ -34,22 +34,19 @@ from app.services.dataset_validation import dataset_folder
 from app.services.dispatching import queue_for_training
 from app.services.job_records import append_event, register_artifact
 from app.services.job_state import JobError, claim_job, finish_job, release_job, requeue_lost_attempt
-from app.services.jobs import WEIGHTS_ARTIFACT
 from app.statuses import EventType, JobStatus
 from app.store import ArtifactStore, StoredObject
 from app.stores import cache_for
 from app.stores.cache import FetchCache
+from app.stores.keys import job_artifact_key
+from training import artifacts
 from training.callbacks import Callbacks, CheckpointInfo, RollbackInfo, RunInfo, StepMetrics, Stop
 from training.spec import Spec
 from worker.lease import LeaseKeeper
-from worker.publisher import Checkpoint, Epoch, EventPublisher, Note, Step, checkpoint_key
+from worker.publisher import Checkpoint, Epoch, EventPublisher, Note, Step
 from worker.tracking import MlflowTracker, tracker_for
 
 log = logging.getLogger(__name__)
-
-CARD_ARTIFACT = "model.json"
-METRICS_ARTIFACT = "metrics.json"
-CONFUSION_ARTIFACT = "confusion.json"
 
 
 def new_owner(worker_name: str | None = None) -> str:
@@ -141,7 +138,7 @@ def fetch_cached(cache: FetchCache, store: ArtifactStore, stored: StoredObject, 
 
 class JobRunner:
     def __init__(
-        self, services: Services, job_id: str, preempt: threading.Event, worker_name: str | None = None
+        self, services: Runtime, job_id: str, preempt: threading.Event, worker_name: str | None = None
     ) -> None:
         self.services = services
         self.job_id = job_id
@@ -217,7 +214,7 @@ class JobRunner:
             self._end_tracking(publisher, "cancelled")
             return self._finish(JobStatus.CANCELLED)
         self._publish_artifacts(result.checkpoint_path)
-        self._end_tracking(publisher, "succeeded", [self.run_dir / CARD_ARTIFACT, self.run_dir / WEIGHTS_ARTIFACT])
+        self._end_tracking(publisher, "succeeded", [self.run_dir / artifacts.CARD, self.run_dir / artifacts.WEIGHTS])
         published = {"published": self._published_metrics()}
         return self._finish(JobStatus.SUCCEEDED, final_metrics=published["published"], test_metrics=result.test)
 
@@ -263,11 +260,11 @@ class JobRunner:
             stored = StoredObject(checkpoint.store_key, checkpoint.bytes or 0, checkpoint.sha256 or "")
             return [(stored, Path(checkpoint.store_key).name)]
         keys = []
-        for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT):
+        for name in (artifacts.WEIGHTS, artifacts.CARD):
             artifact = record_rows.artifact(session, job.init_from, name)
             if artifact is not None:
                 keys.append((StoredObject(artifact.store_key, artifact.bytes, artifact.sha256), name))
-        if not keys or keys[0][1] != WEIGHTS_ARTIFACT:
+        if not keys or keys[0][1] != artifacts.WEIGHTS:
             raise _input_error(f"backbone.init_from: job {job.init_from} has no published weights")
         return keys
 
@@ -276,9 +273,9 @@ class JobRunner:
     def _publish_artifacts(self, last_checkpoint: Path | None) -> None:
         store = self.services.store
         with transaction(self.services.factory) as session:
-            for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT, METRICS_ARTIFACT, CONFUSION_ARTIFACT):
+            for name in artifacts.PUBLISHED:
                 with (self.run_dir / name).open("rb") as file:
-                    stored = store.put(f"jobs/{self.job_id}/{name}", file)
+                    stored = store.put(job_artifact_key(self.job_id, name), file)
                 register_artifact(session, self.job_id, name, stored, owner=self.owner)
             for checkpoint in record_rows.kept_checkpoints(session, self.job_id):
                 stat = store.stat(checkpoint.store_key)
@@ -289,7 +286,7 @@ class JobRunner:
     def _published_metrics(self) -> dict[str, Any]:
         import json
 
-        card = json.loads((self.run_dir / CARD_ARTIFACT).read_text())
+        card = json.loads((self.run_dir / artifacts.CARD).read_text())
         published: dict[str, Any] = card["metrics"]["published"]
         return published
 
@@ -350,9 +347,9 @@ def _input_error(message: str) -> Exception:
     return InitFromError(message)
 
 
-def run_job(services: Services, job_id: str, preempt: threading.Event, worker_name: str | None = None) -> str:
+def run_job(services: Runtime, job_id: str, preempt: threading.Event, worker_name: str | None = None) -> str:
     """The ``finetune.train_job`` task's body. Returns how the attempt ended, for the worker's log."""
     return JobRunner(services, job_id, preempt, worker_name).run()
 
 
-__all__ = ["JobRunner", "checkpoint_key", "run_job"]
+__all__ = ["JobRunner", "run_job"]

@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery, Task, signals  # type: ignore[import-untyped]
 from celery.exceptions import Reject, TimeLimitExceeded  # type: ignore[import-untyped]
 
-from app.context import Services
+from app.context import Runtime
 from app.db.session import transaction
 from app.services.dataset_validation import run_dataset_validation
 from app.services.job_state import JobError, abort_job
@@ -37,14 +37,14 @@ PREEMPT_SIGNAL = signal.SIGUSR2
 # Set in a pool child when its parent is shutting down: the running job checkpoints and is requeued.
 preempt_requested = threading.Event()
 
-_services: dict[int, Services] = {}  # per process: an engine must not cross a fork
+_services: dict[int, Runtime] = {}  # per process: an engine must not cross a fork
 
 
-def process_services(settings: Settings) -> Services:
+def process_services(settings: Settings) -> Runtime:
     pid = os.getpid()
     if pid not in _services:
         _services.clear()
-        _services[pid] = Services.from_settings(settings)
+        _services[pid] = Runtime.from_settings(settings)
     return _services[pid]
 
 

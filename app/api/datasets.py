@@ -25,6 +25,7 @@ from app.services.idempotency import IdempotencyKey, request_hash
 from app.settings import Settings
 from app.statuses import DatasetStatus
 from app.store import ArtifactStore
+from app.stores import keys
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -92,10 +93,10 @@ async def accept_upload(
             idempotency_key=key,
         )
     except BaseException:
-        await run_in_threadpool(store.delete_prefix, f"datasets/{dataset_id}")
+        await run_in_threadpool(store.delete_prefix, keys.dataset_prefix(dataset_id))
         raise
     if not created:  # an earlier request with this key made the data set: this copy is not needed
-        await run_in_threadpool(store.delete_prefix, f"datasets/{dataset_id}")
+        await run_in_threadpool(store.delete_prefix, keys.dataset_prefix(dataset_id))
     return row, status
 
 

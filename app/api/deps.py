@@ -81,7 +81,6 @@ def get_caller(
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
-ProjectDep = CallerDep
 
 IdempotencyKeyHeader = Annotated[
     str | None,

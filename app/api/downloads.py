@@ -22,9 +22,9 @@ from app.db.models import Artifact
 from app.errors import NotFound
 from app.repositories import job_records
 from app.services import jobs
-from app.services.jobs import WEIGHTS_ARTIFACT
 from app.settings import Settings
 from app.store import ArtifactStore
+from training import artifacts
 
 router = APIRouter(prefix="/v1/jobs", tags=["downloads"])
 
@@ -148,7 +148,7 @@ def download_weights(
     settings: SettingsDep,
 ) -> Response:
     """The final weights of a succeeded job (``model.safetensors``); see its model card, ``model.json``."""
-    artifact = _artifact(session, caller.project_id, job_id, WEIGHTS_ARTIFACT)
+    artifact = _artifact(session, caller.project_id, job_id, artifacts.WEIGHTS)
     return file_response(request, store, settings, artifact, f"{job_id}.safetensors")
 
 

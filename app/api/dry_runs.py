@@ -18,7 +18,7 @@ WAITING_PER_THREAD = 8  # dry runs allowed to wait for a thread, per thread
 
 
 def _import_engine() -> None:
-    import training.dryrun  # noqa: F401
+    import training.dryrun  # noqa: F401  # torch (tens of seconds on a cold cache): in a pool thread, not at startup
 
 
 class DryRunPool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,13 +23,12 @@ from typing import Any
 
 import redis
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import JobEvent
 from app.db.session import transaction
 from app.errors import TooManyRequests
 from app.events import EventStream, event_payload
+from app.repositories import job_records
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class EventHub:
 
     def _max_seq(self, job_id: str) -> int:
         with transaction(self.factory) as session:
-            return int(session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)) or 0)
+            return job_records.last_event_seq(session, job_id)
 
     def _ensure_reader(self) -> None:
         self._wake.set()
@@ -183,8 +183,8 @@ class EventHub:
         with transaction(self.factory) as session:
             found: dict[str, list[dict[str, Any]]] = {}
             for job_id, seq in wanted.items():
-                query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > seq).order_by(JobEvent.seq)
-                found[job_id] = [event_payload(row) for row in session.scalars(query.limit(QUEUE_EVENTS))]
+                rows = job_records.events_after(session, job_id, seq, QUEUE_EVENTS)
+                found[job_id] = [event_payload(row) for row in rows]
             return found
 
     @staticmethod
@@ -201,7 +201,5 @@ class EventHub:
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
-    import json
-
     event: dict[str, Any] = json.loads(raw)
     return event

@@ -1,5 +1,5 @@
 """Engines and sessions. One transaction per request or task: ``transaction`` commits on success and rolls
-back on error; nothing deeper commits.
+back on error; nothing deeper commits (the exceptions, and why: ``app.services.transactions``).
 
 SQLite (the embedded mode) runs in WAL mode with a busy timeout, and every transaction starts with
 ``BEGIN IMMEDIATE``: writers queue for the lock up front instead of failing with SQLITE_BUSY when a read

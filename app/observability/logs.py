@@ -9,14 +9,14 @@ job (``JobRunner.run`` sets it), through context variables, so no call site has 
     {"time": "2026-11-28T09:14:03.512Z", "level": "INFO", "logger": "worker.runner", "message": "…",
      "pid": 4121, "job_id": "ftjob_01JDX…"}
 
-This module imports only the standard library: the CLI calls it before anything heavy is loaded.
+This module imports only the standard library and python-json-logger (a few small modules): the CLI calls it
+before anything heavy is loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import sys
 import threading
@@ -24,19 +24,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+import pythonjsonlogger.core
+import pythonjsonlogger.json
+
 LogFormat = Literal["json", "text"]
 
 current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 _CONTEXT = {"request_id": current_request_id, "job_id": current_job_id}
 
-# What every LogRecord has; any other attribute came from ``extra=`` and becomes a field of the JSON line.
-_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "taskName",
-    *_CONTEXT,
-}
+# The library's names for the fields, and the record attributes that are not ``extra=`` fields (the ids are
+# added only when set).
+_RENAMED = {"levelname": "level", "name": "logger", "process": "pid", "exc_info": "exception", "stack_info": "stack"}
+_RESERVED = [*pythonjsonlogger.core.RESERVED_ATTRS, "taskName", *_CONTEXT]
 _HANDLER_MARK = "_finetune_handler"
 
 
@@ -50,29 +50,27 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC), level, logger, message, pid, the context's ids, ``extra=`` fields,
-    and the traceback of an exception as one string."""
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """One JSON object per line (python-json-logger): time (UTC), level, logger, message, pid, the context's ids,
+    ``extra=`` fields, and the traceback of an exception as one string."""
 
-    def format(self, record: logging.LogRecord) -> str:
+    def __init__(self) -> None:
+        super().__init__(
+            "{levelname}{name}{message}{process}",
+            style="{",
+            rename_fields=_RENAMED,
+            reserved_attrs=_RESERVED,
+            json_default=str,
+        )
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         when = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        entry: dict[str, Any] = {
-            "time": when.replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
-        }
-        entry |= {name: value for name in _CONTEXT if (value := getattr(record, name, None)) is not None}
+        log_data["time"] = when.replace("+00:00", "Z")
+        super().add_fields(log_data, record, message_dict)
+        log_data |= {name: value for name in _CONTEXT if (value := getattr(record, name, None)) is not None}
         if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
             client, method, path, _version, status = record.args  # uvicorn's '%s - "%s %s HTTP/%s" %d'
-            entry |= {"client": client, "method": method, "path": path, "status": status}
-        entry |= {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str)
+            log_data |= {"client": client, "method": method, "path": path, "status": status}
 
 
 class TextFormatter(logging.Formatter):

@@ -24,21 +24,18 @@ HTTP counts and latencies are observed by ``app.api.middleware``; everything els
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import redis
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from sqlalchemy import ColumnElement, Float, and_, case, cast, extract, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.context import Services
-from app.db.models import Job, JobEvent
+from app.context import Runtime
 from app.observability.heartbeats import Heartbeats, alive_limit, heartbeats_for
+from app.repositories import job_stats
 from app.settings import Settings
-from app.statuses import OWNED_JOB_STATUSES, TERMINAL_JOB_STATUSES, EventType, JobStatus
 from app.tasks import CPU_QUEUE, GPU_QUEUE
 
 log = logging.getLogger(__name__)
@@ -46,72 +43,6 @@ log = logging.getLogger(__name__)
 # Seconds: jobs last from a minute (a linear probe) to days (a large backbone on a large set).
 DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 604800.0)
 QUEUES = (GPU_QUEUE, CPU_QUEUE)
-RUNNING_STATUSES = tuple(OWNED_JOB_STATUSES)  # a cancelling or pausing job trains until its next step
-
-
-# --- the database ------------------------------------------------------------------------------------
-
-
-def jobs_by_status(session: Session) -> dict[str, int]:
-    """Every status, zero included."""
-    counts = {str(status): 0 for status in JobStatus}
-    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
-        counts[status] = count
-    return counts
-
-
-def _job_seconds(session: Session) -> ColumnElement[float]:
-    if session.get_bind().dialect.name == "sqlite":  # naive UTC text: julianday() reads it, in days
-        return (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
-    return cast(extract("epoch", Job.finished_at - Job.started_at), Float)
-
-
-def job_durations(session: Session, buckets: Iterable[float] = DURATION_BUCKETS) -> dict[str, dict[str, Any]]:
-    """Finished jobs that had started, by status: ``{"buckets": [count <= each bound], "count", "sum"}``."""
-    bounds = list(buckets)
-    seconds = _job_seconds(session)
-    columns = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in bounds]
-    query = (
-        select(Job.status, func.count(), func.coalesce(func.sum(seconds), 0.0), *columns)
-        .where(Job.status.in_([str(s) for s in TERMINAL_JOB_STATUSES]), Job.started_at.is_not(None))
-        .group_by(Job.status)
-    )
-    found = {}
-    for status, count, total, *counts in session.execute(query):
-        found[status] = {"buckets": [int(c or 0) for c in counts], "count": int(count), "sum": float(total)}
-    return found
-
-
-def running_throughput(session: Session) -> dict[str, float]:
-    """Images per second of each running job: its latest step metrics of this attempt, else its latest epoch's
-    if an epoch ended in this attempt; a job with neither has no value yet."""
-    running = [str(s) for s in RUNNING_STATUSES]
-    latest = (
-        select(JobEvent.job_id, func.max(JobEvent.seq).label("seq"))
-        .join(Job, Job.id == JobEvent.job_id)
-        .where(
-            Job.status.in_(running),
-            JobEvent.type == str(EventType.STEP),
-            JobEvent.created_at >= Job.attempt_started_at,
-        )
-        .group_by(JobEvent.job_id)
-        .subquery()
-    )
-    steps = session.execute(
-        select(JobEvent.job_id, JobEvent.data).join(
-            latest, and_(JobEvent.job_id == latest.c.job_id, JobEvent.seq == latest.c.seq)
-        )
-    )
-    speeds = {job_id: data.get("images_per_second") for job_id, data in steps if data}
-    epochs = session.execute(
-        select(Job.id, Job.latest_metrics).where(
-            Job.status.in_(running), Job.epochs_completed > Job.attempt_start_epoch
-        )
-    )
-    for job_id, metrics in epochs:
-        if speeds.get(job_id) is None and metrics:
-            speeds[job_id] = metrics.get("images_per_second")
-    return {job_id: float(speed) for job_id, speed in speeds.items() if isinstance(speed, int | float)}
 
 
 # --- the broker --------------------------------------------------------------------------------------
@@ -137,7 +68,7 @@ class QueueDepth:
         raise NotImplementedError(f"queue depth of a {self.url.split(':', 1)[0]} broker")
 
     def _redis_depth(self, queue: str) -> int:
-        from kombu.transport.redis import PRIORITY_STEPS, Channel
+        from kombu.transport.redis import PRIORITY_STEPS, Channel  # Celery's transport: only when a Redis broker
 
         if self._client is None:
             self._client = redis.Redis.from_url(self.url, socket_timeout=3, socket_connect_timeout=3)
@@ -160,11 +91,11 @@ class ServiceMetrics(Collector):
     """Collects the metrics above at each scrape (``/metrics`` runs in a thread: the queries do not block
     the event loop)."""
 
-    def __init__(self, services: Services) -> None:
-        self.settings = services.settings
-        self.factory: sessionmaker[Session] = services.factory
-        self.queue_depth = QueueDepth(services.settings)
-        self.heartbeats: Heartbeats = heartbeats_for(services.settings)
+    def __init__(self, runtime: Runtime) -> None:
+        self.settings = runtime.settings
+        self.factory: sessionmaker[Session] = runtime.factory
+        self.queue_depth = QueueDepth(runtime.settings)
+        self.heartbeats: Heartbeats = heartbeats_for(runtime.settings)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -188,9 +119,9 @@ class ServiceMetrics(Collector):
 
     def _database(self) -> list[Metric]:
         with self.factory() as session:
-            counts = jobs_by_status(session)
-            durations = job_durations(session)
-            speeds = running_throughput(session)
+            counts = job_stats.jobs_by_status(session)
+            durations = job_stats.job_durations(session, DURATION_BUCKETS)
+            speeds = job_stats.running_throughput(session)
         jobs = GaugeMetricFamily("finetune_jobs", "Jobs by status.", labels=["status"])
         for status, count in counts.items():
             jobs.add_metric([status], count)

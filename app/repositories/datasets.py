@@ -7,9 +7,9 @@ from datetime import datetime
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Dataset, Job
+from app.db.models import Dataset
 from app.repositories.pagination import keyset_page
-from app.statuses import ACTIVE_JOB_STATUSES, DatasetStatus
+from app.statuses import DatasetStatus
 
 
 def get(session: Session, project_id: str, dataset_id: str, *, for_update: bool = False) -> Dataset | None:
@@ -56,11 +56,6 @@ def archive_holder(session: Session, sha256: str, size: int) -> Dataset | None:
 def archive_in_use(session: Session, store_key: str, *, besides: str) -> bool:
     """Whether a data set other than ``besides``, not deleted, reads the archive at ``store_key``."""
     query = select(exists().where(Dataset.store_key == store_key, Dataset.id != besides, Dataset.deleted_at.is_(None)))
-    return bool(session.scalar(query))
-
-
-def used_by_active_job(session: Session, dataset_id: str) -> bool:
-    query = select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES)))
     return bool(session.scalar(query))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Artifact, Checkpoint, EpochMetrics, JobEvent
@@ -83,3 +83,14 @@ def artifact(session: Session, job_id: str, name: str) -> Artifact | None:
 
 def artifacts(session: Session, job_id: str) -> list[Artifact]:
     return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+
+
+def last_event_seq(session: Session, job_id: str) -> int:
+    """The sequence number of the job's latest event; 0 when it has none."""
+    return int(session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)) or 0)
+
+
+def events_after(session: Session, job_id: str, seq: int, limit: int) -> list[JobEvent]:
+    """The job's first ``limit`` events after ``seq``, in order."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > seq).order_by(JobEvent.seq)
+    return list(session.scalars(query.limit(limit)))

@@ -105,3 +105,12 @@ def expired_leases(session: Session, now: datetime) -> list[Job]:
 def active_for_dataset(session: Session, dataset_id: str) -> list[str]:
     query = select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES))
     return list(session.scalars(query.order_by(Job.id)))
+
+
+def project_of(session: Session, job_id: str) -> str | None:
+    return session.scalar(select(Job.project_id).where(Job.id == job_id))
+
+
+def get_fresh(session: Session, job_id: str) -> Job:
+    """The job's row as the database has it now, not as this session last saw it (after an UPDATE statement)."""
+    return session.scalars(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one()

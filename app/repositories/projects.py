@@ -14,10 +14,6 @@ def project_by_name(session: Session, name: str) -> Project | None:
     return session.scalar(select(Project).where(Project.name == name))
 
 
-def project_by_id(session: Session, project_id: str) -> Project | None:
-    return session.get(Project, project_id)
-
-
 def active_key_by_hash(session: Session, key_hash: str, now: datetime) -> ApiKey | None:
     return session.scalar(
         select(ApiKey).where(

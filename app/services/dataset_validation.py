@@ -31,14 +31,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Dataset
-from app.db.session import transaction
 from app.repositories import datasets
-from app.services.datasets import archive_name, dataset_work_dir, thumbnails_key
+from app.services.datasets import archive_name, dataset_work_dir
+from app.services.transactions import short_transaction
 from app.settings import Settings
 from app.statuses import DatasetStatus
 from app.store import CHUNK_BYTES, ArtifactStore, ObjectMissing
 from app.stores import cache_for
 from app.stores.cache import CacheCorrupt
+from app.stores.keys import thumbnails_key
 from training.archives import resolve_source
 from training.dataset_check import DatasetReport
 from training.errors import DatasetError
@@ -148,7 +149,7 @@ def run_dataset_validation(
 ) -> DatasetStatus | None:
     """Validate a ``validating`` data set and record the outcome. Idempotent: a data set already ``ready``
     or ``failed`` is left as it is. The data set's status after, or None when there is no such data set."""
-    with transaction(factory) as session:
+    with short_transaction(factory) as session:
         dataset = datasets.get_any(session, dataset_id)
         if dataset is None or dataset.deleted_at is not None:
             return None
@@ -165,7 +166,7 @@ def run_dataset_validation(
         values = _failed("validation_crashed", reason, [reason])
     else:
         values = _check(store, settings, dataset)
-    with transaction(factory) as session:
+    with short_transaction(factory) as session:
         if not datasets.finish_validation(session, dataset_id, **values):
             log.info("data set %s was validated by another task meanwhile", dataset_id)
         current = datasets.get_any(session, dataset_id)

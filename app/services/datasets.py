@@ -21,6 +21,7 @@ from app.services.idempotency import IdempotencyKey
 from app.settings import Settings
 from app.statuses import DatasetStatus
 from app.store import ArtifactStore, StoredObject
+from app.stores import keys
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -34,7 +35,7 @@ def archive_name(filename: str) -> str:
 
 
 def archive_key(dataset_id: str, filename: str) -> str:
-    return f"datasets/{dataset_id}/{archive_name(filename)}"
+    return keys.dataset_archive_key(dataset_id, archive_name(filename))
 
 
 def create_dataset(
@@ -103,11 +104,6 @@ def dataset_work_dir(settings: Settings, dataset_id: str) -> Path:
     return settings.data_path / "datasets" / dataset_id
 
 
-def thumbnails_key(dataset_id: str) -> str:
-    """The console's thumbnails of a data set, made at validation."""
-    return f"datasets/{dataset_id}/thumbnails.json"
-
-
 def delete_dataset(
     session: Session, store: ArtifactStore, settings: Settings, project_id: str, dataset_id: str
 ) -> Dataset:
@@ -133,9 +129,9 @@ def delete_dataset(
     def remove_files() -> None:
         if not shared:
             store.delete(archive)  # under datasets/<id>/, or another (deleted) data set's that it shared
-            store.delete_prefix(f"datasets/{dataset_id}")
+            store.delete_prefix(keys.dataset_prefix(dataset_id))
         else:  # the archive stays for the data set that shares it; what is this one's alone goes
-            store.delete(thumbnails_key(dataset_id))
+            store.delete(keys.thumbnails_key(dataset_id))
         shutil.rmtree(work_dir, ignore_errors=True)
 
     send_after_commit(session, remove_files)

@@ -32,7 +32,7 @@ from app.webhooks.service import send_due_deliveries
 _MAX_RUNTIME = TypeAdapter(timedelta)
 
 if TYPE_CHECKING:
-    from app.context import Services
+    from app.context import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class SweepReport:
     webhooks: list[str] = field(default_factory=list)  # webhook deliveries due (retries, lost sends)
 
 
-def sweep(services: Services) -> SweepReport:
+def sweep(services: Runtime) -> SweepReport:
     """One pass of the periodic sweep (the API runs it every few seconds; any number may run at once:
     every change is a compare-and-set, and a duplicate task is a no-op)."""
     report = SweepReport()

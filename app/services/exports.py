@@ -15,28 +15,32 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.context import Services
+from app.context import Runtime
 from app.db.models import JobExport
-from app.db.session import transaction
 from app.dispatch import send_after_commit
 from app.errors import Conflict, NotFound
 from app.ids import new_id
 from app.queue import TaskQueue
 from app.repositories import datasets as dataset_rows
+from app.repositories import exports as export_rows
 from app.repositories import job_records as record_rows
 from app.repositories import jobs as job_rows
 from app.schemas.exports import ExportCreate
+from app.services.dataset_validation import dataset_folder
 from app.services.job_records import register_artifact
-from app.services.jobs import WEIGHTS_ARTIFACT, get_job
+from app.services.jobs import get_job
+from app.services.transactions import short_transaction
 from app.statuses import ExportStatus, JobStatus
+from app.stores.keys import job_artifact_key
+from training import artifacts
+from training.errors import DatasetError, TrainingError
+from training.spec import Spec
 
 log = logging.getLogger(__name__)
 
-CARD_ARTIFACT = "model.json"
 STALE_RUNNING = timedelta(minutes=30)  # a running export not heard of for this long (its worker died) may be redone
 
 
@@ -44,7 +48,7 @@ def request_export(session: Session, queue: TaskQueue, project_id: str, job_id: 
     job = get_job(session, project_id, job_id)
     if job.status != JobStatus.SUCCEEDED:
         raise Conflict(f"job {job_id} is {job.status}: only a succeeded job's weights can be exported", param="job_id")
-    row = session.scalar(select(JobExport).where(JobExport.job_id == job_id, JobExport.format == body.format))
+    row = export_rows.of_format(session, job_id, body.format)
     now = utcnow()
     if (
         row is not None
@@ -54,7 +58,7 @@ def request_export(session: Session, queue: TaskQueue, project_id: str, job_id: 
         raise Conflict(f"the {body.format} export of job {job_id} is already {row.status} ({row.id})", param="format")
     if row is None:
         row = JobExport(id=new_id("export"), job_id=job_id, format=body.format)
-        session.add(row)
+        export_rows.add(session, row)
     row.dynamic_batch = body.dynamic_batch
     row.opset = body.opset if body.format == "onnx" else None
     row.status = ExportStatus.QUEUED
@@ -68,12 +72,12 @@ def request_export(session: Session, queue: TaskQueue, project_id: str, job_id: 
 
 def list_exports(session: Session, project_id: str, job_id: str) -> list[JobExport]:
     get_job(session, project_id, job_id)
-    return list(session.scalars(select(JobExport).where(JobExport.job_id == job_id).order_by(JobExport.id)))
+    return export_rows.of_job(session, job_id)
 
 
 def get_export(session: Session, project_id: str, job_id: str, export_id: str) -> JobExport:
     get_job(session, project_id, job_id)
-    row = session.get(JobExport, export_id)
+    row = export_rows.get(session, export_id)
     if row is None or row.job_id != job_id:
         raise NotFound(f"no export {export_id} of job {job_id}", param="export_id")
     return row
@@ -82,73 +86,52 @@ def get_export(session: Session, project_id: str, job_id: str, export_id: str) -
 # --- the task -------------------------------------------------------------------------------------------
 
 
-def _claim(session: Session, export_id: str) -> bool:
-    """queued -> running, compare-and-set: a redelivered task finds it taken and does nothing."""
-    claimed = session.execute(
-        update(JobExport)
-        .where(JobExport.id == export_id, JobExport.status == ExportStatus.QUEUED)
-        .values(status=ExportStatus.RUNNING, updated_at=utcnow())
-    )
-    return bool(claimed.rowcount)  # type: ignore[attr-defined]
+def _finish(runtime: Runtime, export_id: str, status: ExportStatus, **values: Any) -> None:
+    with short_transaction(runtime.factory) as session:
+        export_rows.finish(session, export_id, status, **values)
 
 
-def _finish(services: Services, export_id: str, status: ExportStatus, **values: Any) -> None:
-    with transaction(services.factory) as session:
-        session.execute(
-            update(JobExport)
-            .where(JobExport.id == export_id, JobExport.status == ExportStatus.RUNNING)
-            .values(status=status, updated_at=utcnow(), finished_at=utcnow(), **values)
-        )
-
-
-def run_export(services: Services, export_id: str) -> str:
+def run_export(runtime: Runtime, export_id: str) -> str:
     """The ``finetune.export_job`` task's body. Returns how it ended, for the worker's log."""
-    with transaction(services.factory) as session:
-        if not _claim(session, export_id):
+    with short_transaction(runtime.factory) as session:
+        if not export_rows.claim(session, export_id):
             return "not claimed"
-    work = services.settings.work_path / f"export-{export_id}"
+    work = runtime.settings.work_path / f"export-{export_id}"
     try:
-        entry = _export(services, export_id, work)
+        entry = _export(runtime, export_id, work)
     except Exception as error:
-        from training.errors import TrainingError
-
         code = error.code if isinstance(error, TrainingError) else "internal"
         message = (
             error.message if isinstance(error, TrainingError) else f"internal error: {type(error).__name__}: {error}"
         )
         log.error("export %s failed (%s): %s", export_id, code, message)
-        _finish(services, export_id, ExportStatus.FAILED, error_code=code, error_message=message[:2000])
+        _finish(runtime, export_id, ExportStatus.FAILED, error_code=code, error_message=message[:2000])
         return f"failed ({code})"
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _finish(services, export_id, ExportStatus.SUCCEEDED, parity=entry)
+    _finish(runtime, export_id, ExportStatus.SUCCEEDED, parity=entry)
     return "succeeded"
 
 
-def _export(services: Services, export_id: str, work: Path) -> dict[str, Any]:
-    from app.services.dataset_validation import dataset_folder
+def _export(runtime: Runtime, export_id: str, work: Path) -> dict[str, Any]:
+    # torch and the exporter: in the worker's pool child that runs the export, never in the API
     from training.data import validation_images
-    from training.exports import PARITY_IMAGES, ExportRequest, export_run
-    from training.spec import Spec
+    from training.exports import PARITY_IMAGES, ExportError, ExportRequest, export_run
 
-    store = services.store
-    with transaction(services.factory) as session:
-        row = session.get(JobExport, export_id)
+    store = runtime.store
+    with short_transaction(runtime.factory) as session:
+        row = export_rows.get(session, export_id)
         assert row is not None
         job = job_rows.get_any(session, row.job_id)
         assert job is not None
         job_id, spec = job.id, Spec.model_validate(job.spec)
         request = ExportRequest(row.format, row.dynamic_batch, row.opset or 18)  # type: ignore[arg-type]
         dataset = dataset_rows.get_any(session, job.dataset_id) if job.dataset_id else None
-        keys = {name: record_rows.artifact(session, job_id, name) for name in (WEIGHTS_ARTIFACT, CARD_ARTIFACT)}
+        keys = {name: record_rows.artifact(session, job_id, name) for name in (artifacts.WEIGHTS, artifacts.CARD)}
         stored_keys = {name: artifact.store_key for name, artifact in keys.items() if artifact is not None}
     if len(stored_keys) < 2:
-        from training.exports import ExportError
-
         raise ExportError(f"job {job_id} has no published weights and model card")
     if dataset is None:
-        from training.errors import DatasetError
-
         raise DatasetError("dataset_unreadable", [f"data set {job.dataset_id} is gone: the parity check needs it"])
     work.mkdir(parents=True, exist_ok=True)
     for name, key in stored_keys.items():
@@ -157,16 +140,16 @@ def _export(services: Services, export_id: str, work: Path) -> dict[str, Any]:
     images = validation_images(
         spec.data,
         spec.image_size,
-        source=dataset_folder(store, services.settings, dataset),
+        source=dataset_folder(store, runtime.settings, dataset),
         work_dir=work / "data",
         seed=spec.training.seed,
-        settings=services.settings.engine,
+        settings=runtime.settings.engine,
         count=PARITY_IMAGES,
     )
     entry = export_run(work, request, images)
-    with transaction(services.factory) as session:
-        for name in (entry["file"], CARD_ARTIFACT):
+    with short_transaction(runtime.factory) as session:
+        for name in (entry["file"], artifacts.CARD):
             with (work / name).open("rb") as file:
-                stored = store.put(f"jobs/{job_id}/{name}", file)
+                stored = store.put(job_artifact_key(job_id, name), file)
             register_artifact(session, job_id, name, stored)
     return entry

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
-from app.db.session import transaction
 from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
 from app.queue import TaskQueue
@@ -22,17 +21,16 @@ from app.schemas.jobs import DryRun, JobCreate
 from app.services import idempotency, job_state
 from app.services.dispatching import queue_for_training
 from app.services.idempotency import IdempotencyKey
+from app.services.transactions import short_transaction
 from app.settings import Settings
 from app.statuses import DatasetStatus, EventType, JobStatus
 from app.store import ArtifactStore
+from training import artifacts
 from training.catalog import check_weights_available, get_backbone
 from training.errors import TrainingError, WeightsUnavailable
 from training.imagefolder import scan_image_folder
 from training.plan import PlannedRun
 from training.spec import Spec, missing_split_problem
-
-WEIGHTS_ARTIFACT = "model.safetensors"  # the final weights a succeeded job publishes (the worker's name)
-CONFUSION_ARTIFACT = "confusion.json"  # its confusion matrices on the validation and test sets
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,7 @@ def _check_init_from(session: Session, settings: Settings, project_id: str, spec
         job = jobs.get(session, project_id, source)
         if job is None:
             raise InvalidSpec(f"no job {source} in this project", param=param, code="init_from_invalid")
-        if job.status != JobStatus.SUCCEEDED or job_records.artifact(session, source, WEIGHTS_ARTIFACT) is None:
+        if job.status != JobStatus.SUCCEEDED or job_records.artifact(session, source, artifacts.WEIGHTS) is None:
             message = f"job {source} is {job.status}: only a succeeded job's published weights can be a start"
             raise InvalidSpec(message, param=param, code="init_from_invalid")
         _same_backbone(job.spec, spec, source)
@@ -332,7 +330,7 @@ def list_artifacts(session: Session, project_id: str, job_id: str) -> list[Artif
 def read_confusion(session: Session, store: ArtifactStore, project_id: str, job_id: str) -> dict[str, Any]:
     """The confusion matrices a succeeded job published (``confusion.json``), as the engine wrote them."""
     job = get_job(session, project_id, job_id)
-    artifact = job_records.artifact(session, job.id, CONFUSION_ARTIFACT)
+    artifact = job_records.artifact(session, job.id, artifacts.CONFUSION)
     if artifact is None:
         raise NotFound(f"job {job_id} has no confusion matrix: a job publishes one when it succeeds", param="job_id")
     with store.open(artifact.store_key) as file:
@@ -372,7 +370,7 @@ def dry_run_job(factory: sessionmaker[Session], settings: Settings, project_id: 
     """The run planned without running it: resolved spec, parameter counts, steps, the lr of every group at
     the steps it shows. Stores nothing. The checks read the database in a short transaction; the plan
     (torch, on the meta device) runs after it, holding no lock, and gives up past the dry-run time limit."""
-    with transaction(factory) as session:
+    with short_transaction(factory) as session:
         checked = check_spec(session, settings, project_id, spec)
     train_counts, has_val = _train_counts(checked)
     check_planned_steps(settings, checked.spec, train_counts, has_val)

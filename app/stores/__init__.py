@@ -1,5 +1,8 @@
 """The artifact store the settings name: ``FT_STORE_URL`` is ``file:///path`` (a folder, the embedded
-default) or ``s3://bucket/prefix`` (an S3-compatible object store, through boto3)."""
+default) or ``s3://bucket/prefix`` (an S3-compatible object store, through boto3).
+
+boto3, botocore and ``app.stores.s3`` are imported inside the functions that need them: boto3 takes about a
+second to import, and the embedded mode (a folder store) and the CLI never need it."""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote
 
+from botocore.exceptions import ClientError
+
 from app.store import CHUNK_BYTES, ObjectInfo, ObjectMissing, StoredObject, chunks_of, validate_key
 
 IN_FLIGHT = 4  # parts uploading at once, and the most a writer holds in memory (with the one it fills)
@@ -24,8 +26,6 @@ DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 
 
 def _missing(error: Exception) -> bool:
-    from botocore.exceptions import ClientError
-
     if not isinstance(error, ClientError):
         return False
     code = str(error.response.get("Error", {}).get("Code", ""))
@@ -267,8 +267,6 @@ class S3ArtifactStore:
 
     def create_bucket(self) -> bool:
         """Create the bucket; False when it is there already (then no CreateBucket right is needed)."""
-        from botocore.exceptions import ClientError
-
         try:
             self.client.head_bucket(Bucket=self.bucket)
             return False

@@ -131,8 +131,6 @@ def attempt_delivery(factory: sessionmaker[Session], settings: Settings, deliver
 
 
 def _endpoint_of(session: Session, delivery: WebhookDelivery) -> tuple[str, str]:
-    from app.db.models import WebhookEndpoint
-
-    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    endpoint = repository.endpoint_of(session, delivery)
     assert endpoint is not None  # a delivery is deleted with its endpoint
     return endpoint.url, endpoint.secret

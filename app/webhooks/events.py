@@ -1,20 +1,16 @@
 """The events a webhook endpoint subscribes to: one per status a job can enter that a client acts on.
 
-New statuses (pruned, when sweeps land) join ``JOB_EVENTS`` and are sent from the same hook on the state machine.
+New statuses (pruned, when sweeps land) join ``EventName`` and are sent from the same hook on the state machine.
 """
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from app.statuses import JobStatus
 
-JOB_EVENTS: tuple[str, ...] = (
-    "job.queued",
-    "job.running",
-    "job.paused",
-    "job.succeeded",
-    "job.failed",
-    "job.cancelled",
-)
+EventName = Literal["job.queued", "job.running", "job.paused", "job.succeeded", "job.failed", "job.cancelled"]
+JOB_EVENTS: tuple[str, ...] = get_args(EventName)  # the API's schema validates against the same names
 
 
 def event_for_status(status: JobStatus) -> str | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Job, WebhookDelivery
 from app.ids import new_id
+from app.repositories import jobs
 from app.schemas.jobs import Job as JobSchema
 from app.statuses import JobStatus
 from app.webhooks import repository
@@ -44,14 +45,13 @@ def record_job_status(session: Session, job_id: str, status: JobStatus) -> list[
     event_type = event_for_status(status)
     if event_type is None:
         return []
-    project_id = session.scalar(select(Job.project_id).where(Job.id == job_id))
+    project_id = jobs.project_of(session, job_id)
     if project_id is None:
         return []
     endpoints = repository.subscribed(session, project_id, event_type)
     if not endpoints:
         return []
-    # The transition was an UPDATE statement: read the row as it is now, not as this session last saw it.
-    job = session.scalars(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one()
+    job = jobs.get_fresh(session, job_id)  # the transition was an UPDATE statement
     body = event_body(event_type, job)
     now = utcnow()
     ids = []
@@ -95,8 +95,6 @@ def send_deliveries(engine: Engine, queue: TaskQueue, delivery_ids: list[str]) -
 
 
 def install_outbox_hooks(factory: sessionmaker[Session], queue: TaskQueue) -> None:
-    from sqlalchemy import event
-
     def after_commit(session: Session) -> None:
         pending: list[str] = session.info.pop(_PENDING, [])
         if pending:

@@ -20,6 +20,11 @@ def endpoint(session: Session, project_id: str, endpoint_id: str) -> WebhookEndp
     )
 
 
+def endpoint_of(session: Session, delivery: WebhookDelivery) -> WebhookEndpoint | None:
+    """The endpoint a delivery goes to, whatever its project (the delivery task acts for every project)."""
+    return session.get(WebhookEndpoint, delivery.endpoint_id)
+
+
 def endpoints_page(
     session: Session, project_id: str, *, after: str | None, limit: int
 ) -> tuple[list[WebhookEndpoint], bool]:

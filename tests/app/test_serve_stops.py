@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from app.context import Services
+from app.context import Runtime
 from app.db.session import transaction
 from app.settings import Settings
 from tests.app.factories import make_job
@@ -27,7 +27,7 @@ def test_ctrl_c_stops_embedded_serve_with_a_stream_open(tmp_path):
     serve = subprocess.Popen(command, cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(serve, url, timeout=120)  # migrations, then the app: slow on a busy host
-    services = Services.from_settings(Settings(home=home))  # the embedded SQLite file serve made
+    services = Runtime.from_settings(Settings(home=home))  # the embedded SQLite file serve made
     with transaction(services.factory) as session:
         job_id = make_job(session).id
     services.close()

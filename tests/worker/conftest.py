@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from app.context import Services
+from app.context import Runtime
 from app.db.session import transaction
 from app.ids import new_id
 from app.schemas.jobs import JobCreate
@@ -33,14 +33,14 @@ def colour_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:  # noqa: F811
+def services(settings: Settings) -> Iterator[Runtime]:  # noqa: F811
     quick = settings.model_copy(update={"lease_seconds": 5.0, "lease_renew_seconds": 1.0, "cancel_poll_seconds": 0.1})
-    built = Services.from_settings(quick)
+    built = Runtime.from_settings(quick)
     yield built
     built.close()
 
 
-def upload_ready_dataset(services: Services, archive: Path) -> str:
+def upload_ready_dataset(services: Runtime, archive: Path) -> str:
     with transaction(services.factory) as session:
         project = get_or_create_project(session, "default")
         dataset_id = new_id("dataset")
@@ -72,14 +72,14 @@ def job_spec(dataset_id: str, **sections: Any) -> Spec:
     return Spec.model_validate(spec)
 
 
-def submit(services: Services, spec: Spec, name: str | None = None) -> str:
+def submit(services: Runtime, spec: Spec, name: str | None = None) -> str:
     with transaction(services.factory) as session:
         project = get_or_create_project(session, "default")
         job, _ = create_job(session, services.queue, services.settings, project.id, JobCreate(spec=spec, name=name))
         return job.id
 
 
-def read(services: Services, fn: Any, *args: Any) -> Any:
+def read(services: Runtime, fn: Any, *args: Any) -> Any:
     with transaction(services.factory) as session:
         return fn(session, *args)
 

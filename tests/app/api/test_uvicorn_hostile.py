@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from app.context import Services
+from app.context import Runtime
 from app.db.models import Job
 from app.db.session import transaction
 from app.tasks import GPU_QUEUE, TRAIN_JOB
@@ -39,9 +39,9 @@ def server(backend, tmp_path_factory) -> Iterator[Server]:
 
 
 @pytest.fixture
-def services(server, settings) -> Iterator[Services]:
+def services(server, settings) -> Iterator[Runtime]:
     """The test's side of the server's database and broker."""
-    found = Services.from_settings(
+    found = Runtime.from_settings(
         settings.model_copy(
             update={"home": server.home, "broker_key_prefix": server.env.get("FT_BROKER_KEY_PREFIX", "")}
         )
@@ -114,13 +114,13 @@ async def create_all(server: Server, bodies: list[tuple[dict, dict[str, str]]]) 
         return await asyncio.gather(*(client.post("/v1/jobs", json=body, headers=headers) for body, headers in bodies))
 
 
-def sent_job_ids(services: Services) -> list[str]:
+def sent_job_ids(services: Runtime) -> list[str]:
     messages = broker_messages(SimpleNamespace(state=SimpleNamespace(queue=services.queue)), GPU_QUEUE)
     assert all(message["task"] == TRAIN_JOB for message in messages)
     return [message["args"][0] for message in messages]
 
 
-def job_count(services: Services) -> int:
+def job_count(services: Runtime) -> int:
     with transaction(services.factory) as session:
         return session.query(Job).count()
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.context import Services
+from app.context import Runtime
 from app.db.session import transaction
 from app.services.job_records import append_event, record_epoch_metrics, register_artifact
 from app.services.job_state import claim_job, finish_job
@@ -31,9 +31,9 @@ def server(backend, tmp_path_factory) -> Iterator[Server]:
 
 
 @pytest.fixture
-def writer(server, settings) -> Iterator[Services]:
+def writer(server, settings) -> Iterator[Runtime]:
     """The test's side of the database: what a worker would write, mirrored to the server's Redis."""
-    services = Services.from_settings(
+    services = Runtime.from_settings(
         settings.model_copy(
             update={"home": server.home, "broker_key_prefix": server.env.get("FT_BROKER_KEY_PREFIX", "")}
         )
@@ -55,7 +55,7 @@ def sse_events(response: httpx.Response) -> Iterator[dict]:
             event[field] = value.removeprefix(" ")
 
 
-def run_job_story(services: Services, job_id: str, pause: float = 0.05) -> None:
+def run_job_story(services: Runtime, job_id: str, pause: float = 0.05) -> None:
     """A worker's story in short: claimed, three epochs, succeeded."""
     with transaction(services.factory) as session:
         assert claim_job(session, job_id, "w1", 60)
@@ -69,7 +69,7 @@ def run_job_story(services: Services, job_id: str, pause: float = 0.05) -> None:
         finish_job(session, job_id, "w1", JobStatus.SUCCEEDED)
 
 
-def new_job(services: Services) -> str:
+def new_job(services: Runtime) -> str:
     with transaction(services.factory) as session:
         return make_job(session).id
 

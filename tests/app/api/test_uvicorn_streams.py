@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from app.context import Services
+from app.context import Runtime
 from tests.app.api.test_uvicorn_live import new_job, run_job_story, sse_events
 from tests.app.servers import Server, uvicorn_server
 
@@ -28,8 +28,8 @@ def server(backend, tmp_path_factory) -> Iterator[Server]:
 
 
 @pytest.fixture
-def writer(server, settings) -> Iterator[Services]:
-    services = Services.from_settings(
+def writer(server, settings) -> Iterator[Runtime]:
+    services = Runtime.from_settings(
         settings.model_copy(
             update={"home": server.home, "broker_key_prefix": server.env.get("FT_BROKER_KEY_PREFIX", "")}
         )

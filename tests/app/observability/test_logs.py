@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.api.middleware import RequestIdMiddleware
-from app.context import Services
+from app.context import Runtime
 from app.observability.logs import configure_logging, job_context, start_in_context
 from tests.app.servers import REPO, free_port
 from worker.runner import JobRunner
@@ -111,7 +111,7 @@ async def test_every_record_of_a_request_carries_its_request_id(captured):
 
 def test_a_worker_logs_with_the_job_id(captured, settings):
     buffer = captured("json")
-    services = Services.from_settings(settings)
+    services = Runtime.from_settings(settings)
     try:
         assert JobRunner(services, "ftjob_01JNOTHERE", threading.Event()).run() == "not claimed"
     finally:

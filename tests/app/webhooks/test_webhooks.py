@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from app.context import Services
+from app.context import Runtime
 from app.db.models import WebhookDelivery
 from app.db.session import transaction
 from app.services import job_state
@@ -46,8 +46,8 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def services(app) -> Services:
-    return app.state.services
+def services(app) -> Runtime:
+    return app.state.runtime
 
 
 async def _endpoint(client, receiver: Receiver, events: list[str] | None = None) -> dict:
@@ -57,7 +57,7 @@ async def _endpoint(client, receiver: Receiver, events: list[str] | None = None)
     return dict(response.json())
 
 
-def _queued_job(services: Services) -> str:
+def _queued_job(services: Runtime) -> str:
     with transaction(services.factory) as session:
         return make_job(session).id
 
@@ -68,7 +68,7 @@ async def _deliveries(client, endpoint_id: str) -> list[dict]:
     return list(response.json()["data"])
 
 
-def _deliver(services: Services, delivery_id: str) -> str:
+def _deliver(services: Runtime, delivery_id: str) -> str:
     return attempt_delivery(services.factory, services.settings, delivery_id)
 
 
