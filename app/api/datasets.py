@@ -14,9 +14,9 @@ from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
 from app.api.uploads import UPLOAD_REQUEST_BODY, receive_upload
 from app.db.models import Dataset as DatasetRow
+from app.dispatch.broker import TaskQueue
 from app.errors import NotFound
 from app.ids import new_id
-from app.queue import TaskQueue
 from app.schemas.common import Deleted
 from app.schemas.datasets import ClassThumbnails, Dataset, DatasetList, DatasetThumbnails
 from app.services import datasets

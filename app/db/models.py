@@ -117,7 +117,7 @@ class Job(Base):
     owner: Mapped[str | None] = mapped_column(String(100))  # the claiming worker's token
     lease_expires_at: Mapped[datetime | None]
     event_seq: Mapped[int] = mapped_column(Integer, default=0)  # the seq of the last event appended
-    # When the broker took this job's train task; NULL while queued and not yet sent (app.services.dispatching).
+    # When the broker took this job's train task; NULL while queued and not yet sent (app.dispatch.sweep).
     dispatched_at: Mapped[datetime | None]
     # Progress and results, written by the worker through app.services.job_records.
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)

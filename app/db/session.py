@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.dispatch import DEFER, install_dispatch_hooks, run_committed_sends
+from app.dispatch.after_commit import DEFER, install_dispatch_hooks, run_committed_sends
 from app.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30

@@ -36,10 +36,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.context import Services
 from app.db.models import Job, JobEvent
+from app.dispatch.names import CPU_QUEUE, GPU_QUEUE
 from app.observability.heartbeats import Heartbeats, alive_limit, heartbeats_for
 from app.settings import Settings
 from app.statuses import OWNED_JOB_STATUSES, TERMINAL_JOB_STATUSES, EventType, JobStatus
-from app.tasks import CPU_QUEUE, GPU_QUEUE
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
 from app.db.session import transaction
+from app.dispatch.broker import TaskQueue
+from app.dispatch.sweep import queue_for_training
 from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
-from app.queue import TaskQueue
 from app.repositories import datasets, job_records, jobs
 from app.repositories.jobs import JobFilters
 from app.schemas.jobs import DryRun, JobCreate
 from app.services import idempotency, job_state
-from app.services.dispatching import queue_for_training
 from app.services.idempotency import IdempotencyKey
 from app.settings import Settings
 from app.statuses import DatasetStatus, EventType, JobStatus

@@ -1,4 +1,4 @@
-"""A Celery client that sends tasks by name (``app.tasks``); it defines no tasks.
+"""A Celery client that sends tasks by name (``app.dispatch.names``); it defines no tasks.
 
 ``celery_config`` is the broker configuration the worker's Celery app starts from too, so both ends
 agree on the transport: Redis in production, kombu's serverless ``filesystem://`` transport under
@@ -11,8 +11,8 @@ from typing import Any
 
 from celery import Celery  # type: ignore[import-untyped]
 
+from app.dispatch.names import DELIVER_WEBHOOK, EXPORT_JOB, QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET, training_queue
 from app.settings import Settings
-from app.tasks import DELIVER_WEBHOOK, EXPORT_JOB, QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET, training_queue
 
 # A broker that does not answer makes the send fail fast instead of hanging the request; the row is
 # committed already, and the worker's sweep re-sends what was never delivered.
@@ -49,7 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 class TaskQueue:
-    """Sends the worker's tasks. Call its ``send_*`` through ``app.dispatch.send_after_commit``."""
+    """Sends the worker's tasks. Call its ``send_*`` through ``app.dispatch.after_commit.send_after_commit``."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from app.clock import utcnow
 from app.db.models import Job
 from app.db.session import transaction
-from app.dispatch import send_after_commit
-from app.queue import TaskQueue
+from app.dispatch.after_commit import send_after_commit
+from app.dispatch.broker import TaskQueue
 from app.services import datasets, idempotency
 from app.services.job_state import requeue_expired_leases
 from app.statuses import JobStatus
