@@ -55,8 +55,10 @@ class LeaseKeeper(threading.Thread):
                     self._look()
             except SQLAlchemyError:
                 log.warning("job %s: the database did not answer the lease keeper", self.job_id, exc_info=True)
-                if time.monotonic() - last_renewed > settings.lease_seconds:
-                    self._raise("lost")  # the reaper may have given the job to another worker by now
+                # Through a database outage shorter than the grace, training goes on and the lease is retried
+                # (the reaper holds off for a lease period after PostgreSQL returns); past it, stop.
+                if time.monotonic() - last_renewed > max(settings.lease_seconds, settings.db_outage_grace_seconds):
+                    self._raise("lost")
 
     def _look(self) -> None:
         with transaction(self.factory) as session:

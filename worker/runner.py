@@ -26,7 +26,7 @@ from typing import Any
 from app.context import Services
 from app.db.models import Job
 from app.db.session import transaction
-from app.dispatch.sweep import queue_for_training
+from app.dispatch.admission import queue_for_training
 from app.observability.logs import job_context, start_in_context
 from app.repositories import datasets as dataset_rows
 from app.repositories import job_records as record_rows

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
 from app.db.session import transaction
+from app.dispatch.admission import admit_job, dispatch_waiting, queue_for_training
 from app.dispatch.broker import TaskQueue
-from app.dispatch.sweep import queue_for_training
 from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
 from app.repositories import datasets, job_records, jobs
@@ -231,6 +231,7 @@ def create_job(
     if record is not None:
         return get_job(session, project_id, record.resource_id), record.status_code
     integrations = _check_integrations(settings, request)
+    admit_job(session, settings, project_id)
     checked = check_spec(session, settings, project_id, request.spec, lock_dataset=True)
     now = utcnow()
     job = Job(
@@ -256,7 +257,8 @@ def create_job(
     jobs.add(session, job)
     job_state.record_created(session, job)
     idempotency.remember(session, project_id, idempotency_key, job.id, 201)
-    queue_for_training(session, queue, job.id)
+    session.flush()
+    dispatch_waiting(session, queue, settings, project_id=project_id)  # now, if the project has a free slot
     return job, 201
 
 
