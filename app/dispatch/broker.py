@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery  # type: ignore[import-untyped]
 
 from app.dispatch.names import DELIVER_WEBHOOK, EXPORT_JOB, QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET, training_queue
@@ -98,10 +99,9 @@ class TaskQueue:
         if not self.settings.celery_broker_url.startswith(("redis://", "rediss://")):
             return False
         try:
-            with self.celery.connection_for_write() as connection:
-                client = connection.default_channel.client
+            with redis.Redis.from_url(self.settings.celery_broker_url, socket_timeout=3) as client:
                 return bool(client.set(f"{self.settings.broker_key_prefix}finetune:broker-marker", "1", nx=True))
-        except Exception:
+        except redis.RedisError:
             log.warning("the broker did not answer the sweep", exc_info=True)
             return False
 

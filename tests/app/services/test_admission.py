@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 from fastapi import FastAPI
 from sqlalchemy import update
 
@@ -90,3 +91,21 @@ async def test_past_the_storage_limit_an_upload_is_refused_with_429(client, app,
     answer = await upload(client, zip_bytes(image_tree()))
     assert answer.status_code == 429, answer.text
     assert answer.json()["error"]["param"] == "stored_bytes"
+
+
+def test_a_broker_that_came_back_empty_gets_its_tasks_again(app: FastAPI, limited: Settings) -> None:
+    services = app.state.services
+    if not limited.celery_broker_url.startswith("redis"):
+        pytest.skip("the marker lives in Redis; the embedded broker is a folder that a restart keeps")
+    with transaction(services.factory) as session:
+        job_id = make_job(session, project="p").id
+    sweep(services)  # the first sweep sets the marker (and finds nothing sent to forget)
+    assert _sent(app) == [job_id]  # taken off the broker here: as a Redis restart would lose it
+    assert sweep(services).redispatched == []  # in flight: nothing to send
+    client = redis.Redis.from_url(limited.celery_broker_url)
+    client.delete(f"{limited.broker_key_prefix}finetune:broker-marker")  # what an empty restart looks like
+    client.close()
+    report = sweep(services)
+    assert report.resent == [job_id] and report.redispatched == [job_id]
+    assert _sent(app) == [job_id]
+    assert sweep(services).resent == []  # once
