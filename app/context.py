@@ -11,8 +11,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.session import engine_for, session_factory
+from app.dispatch.broker import TaskQueue
 from app.events import EventStream, install_stream_hooks
-from app.queue import TaskQueue
 from app.settings import Settings
 from app.store import ArtifactStore
 from app.stores import store_for

@@ -22,9 +22,9 @@ from app.api.limits import BodyLimitMiddleware, HostAllowlistMiddleware
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.console.routes import mount_console
 from app.context import Runtime
+from app.dispatch.sweep import sweep
 from app.observability.metrics import ServiceMetrics
 from app.openai_compat import routes as openai_compat
-from app.services.dispatching import sweep
 from app.settings import Settings, get_settings
 from app.webhooks import routes as webhooks
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 async def sweep_forever(runtime: Runtime) -> None:
     """Requeue jobs whose worker was lost and re-send tasks that never reached the broker, every few
-    seconds (``app.services.dispatching.sweep``; any number of API processes may run it at once)."""
+    seconds (``app.dispatch.sweep.sweep``; any number of API processes may run it at once)."""
     while True:
         await asyncio.sleep(runtime.settings.sweep_interval_seconds)
         try:

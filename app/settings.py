@@ -118,6 +118,44 @@ class Settings(BaseSettings):
         description="A queued job with no record of its task reaching the broker is re-sent after this long "
         "(a broker outage at submission; a job handed back by a worker that was shutting down).",
     )
+    project_max_running_jobs: int = Field(
+        4,
+        ge=1,
+        description="Most jobs of one project running at once (counting those handed to the broker); the rest "
+        "wait, queued, and are dispatched fairly across projects as slots free up. Per project: "
+        "projects.max_running_jobs.",
+    )
+    project_max_queued_jobs: int = Field(
+        100,
+        ge=1,
+        description="Most jobs of one project waiting to run (queued); past it, a submission is refused "
+        "with 429 (limit queued_jobs). Per project: projects.max_queued_jobs.",
+    )
+    project_max_stored_bytes: int = Field(
+        1024 * GIB,
+        ge=1,
+        description="Most bytes one project may store (data set archives, checkpoints, artifacts); past it, "
+        "an upload or a submission is refused with 429 (limit stored_bytes). Per project: "
+        "projects.max_stored_bytes.",
+    )
+    db_connect_timeout_seconds: int = Field(
+        10, ge=1, description="PostgreSQL: how long opening a connection may take before it fails."
+    )
+    db_statement_timeout_seconds: float = Field(
+        60.0, gt=0, description="PostgreSQL: the longest a statement may run before the server cancels it."
+    )
+    db_keepalive_seconds: int = Field(
+        10,
+        ge=1,
+        description="PostgreSQL: TCP keepalives after this long idle, then every this long, 3 unanswered "
+        "probes end the connection (a dead peer is noticed instead of hanging a worker's lease keeper).",
+    )
+    db_outage_grace_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A running job survives a database outage this long: its worker keeps training, buffers "
+        "its events and retries its lease; past it, the worker stops and the job is requeued.",
+    )
     sweep_interval_seconds: float = Field(
         5.0, gt=0, description="How often the API requeues lost jobs and re-sends undelivered tasks."
     )

@@ -1,6 +1,6 @@
 """The Celery app of a worker process, and its reliability settings: each says what failure it prevents.
 
-The broker configuration is the API's (``app.queue.celery_config``), so both ends agree on the
+The broker configuration is the API's (``app.dispatch.broker.celery_config``), so both ends agree on the
 transport. A worker process serves one GPU (``CUDA_VISIBLE_DEVICES`` set by ``finetune worker``) with
 a prefork pool of one child: the parent never imports torch or touches CUDA, and each training job
 runs in a fresh child (``worker_max_tasks_per_child``), which gives all GPU memory back when it ends.
@@ -14,10 +14,10 @@ from typing import Any
 import redis
 from celery import Celery, bootsteps  # type: ignore[import-untyped]
 
+from app.dispatch.broker import celery_config
+from app.dispatch.names import GPU_QUEUE
 from app.observability.heartbeats import Heartbeats, heartbeats_for
-from app.queue import celery_config
 from app.settings import Settings
-from app.tasks import GPU_QUEUE
 
 log = logging.getLogger(__name__)
 

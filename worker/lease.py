@@ -42,6 +42,7 @@ class LeaseKeeper(threading.Thread):
         settings = self.settings
         next_renewal = time.monotonic() + settings.lease_renew_seconds
         last_renewed = time.monotonic()
+        last_warned = float("-inf")
         while not self._done.wait(settings.cancel_poll_seconds) and self.stop_reason != "lost":
             try:
                 if time.monotonic() >= next_renewal:
@@ -54,9 +55,13 @@ class LeaseKeeper(threading.Thread):
                 else:
                     self._look()
             except SQLAlchemyError:
-                log.warning("job %s: the database did not answer the lease keeper", self.job_id, exc_info=True)
-                if time.monotonic() - last_renewed > settings.lease_seconds:
-                    self._raise("lost")  # the reaper may have given the job to another worker by now
+                if time.monotonic() - last_warned > 30:  # one line at the start of an outage, then every 30 s
+                    log.warning("job %s: the database did not answer the lease keeper", self.job_id, exc_info=True)
+                    last_warned = time.monotonic()
+                # Through a database outage shorter than the grace, training goes on and the lease is retried
+                # (the reaper holds off for a lease period after PostgreSQL returns); past it, stop.
+                if time.monotonic() - last_renewed > max(settings.lease_seconds, settings.db_outage_grace_seconds):
+                    self._raise("lost")
 
     def _look(self) -> None:
         with transaction(self.factory) as session:

@@ -3,11 +3,13 @@
 The engine's callbacks only put items on a queue; this thread writes them, in order, to the database
 (each in a short transaction, mirrored to the job's Redis stream after its commit) and uploads
 checkpoints to the artifact store. The training loop never waits on the database or the store; the
-runner drains the queue before it finishes or releases the job.
+runner drains the queue before it finishes or releases the job. Through a database outage the items wait
+here, in order, and are written once it answers again (up to ``db_outage_grace_seconds``).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -37,7 +39,9 @@ from worker.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
-RETRY_SECONDS = (0.2, 1.0, 3.0, 10.0)  # a database hiccup is retried; a longer outage drops the item
+# A failed write is retried after these delays, then every last one, until the database has been out for
+# the settings' db_outage_grace_seconds; the items behind it wait in the queue, in order (the buffer).
+RETRY_SECONDS = (0.2, 1.0, 2.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,8 @@ class EventPublisher(threading.Thread):
                 self.items.task_done()
 
     def _with_retries(self, item: Item) -> None:
-        for delay in (*RETRY_SECONDS, None):
+        first_failure: float | None = None
+        for attempt in itertools.count():
             try:
                 self._write(item)
                 return
@@ -109,11 +114,14 @@ class EventPublisher(threading.Thread):
                 self.on_lease_lost()
                 return
             except (SQLAlchemyError, OSError):
-                if delay is None:
+                now = time.monotonic()
+                first_failure = first_failure if first_failure is not None else now
+                if now - first_failure > self.services.settings.db_outage_grace_seconds:
                     log.exception("job %s: giving up on recording %s", self.job_id, type(item).__name__)
                     return
-                log.warning("job %s: recording %s failed; retrying", self.job_id, type(item).__name__)
-                time.sleep(delay)
+                if attempt < len(RETRY_SECONDS) or attempt % 12 == 0:  # a line a minute while it lasts
+                    log.warning("job %s: recording %s failed; retrying", self.job_id, type(item).__name__)
+                time.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
 
     def _write(self, item: Item) -> None:
         factory, owner = self.services.factory, self.owner

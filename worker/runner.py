@@ -26,12 +26,12 @@ from typing import Any
 from app.context import Runtime
 from app.db.models import Job
 from app.db.session import transaction
+from app.dispatch.admission import queue_for_training
 from app.observability.logs import job_context, start_in_context
 from app.repositories import datasets as dataset_rows
 from app.repositories import job_records as record_rows
 from app.repositories import jobs as job_rows
 from app.services.dataset_validation import dataset_folder
-from app.services.dispatching import queue_for_training
 from app.services.job_records import append_event, register_artifact
 from app.services.job_state import JobError, claim_job, finish_job, release_job, requeue_lost_attempt
 from app.statuses import EventType, JobStatus

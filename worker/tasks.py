@@ -25,10 +25,10 @@ from celery.exceptions import Reject, TimeLimitExceeded  # type: ignore[import-u
 
 from app.context import Runtime
 from app.db.session import transaction
+from app.dispatch.names import DELIVER_WEBHOOK, EXPORT_JOB, TRAIN_JOB, VALIDATE_DATASET
 from app.services.dataset_validation import run_dataset_validation
 from app.services.job_state import JobError, abort_job
 from app.settings import Settings
-from app.tasks import DELIVER_WEBHOOK, EXPORT_JOB, TRAIN_JOB, VALIDATE_DATASET
 from app.webhooks.delivery import attempt_delivery
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,10 @@ from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
 from app.api.uploads import UPLOAD_REQUEST_BODY, receive_upload
 from app.db.models import Dataset as DatasetRow
+from app.dispatch.admission import check_storage
+from app.dispatch.broker import TaskQueue
 from app.errors import NotFound
 from app.ids import new_id
-from app.queue import TaskQueue
 from app.schemas.common import Deleted
 from app.schemas.datasets import ClassThumbnails, Dataset, DatasetList, DatasetThumbnails
 from app.services import datasets
@@ -70,6 +71,7 @@ async def accept_upload(
     """An archive streamed to the store and its data set row made, validation queued: the row and the status
     to answer with. ``check_fields`` vets the form's other fields (``POST /v1/files``' purpose) first."""
     dataset_id = new_id("dataset")
+    await run_in_threadpool(check_storage, session, settings, caller.project_id)  # full already: refuse up front
     upload = await receive_upload(
         request, store, lambda filename: datasets.archive_key(dataset_id, filename), settings.max_upload_bytes
     )
@@ -80,6 +82,7 @@ async def accept_upload(
     try:
         if check_fields is not None:
             check_fields(upload.fields)
+        await run_in_threadpool(check_storage, session, settings, caller.project_id, upload.stored.size)
         row, status, created = await run_in_threadpool(
             datasets.create_dataset,
             session,

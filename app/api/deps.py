@@ -12,8 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.session import transaction
+from app.dispatch.broker import TaskQueue
 from app.errors import Unprocessable
-from app.queue import TaskQueue
 from app.services import projects
 from app.settings import Settings
 from app.store import ArtifactStore

@@ -40,6 +40,10 @@ class Project(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Limits of this project alone; NULL: the settings' FT_PROJECT_MAX_* (app.dispatch.admission).
+    max_running_jobs: Mapped[int | None]
+    max_queued_jobs: Mapped[int | None]
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ApiKey(Base):
@@ -117,8 +121,11 @@ class Job(Base):
     owner: Mapped[str | None] = mapped_column(String(100))  # the claiming worker's token
     lease_expires_at: Mapped[datetime | None]
     event_seq: Mapped[int] = mapped_column(Integer, default=0)  # the seq of the last event appended
-    # When the broker took this job's train task; NULL while queued and not yet sent (app.services.dispatching).
+    # When the broker took this job's train task; NULL while queued and not yet sent (app.dispatch.sweep).
     dispatched_at: Mapped[datetime | None]
+    # When a dispatch pass chose this job and queued its send; with dispatched_at still NULL, the send is in
+    # flight (counted against the project's running limit) until redispatch_after_seconds have passed.
+    dispatch_requested_at: Mapped[datetime | None]
     # Progress and results, written by the worker through app.services.job_records.
     epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
     total_epochs: Mapped[int] = mapped_column(Integer)

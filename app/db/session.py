@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.dispatch import DEFER, install_dispatch_hooks, run_committed_sends
+from app.dispatch.after_commit import DEFER, install_dispatch_hooks, run_committed_sends
 from app.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -50,7 +50,26 @@ def _configure_sqlite(engine: Engine) -> None:
 def engine_for(settings: Settings) -> Engine:
     if settings.database_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
-    return create_db_engine(settings.sqlalchemy_url)
+    if not settings.sqlalchemy_url.startswith("postgresql"):
+        return create_db_engine(settings.sqlalchemy_url)
+    return create_db_engine(settings.sqlalchemy_url, connect_args=postgres_connect_args(settings))
+
+
+def postgres_connect_args(settings: Settings) -> dict[str, Any]:
+    """libpq options that bound every wait on PostgreSQL: a connection attempt, a statement, and a silent
+    peer (TCP keepalives, and ``tcp_user_timeout`` for data sent but never acknowledged). Without them a
+    connection to a server that vanished hangs until the kernel gives up, minutes later."""
+    keepalive = settings.db_keepalive_seconds
+    statement_ms = int(settings.db_statement_timeout_seconds * 1000)
+    return {
+        "connect_timeout": settings.db_connect_timeout_seconds,
+        "keepalives": 1,
+        "keepalives_idle": keepalive,
+        "keepalives_interval": keepalive,
+        "keepalives_count": 3,
+        "tcp_user_timeout": keepalive * 4 * 1000,
+        "options": f"-c statement_timeout={statement_ms}",
+    }
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

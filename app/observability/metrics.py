@@ -33,10 +33,10 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.context import Runtime
+from app.dispatch.names import CPU_QUEUE, GPU_QUEUE
 from app.observability.heartbeats import Heartbeats, alive_limit, heartbeats_for
 from app.repositories import job_stats
 from app.settings import Settings
-from app.tasks import CPU_QUEUE, GPU_QUEUE
 
 log = logging.getLogger(__name__)
 

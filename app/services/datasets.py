@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db.models import Dataset
-from app.dispatch import send_after_commit
+from app.dispatch.after_commit import send_after_commit
+from app.dispatch.broker import TaskQueue
 from app.errors import Conflict, NotFound
-from app.queue import TaskQueue
 from app.repositories import datasets, jobs
 from app.services import idempotency
 from app.services.idempotency import IdempotencyKey

@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 from app.clock import utcnow
 from app.context import Runtime
 from app.db.models import JobExport
-from app.dispatch import send_after_commit
+from app.dispatch.after_commit import send_after_commit
+from app.dispatch.broker import TaskQueue
 from app.errors import Conflict, NotFound
 from app.ids import new_id
-from app.queue import TaskQueue
 from app.repositories import datasets as dataset_rows
 from app.repositories import exports as export_rows
 from app.repositories import job_records as record_rows

@@ -12,14 +12,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
+from app.dispatch.admission import admit_job, dispatch_waiting, queue_for_training
+from app.dispatch.broker import TaskQueue
 from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
-from app.queue import TaskQueue
 from app.repositories import datasets, job_records, jobs
 from app.repositories.jobs import JobFilters
 from app.schemas.jobs import DryRun, JobCreate
 from app.services import idempotency, job_state
-from app.services.dispatching import queue_for_training
 from app.services.idempotency import IdempotencyKey
 from app.services.transactions import short_transaction
 from app.settings import Settings
@@ -229,6 +229,7 @@ def create_job(
     if record is not None:
         return get_job(session, project_id, record.resource_id), record.status_code
     integrations = _check_integrations(settings, request)
+    admit_job(session, settings, project_id)
     checked = check_spec(session, settings, project_id, request.spec, lock_dataset=True)
     now = utcnow()
     job = Job(
@@ -254,7 +255,8 @@ def create_job(
     jobs.add(session, job)
     job_state.record_created(session, job)
     idempotency.remember(session, project_id, idempotency_key, job.id, 201)
-    queue_for_training(session, queue, job.id)
+    session.flush()
+    dispatch_waiting(session, queue, settings, project_id=project_id)  # now, if the project has a free slot
     return job, 201
 
 

@@ -23,7 +23,7 @@ from app.webhooks import repository
 from app.webhooks.events import event_for_status
 
 if TYPE_CHECKING:
-    from app.queue import TaskQueue
+    from app.dispatch.broker import TaskQueue
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def send_deliveries(engine: Engine, queue: TaskQueue, delivery_ids: list[str]) -
             queue.send_deliver_webhook(delivery_id)
             sent.append(delivery_id)
         except Exception:
-            # Committed and still pending: the sweep sends it (app.services.dispatching.sweep).
+            # Committed and still pending: the sweep sends it (app.dispatch.sweep.sweep).
             log.warning("could not send webhook delivery %s; the sweep will", delivery_id, exc_info=True)
     if sent:
         with Session(engine) as session, session.begin():

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.dispatch.broker import TaskQueue
 from app.errors import NotFound, Unprocessable
 from app.ids import new_id
-from app.queue import TaskQueue
 from app.settings import Settings
 from app.webhooks import outbox, repository
 from app.webhooks.guard import BlockedDestination, check_literal, networks

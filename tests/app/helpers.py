@@ -13,10 +13,10 @@ import httpx
 from fastapi import FastAPI
 from PIL import Image
 
+from app.dispatch.names import CPU_QUEUE, VALIDATE_DATASET
 from app.services.dataset_validation import run_dataset_validation
 from app.settings import Settings
 from app.statuses import DatasetStatus
-from app.tasks import CPU_QUEUE, VALIDATE_DATASET
 
 
 def broker_messages(app: FastAPI, queue: str) -> list[dict[str, Any]]:

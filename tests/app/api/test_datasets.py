@@ -9,8 +9,8 @@ import io
 import pytest
 from PIL import Image
 
+from app.dispatch.names import CPU_QUEUE, VALIDATE_DATASET
 from app.statuses import DatasetStatus
-from app.tasks import CPU_QUEUE, VALIDATE_DATASET
 from tests.app.helpers import (
     broker_messages,
     image_tree,

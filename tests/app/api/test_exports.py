@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from app.db.session import transaction
+from app.dispatch.names import CPU_QUEUE, EXPORT_JOB, GPU_QUEUE, TRAIN_JOB, training_queue
 from app.services import job_state
 from app.statuses import JobStatus
-from app.tasks import CPU_QUEUE, EXPORT_JOB, GPU_QUEUE, TRAIN_JOB, training_queue
 from tests.app.helpers import broker_messages, job_body, ready_dataset
 
 pytestmark = pytest.mark.anyio

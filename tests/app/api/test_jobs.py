@@ -11,10 +11,10 @@ import time
 import pytest
 
 from app.db.session import transaction
+from app.dispatch.names import GPU_QUEUE, TRAIN_JOB
 from app.services import job_records, job_state
 from app.statuses import EventType, JobStatus
 from app.store import StoredObject
-from app.tasks import GPU_QUEUE, TRAIN_JOB
 from tests.app.helpers import broker_messages, job_body, ready_dataset
 
 pytestmark = pytest.mark.anyio

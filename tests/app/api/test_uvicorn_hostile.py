@@ -18,7 +18,7 @@ import pytest
 from app.context import Runtime
 from app.db.models import Job
 from app.db.session import transaction
-from app.tasks import GPU_QUEUE, TRAIN_JOB
+from app.dispatch.names import GPU_QUEUE, TRAIN_JOB
 from tests.app.api.test_uvicorn_streams import healthz_seconds
 from tests.app.factories import make_ready_dataset
 from tests.app.helpers import broker_messages, job_body

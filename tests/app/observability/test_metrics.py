@@ -12,12 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.clock import utcnow
 from app.db.models import Job
 from app.db.session import transaction
+from app.dispatch.names import CPU_QUEUE, GPU_QUEUE, TRAIN_JOB
 from app.main import create_app
 from app.observability.heartbeats import heartbeats_for
 from app.services.job_records import record_epoch_metrics, record_step_metrics
 from app.services.job_state import claim_job, finish_job
 from app.statuses import JobStatus
-from app.tasks import CPU_QUEUE, GPU_QUEUE, TRAIN_JOB
 from tests.app.factories import make_job
 from tests.app.helpers import broker_messages
 from training.callbacks import StepMetrics

@@ -14,8 +14,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from app.context import Runtime
 from app.db.models import WebhookDelivery
 from app.db.session import transaction
+from app.dispatch.sweep import sweep
 from app.services import job_state
-from app.services.dispatching import sweep
 from app.settings import Settings
 from app.statuses import JobStatus
 from app.webhooks.delivery import attempt_delivery

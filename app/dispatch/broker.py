@@ -1,4 +1,4 @@
-"""A Celery client that sends tasks by name (``app.tasks``); it defines no tasks.
+"""A Celery client that sends tasks by name (``app.dispatch.names``); it defines no tasks.
 
 ``celery_config`` is the broker configuration the worker's Celery app starts from too, so both ends
 agree on the transport: Redis in production, kombu's serverless ``filesystem://`` transport under
@@ -7,12 +7,16 @@ agree on the transport: Redis in production, kombu's serverless ``filesystem://`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis
 from celery import Celery  # type: ignore[import-untyped]
 
+from app.dispatch.names import DELIVER_WEBHOOK, EXPORT_JOB, QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET, training_queue
 from app.settings import Settings
-from app.tasks import DELIVER_WEBHOOK, EXPORT_JOB, QUEUE_OF, TRAIN_JOB, VALIDATE_DATASET, training_queue
+
+log = logging.getLogger(__name__)
 
 # A broker that does not answer makes the send fail fast instead of hanging the request; the row is
 # committed already, and the worker's sweep re-sends what was never delivered.
@@ -49,7 +53,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 class TaskQueue:
-    """Sends the worker's tasks. Call its ``send_*`` through ``app.dispatch.send_after_commit``."""
+    """Sends the worker's tasks. Call its ``send_*`` through ``app.dispatch.after_commit.send_after_commit``."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -86,6 +90,20 @@ class TaskQueue:
 
     def send_export_job(self, export_id: str) -> str:
         return self._send(EXPORT_JOB, export_id)
+
+    def broker_emptied(self) -> bool:
+        """True once after the broker came back without its messages (Redis restarted with no persistence,
+        or flushed): a marker key set when missing is gone with them. Its first setting counts too, which
+        re-sends the tasks in flight once (a duplicate is a no-op). False for other transports, and while
+        Redis does not answer (the next sweep asks again)."""
+        if not self.settings.celery_broker_url.startswith(("redis://", "rediss://")):
+            return False
+        try:
+            with redis.Redis.from_url(self.settings.celery_broker_url, socket_timeout=3) as client:
+                return bool(client.set(f"{self.settings.broker_key_prefix}finetune:broker-marker", "1", nx=True))
+        except redis.RedisError:
+            log.warning("the broker did not answer the sweep", exc_info=True)
+            return False
 
     def check(self) -> None:
         """Raise unless the broker accepts a connection (readiness)."""

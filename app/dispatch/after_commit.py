@@ -47,7 +47,7 @@ def run_sends(pending: list[Callable[[], object]]) -> None:
             send()
         except Exception:
             # The rows are committed; a lost message is found again by the worker's periodic sweep
-            # (app.services.dispatching.sweep: jobs whose dispatched_at stayed NULL, stale validations).
+            # (app.dispatch.sweep.sweep: jobs whose dispatched_at stayed NULL, stale validations).
             log.exception("sending a task after commit failed")
 
 

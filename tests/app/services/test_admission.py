@@ -1,0 +1,111 @@
+"""Admission and fair dispatch (app.dispatch.admission) on the real database and the real broker: per-project
+limits answered with 429, and the order in which waiting jobs of competing projects reach the broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi import FastAPI
+from sqlalchemy import update
+
+from app.db.models import Job, Project
+from app.db.session import transaction
+from app.dispatch.names import GPU_QUEUE, TRAIN_JOB
+from app.dispatch.sweep import sweep
+from app.main import create_app
+from app.settings import Settings
+from app.statuses import JobStatus
+from tests.app.factories import make_job
+from tests.app.helpers import broker_messages, image_tree, job_body, ready_dataset, upload, zip_bytes
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def limited(settings: Settings) -> Settings:
+    return settings.model_copy(update={"project_max_running_jobs": 1, "project_max_queued_jobs": 2})
+
+
+@pytest.fixture
+def app(limited: Settings) -> Iterator[FastAPI]:
+    application = create_app(limited)
+    yield application
+    application.state.queue.close()
+    application.state.engine.dispose()
+
+
+def _sent(app: FastAPI) -> list[str]:
+    messages = broker_messages(app, GPU_QUEUE)
+    assert {m["task"] for m in messages} <= {TRAIN_JOB}
+    return [m["args"][0] for m in messages]
+
+
+def _finish(app: FastAPI, job_id: str) -> None:
+    with transaction(app.state.session_factory) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.SUCCEEDED))
+
+
+def test_one_projects_backlog_does_not_starve_another(app: FastAPI) -> None:
+    services = app.state.services
+    with transaction(services.factory) as session:
+        crowd = [make_job(session, project="crowd").id for _ in range(5)]
+        single = make_job(session, project="single").id
+    order = []
+    for _ in range(6):  # one worker: each pass, the job it ran ends
+        sweep(services)
+        sent = _sent(app)
+        order += sent
+        for job_id in sent:
+            _finish(app, job_id)
+    # One in flight per project at a time: the single job goes second, not sixth.
+    assert order == [crowd[0], single, *crowd[1:]]
+
+
+def test_a_projects_own_limit_overrides_the_setting(app: FastAPI) -> None:
+    services = app.state.services
+    with transaction(services.factory) as session:
+        jobs = [make_job(session, project="big").id for _ in range(3)]
+        session.execute(update(Project).where(Project.name == "big").values(max_running_jobs=2))
+    sweep(services)
+    assert _sent(app) == jobs[:2]
+    sweep(services)
+    assert _sent(app) == []  # both still in flight
+
+
+async def test_past_the_queued_limit_a_submission_is_refused_with_429(client, app, limited) -> None:
+    dataset = await ready_dataset(client, app, limited)
+    answers = [await client.post("/v1/jobs", json=job_body(dataset["id"])) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 429]
+    error = answers[2].json()["error"]
+    assert error["code"] == "quota_exceeded" and error["param"] == "queued_jobs"
+    assert error["details"] == [{"param": "queued_jobs", "type": "quota_exceeded", "message": "limit 2, current 2"}]
+    # The first went to the broker at once; the second waits for the project's one running slot.
+    assert _sent(app) == [answers[0].json()["id"]]
+    assert [a.json()["status"] for a in answers[:2]] == ["queued", "queued"]
+
+
+async def test_past_the_storage_limit_an_upload_is_refused_with_429(client, app, limited) -> None:
+    limited.project_max_stored_bytes = 10  # the app's own settings object
+    answer = await upload(client, zip_bytes(image_tree()))
+    assert answer.status_code == 429, answer.text
+    assert answer.json()["error"]["param"] == "stored_bytes"
+
+
+def test_a_broker_that_came_back_empty_gets_its_tasks_again(app: FastAPI, limited: Settings) -> None:
+    services = app.state.services
+    if not limited.celery_broker_url.startswith("redis"):
+        pytest.skip("the marker lives in Redis; the embedded broker is a folder that a restart keeps")
+    with transaction(services.factory) as session:
+        job_id = make_job(session, project="p").id
+    sweep(services)  # the first sweep sets the marker (and finds nothing sent to forget)
+    assert _sent(app) == [job_id]  # taken off the broker here: as a Redis restart would lose it
+    assert sweep(services).redispatched == []  # in flight: nothing to send
+    client = redis.Redis.from_url(limited.celery_broker_url)
+    client.delete(f"{limited.broker_key_prefix}finetune:broker-marker")  # what an empty restart looks like
+    client.close()
+    report = sweep(services)
+    assert report.resent == [job_id] and report.redispatched == [job_id]
+    assert _sent(app) == [job_id]
+    assert sweep(services).resent == []  # once
