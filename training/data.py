@@ -7,6 +7,7 @@ are ``training.archives``, ``training.imagefolder`` and ``training.splits``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -84,31 +85,18 @@ def load_data(
     )
     eval_batch_size = spec_data.eval_batch_size or 2 * spec_data.batch_size
 
-    num_workers = _num_workers(spec_data.num_workers)
+    # The two sources take the same arguments; streaming adds its loader processes.
+    build = InMemoryImages if in_memory else partial(StreamingImages, num_workers=_num_workers(spec_data.num_workers))
 
     def make(records: list[ImageRecord], train_split: bool) -> InMemoryImages | StreamingImages:
-        batch_size = spec_data.batch_size if train_split else eval_batch_size
-        if in_memory:
-            return InMemoryImages(
-                records,
-                image_size,
-                batch_size=batch_size,
-                train=train_split,
-                augment=spec_data.augment,
-                seed=seed,
-                device=device,
-                root=layout.root,
-                shard=shard,
-            )
-        return StreamingImages(
+        return build(
             records,
             image_size,
-            batch_size=batch_size,
+            batch_size=spec_data.batch_size if train_split else eval_batch_size,
             train=train_split,
             augment=spec_data.augment,
             seed=seed,
             device=device,
-            num_workers=num_workers,
             root=layout.root,
             shard=shard,
         )
