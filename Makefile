@@ -56,7 +56,7 @@ lint: install
 	$(BIN)/hadolint Dockerfile
 
 typecheck: install
-	$(BIN)/mypy training app worker
+	$(BIN)/mypy training app worker cli
 
 pytest: install
 	$(BIN)/pytest

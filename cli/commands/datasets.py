@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from app.commands.options import EXIT_FAILED, GlobalOptions, json_option, pass_options, quiet_option
+from cli.options import EXIT_FAILED, GlobalOptions, json_option, pass_options, quiet_option
 
 
 @click.group()
@@ -31,7 +31,7 @@ def upload(options: GlobalOptions, path: Path, name: str | None, wait: bool) -> 
     from contextlib import nullcontext
 
     from app.client.models import DatasetStatus
-    from app.commands.output import dataset_view, stderr_console, stdout_console, transfer_bar
+    from cli.output import dataset_view, stderr_console, stdout_console, transfer_bar
 
     quiet = options.quiet or options.json
     with options.client() as client:
@@ -61,7 +61,7 @@ def list_datasets(options: GlobalOptions, status: str | None, limit: int, show_a
     """List data sets, newest first."""
     from itertools import islice
 
-    from app.commands.output import datasets_table, stdout_console
+    from cli.output import datasets_table, stdout_console
 
     with options.client() as client:
         found = client.datasets.list_all(status=status, page_size=min(limit, 100) if not show_all else 100)
@@ -78,7 +78,7 @@ def list_datasets(options: GlobalOptions, status: str | None, limit: int, show_a
 @pass_options
 def get_dataset(options: GlobalOptions, dataset_id: str) -> None:
     """Show a data set: classes, images per split, or why it failed."""
-    from app.commands.output import dataset_view, stdout_console
+    from cli.output import dataset_view, stdout_console
 
     with options.client() as client:
         dataset = client.datasets.get(dataset_id)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from app.commands.options import (
+from cli.options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     GlobalOptions,
@@ -20,7 +20,7 @@ from app.commands.options import (
 if TYPE_CHECKING:
     from app.client import Client
     from app.client.models import Job
-    from app.commands.follow import LineMode
+    from cli.follow import LineMode
 
 JOB_STATUSES = ["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"]
 
@@ -52,8 +52,8 @@ def submit(
 
     SPEC is a YAML or JSON file, as `python -m training run` reads it; with --dataset, the examples/ specs
     (which name a local data.path) train on an uploaded data set."""
-    from app.commands.output import stderr_console, stdout_console
-    from app.commands.specs import parse_metadata, read_spec, with_dataset
+    from cli.output import stderr_console, stdout_console
+    from cli.specs import parse_metadata, read_spec, with_dataset
 
     spec = read_spec(spec_file)
     if dataset is not None:
@@ -90,8 +90,8 @@ def list_jobs(
     """List jobs, newest first."""
     from itertools import islice
 
-    from app.commands.output import jobs_table, stdout_console
-    from app.commands.specs import parse_metadata
+    from cli.output import jobs_table, stdout_console
+    from cli.specs import parse_metadata
 
     metadata = parse_metadata(metadata_pairs) or None
     with options.client() as client:
@@ -111,7 +111,7 @@ def list_jobs(
 @pass_options
 def get_job(options: GlobalOptions, job_id: str) -> None:
     """Show a job: status, progress, metrics, error, artifacts."""
-    from app.commands.output import job_view, stdout_console
+    from cli.output import job_view, stdout_console
 
     with options.client() as client:
         job = client.jobs.get(job_id)
@@ -123,7 +123,7 @@ def get_job(options: GlobalOptions, job_id: str) -> None:
 
 def _change_status(options: GlobalOptions, job_id: str, action: Literal["cancel", "pause", "resume"]) -> None:
     """Cancel, pause or resume a job through the client and print its new status (or the job, with --json)."""
-    from app.commands.output import stdout_console
+    from cli.output import stdout_console
 
     with options.client() as client:
         job = getattr(client.jobs, action)(job_id)
@@ -177,7 +177,7 @@ def logs(options: GlobalOptions, job_id: str, follow: bool) -> None:
     a live progress bar on a terminal and a summary table at the end."""
     import json
 
-    from app.commands.output import event_line, stdout_console
+    from cli.output import event_line, stdout_console
 
     with options.client() as client:
         if follow:
@@ -209,7 +209,7 @@ def download(options: GlobalOptions, job_id: str, artifact: str, out: Path | Non
 
     Resumes after a broken connection (and from a .part an interrupted run left); the sha256 is checked."""
     from app.client.errors import NotFound
-    from app.commands.output import stdout_console, transfer_bar
+    from cli.output import stdout_console, transfer_bar
 
     default_name = f"{job_id}.safetensors" if artifact == "model.safetensors" else Path(artifact).name
     target = out or Path(default_name)
@@ -263,7 +263,7 @@ def export(
     max |logit difference| at most 1e-4 in fp32); then `finetune jobs download JOB --artifact model.onnx`."""
     import time
 
-    from app.commands.output import stdout_console
+    from cli.output import stdout_console
 
     with options.client() as client:
         made = client.jobs.export(job_id, export_format, dynamic_batch=not static_batch, opset=opset)
@@ -288,8 +288,8 @@ def export(
 def _follow_to_end(options: GlobalOptions, client: Client, job: Job, *, line_mode: LineMode) -> None:
     """Follow ``job`` to its terminal event, then show the summary; exit 1 unless it succeeded."""
     from app.client.models import JobStatus
-    from app.commands.follow import JobFollower
-    from app.commands.output import epochs_table, outcome, results_table, stderr_console, stdout_console
+    from cli.follow import JobFollower
+    from cli.output import epochs_table, outcome, results_table, stderr_console, stdout_console
 
     out = stdout_console()
     try:

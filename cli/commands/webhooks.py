@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from app.commands.options import GlobalOptions, json_option, pass_options
+from cli.options import GlobalOptions, json_option, pass_options
 
 EVENTS = ("job.queued", "job.running", "job.succeeded", "job.failed", "job.cancelled")
 
@@ -46,7 +46,7 @@ def list_webhooks(options: GlobalOptions) -> None:
     """The project's webhook endpoints, newest first."""
     from rich.table import Table
 
-    from app.commands.output import stdout_console
+    from cli.output import stdout_console
 
     with options.client() as client:
         rows = list(client.webhooks.list_all())
@@ -69,7 +69,7 @@ def deliveries(options: GlobalOptions, webhook_id: str, status: str | None, limi
     """An endpoint's deliveries, newest first: attempts, the last status code and error, the next retry."""
     from rich.table import Table
 
-    from app.commands.output import stdout_console
+    from cli.output import stdout_console
 
     with options.client() as client:
         page = client.webhooks.deliveries(webhook_id, status=status, limit=limit)
