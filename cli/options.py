@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from app.client import ApiError, Client, ClientError
 
 EXIT_OK = 0
@@ -31,6 +33,7 @@ Exit codes:
   130  interrupted while following (the job goes on)"""
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,6 +58,26 @@ class GlobalOptions:
             fail_with(error, as_json=self.json)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED, as_json=self.json)
+
+    @property
+    def hide_progress(self) -> bool:
+        """No progress bar or spinner on stderr: ``--quiet``, or ``--json`` (a script reads the output)."""
+        return self.quiet or self.json
+
+    def show(self, value: T, view: Callable[[T], RenderableType | None]) -> None:
+        """A command's result on stdout: the API object (or list) as JSON with ``--json``; else, for a person,
+        what ``view(value)`` makes of it (``cli.output``): text as it is, a table through rich, None nothing
+        (an error about to be raised says it all). Every client command ends here."""
+        if self.json:
+            self.emit(value)
+            return
+        shown = view(value)
+        if isinstance(shown, str):
+            click.echo(shown)
+        elif shown is not None:
+            from cli.output import stdout_console
+
+            stdout_console().print(shown)
 
     def emit(self, value: Any) -> None:
         """An API object (or a list of them) as JSON on stdout: ``--json`` output."""
