@@ -97,38 +97,25 @@ def to_jsonable(value: Any) -> Any:
 pass_options = click.make_pass_decorator(GlobalOptions, ensure=True)
 
 
-def quiet_option(command: F) -> F:
-    """``--quiet``/``-q`` on a command as well as on ``finetune`` itself: no progress shown, errors still."""
+def _global_flag(attribute: str, *names: str, help: str) -> Callable[[F], F]:
+    """A flag of ``finetune`` itself that a command takes too (either place works): it sets ``attribute`` of
+    the ``GlobalOptions``."""
 
     def turn_on(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         if value:
-            ctx.ensure_object(GlobalOptions).quiet = True
+            setattr(ctx.ensure_object(GlobalOptions), attribute, True)
 
-    return click.option(
-        "--quiet",
-        "-q",
-        is_flag=True,
-        expose_value=False,
-        callback=turn_on,
-        help="Show no progress bar or spinner on stderr (errors still print there).",
-    )(command)
+    return click.option(*names, is_flag=True, expose_value=False, callback=turn_on, help=help)
 
 
-def json_option(command: F) -> F:
-    """``--json`` on a command as well as on ``finetune`` itself: either place works."""
-
-    def turn_on(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-        if value:
-            ctx.ensure_object(GlobalOptions).json = True
-
-    return click.option(
-        "--json",
-        "as_json",
-        is_flag=True,
-        expose_value=False,
-        callback=turn_on,
-        help="Print the API objects as JSON on stdout, and nothing else there.",
-    )(command)
+# --quiet/-q: no progress shown, errors still.
+quiet_option = _global_flag(
+    "quiet", "--quiet", "-q", help="Show no progress bar or spinner on stderr (errors still print there)."
+)
+# --json: the API objects, as JSON, and nothing else on stdout (GlobalOptions.show).
+json_option = _global_flag(
+    "json", "--json", "as_json", help="Print the API objects as JSON on stdout, and nothing else there."
+)
 
 
 def fail(message: str, exit_code: int, *, as_json: bool, envelope: dict[str, Any] | None = None) -> NoReturn:
