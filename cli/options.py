@@ -1,5 +1,6 @@
-"""What every client command shares: the global options (``--url``, ``--api-key``, ``--json``), the
-client they open, and the exit codes the client's errors turn into."""
+"""What every client command shares: the global options (``--url``, ``--api-key``, ``--json``, ``--quiet``),
+the client they open, how a result is shown (``GlobalOptions.show``), and the exit codes the client's errors
+turn into."""
 
 from __future__ import annotations
 
