@@ -37,6 +37,7 @@ COPY README.md ./
 COPY training/ training/
 COPY app/ app/
 COPY worker/ worker/
+COPY cli/ cli/
 COPY migrations/ migrations/
 COPY --from=console /src/app/console/static/dist/ app/console/static/dist/
 RUN pip install --no-cache-dir -c constraints.txt . \

@@ -7,7 +7,7 @@ RUN_DIR ?= runs/cifar10-resnet18
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install console browser serve run test lint typecheck pytest compose-test bench docs docs-screenshot catalog clean
+.PHONY: install console browser serve run test lint typecheck pytest compose-test bench docs docs-screenshot client catalog clean
 
 install: $(VENV)/.installed console
 
@@ -56,7 +56,7 @@ lint: install
 	$(BIN)/hadolint Dockerfile
 
 typecheck: install
-	$(BIN)/mypy training app worker
+	$(BIN)/mypy training app worker cli
 
 pytest: install
 	$(BIN)/pytest
@@ -77,6 +77,10 @@ docs: install
 # Regenerate docs/job-page.png, the README's picture of a job page, with the console's browser test.
 docs-screenshot: install browser
 	FT_CONSOLE_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/console -k watch_it_train -q
+
+# Regenerate app/client/client.py (Client) from app/client/async_client.py (AsyncClient), its source.
+client: install
+	$(BIN)/python -m app.client.generate
 
 # Regenerate training/catalog.json after a torchvision upgrade.
 catalog: install

@@ -115,7 +115,7 @@ def service_worker(archive: Path, work: Path) -> dict[str, Any]:
     env = {**os.environ, "FT_HOME": str(work / "service")}
     log = (work / "serve.log").open("wb")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}"
     try:

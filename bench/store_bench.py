@@ -57,11 +57,11 @@ class Api:
     def __init__(self, home: Path, gateway: Gateway) -> None:
         self.env = {**os.environ, **gateway.env("bench"), "FT_HOME": str(home), "FT_MAX_UPLOAD_BYTES": str(8 << 30)}
         self.env.pop("FT_DATABASE_URL", None)
-        subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], cwd=REPO, env=self.env, check=True)
+        subprocess.run([sys.executable, "-m", "cli", "db", "upgrade"], cwd=REPO, env=self.env, check=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (home / "api.log").open("wb")
-        command = [sys.executable, "-m", "app.cli", "serve", "--workers", "0", "--port", str(self.port)]
+        command = [sys.executable, "-m", "cli", "serve", "--workers", "0", "--port", str(self.port)]
         self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

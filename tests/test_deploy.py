@@ -21,9 +21,9 @@ import click
 import pytest
 import yaml
 
-from app.cli import main as cli
 from app.settings import Settings
-from app.supervisor import Supervisor
+from cli.main import main as cli
+from cli.supervisor import Supervisor
 from training.settings import EngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ import pytest
 from tests.test_deploy import dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("training", "app", "worker")
+PACKAGES = ("training", "app", "worker", "cli")
 
 
 def builder_copies() -> list[str]:

@@ -1,6 +1,9 @@
 """A Python client of the finetune API, sync (``Client``) and asyncio (``AsyncClient``).
 
 It imports httpx, pydantic and the engine's torch-free spec model: no torch, FastAPI, SQLAlchemy or Celery.
+
+A new endpoint: its request in ``calls.py`` (a function returning a ``Call``), its method in ``async_client.py``,
+then ``make client`` writes ``client.py`` (``Client``) from it; a CLI command for it goes in ``cli/commands/``.
 """
 
 from app.client.async_client import AsyncClient

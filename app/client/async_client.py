@@ -1,15 +1,21 @@
-"""``AsyncClient``: ``Client`` for asyncio code, method for method, on ``httpx.AsyncClient``.
+"""``AsyncClient`` and ``Client``: the finetune API from Python, with ``await`` and without. The two are one
+text: ``client.py`` is generated from ``async_client.py`` (``python -m app.client.generate``), so a method is
+written once, here; requests themselves are described in ``calls.py``, without I/O.
 
-async with AsyncClient() as client:
-    job = await client.jobs.create(spec)
-    async for event in client.jobs.stream_events(job.id):
-        ...
+with Client() as client:  # FT_API_URL and FT_API_KEY, or Client(base_url, api_key)
+    dataset = client.datasets.wait(client.datasets.upload("pets.zip").id)
+    job = client.jobs.create({"data": {"dataset": dataset.id}, "training": {"epochs": 5}})
+    for event in client.jobs.stream_events(job.id):
+        print(event.message)
+    client.jobs.download_weights(job.id, "pets.safetensors")
+
+``AsyncClient`` is the same with ``async with``, ``await`` and ``async for``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+from asyncio import sleep
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, ExitStack
 from pathlib import Path
@@ -53,6 +59,11 @@ from app.client.models import (
     JobExport,
     JobList,
     Readiness,
+    WebhookDelivery,
+    WebhookDeliveryList,
+    WebhookEndpoint,
+    WebhookEndpointList,
+    WebhookEndpointWithSecret,
 )
 from app.client.sse import EventCursor, SSEDecoder
 from app.schemas.common import ListPage
@@ -61,7 +72,13 @@ T = TypeVar("T")
 
 
 class AsyncClient:
-    """An asyncio client of the finetune API: ``Client``'s methods, awaited; its iterators, ``async for``."""
+    """A client of the finetune API (``AsyncClient``: for asyncio code, its methods awaited).
+
+    ``base_url`` and ``api_key`` default to ``FT_API_URL`` (else ``http://127.0.0.1:8000``) and
+    ``FT_API_KEY``. Errors the API answers with raise ``ApiError`` subclasses; a server that cannot be
+    reached raises ``ConnectionError``. Reads, cancels and creates (which carry an ``Idempotency-Key``)
+    are retried after a broken connection or a 502/503/504, as ``retry`` says.
+    """
 
     def __init__(
         self,
@@ -82,10 +99,11 @@ class AsyncClient:
             timeout=self._timeout,
             transport=transport,
         )
-        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._sleep: Callable[[float], Awaitable[None]] = sleep
         self.datasets = AsyncDatasets(self)
         self.jobs = AsyncJobs(self)
         self.backbones = AsyncBackbones(self)
+        self.webhooks = AsyncWebhooks(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -99,12 +117,15 @@ class AsyncClient:
         await self._http.aclose()
 
     async def healthz(self) -> Health:
+        """The API process is up."""
         return await self.send(calls.healthz())
 
     async def readyz(self) -> Readiness:
+        """Whether the database, broker, store (and event stream) are reachable; ``status`` says, a 503 too."""
         return await self.send(calls.readyz())
 
     async def spec_schema(self) -> dict[str, Any]:
+        """The JSON schema of a job spec."""
         return await self.send(calls.spec_schema())
 
     async def send(self, call: Call[T]) -> T:
@@ -134,6 +155,7 @@ class AsyncClient:
             attempt += 1
 
     async def _pages(self, fetch: Callable[[str | None], Awaitable[ListPage[T]]]) -> AsyncIterator[T]:
+        """Every item of a cursor-paginated list, a page at a time as the iteration reaches it."""
         after: str | None = None
         while True:
             page = await fetch(after)
@@ -146,11 +168,15 @@ class AsyncClient:
     def _stream(
         self, path: str, headers: Mapping[str, str], *, long_reads: bool = False, follow: bool = False
     ) -> AbstractAsyncContextManager[httpx.Response]:
+        """A streamed GET (an ``httpx`` response context manager); ``follow``: through redirects (a download's
+        presigned URL; httpx drops the API key on the way to another host)."""
         timeout = stream_timeout(self._timeout) if long_reads else self._timeout
         return self._http.stream("GET", path, headers=headers, timeout=timeout, follow_redirects=follow)
 
 
 class AsyncDatasets:
+    """``/v1/datasets``: archives in ImageFolder layout, validated by the server after upload."""
+
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
@@ -163,6 +189,10 @@ class AsyncDatasets:
         idempotency_key: str | None = None,
         on_progress: UploadProgress | None = None,
     ) -> Dataset:
+        """Stream an archive (.zip, .tar, .tar.gz...) from a path or a seekable binary file, never
+        reading it whole (``on_progress(sent, size)`` after each chunk). Answers at once with status
+        ``validating``; see ``wait``. A retry with the same ``idempotency_key`` (one is made if not given)
+        returns the same data set."""
         return await self._client.send(
             calls.upload_dataset(
                 file, name=name, filename=filename, idempotency_key=idempotency_key, on_progress=on_progress
@@ -172,18 +202,23 @@ class AsyncDatasets:
     async def list(
         self, *, status: DatasetStatus | str | None = None, after: str | None = None, limit: int | None = None
     ) -> DatasetList:
+        """One page, newest first; pass a page's ``last_id`` as ``after`` for the next."""
         return await self._client.send(calls.list_datasets(status=status, after=after, limit=limit))
 
     def list_all(self, *, status: DatasetStatus | str | None = None, page_size: int = 100) -> AsyncIterator[Dataset]:
+        """Every data set, newest first, fetched a page at a time as the iteration goes."""
         return self._client._pages(lambda after: self.list(status=status, after=after, limit=page_size))
 
     async def get(self, dataset_id: str) -> Dataset:
         return await self._client.send(calls.get_dataset(dataset_id))
 
     async def delete(self, dataset_id: str) -> Deleted:
+        """Refused (``Conflict``) while a queued or running job uses it."""
         return await self._client.send(calls.delete_dataset(dataset_id))
 
     async def wait(self, dataset_id: str, *, timeout: float | None = None, poll_interval: float = 2.0) -> Dataset:
+        """Poll until validation ends: the data set, ``ready`` or ``failed`` (``error.reasons`` says why).
+        ``TimeoutError`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = min(0.25, poll_interval)
         while True:
@@ -197,6 +232,8 @@ class AsyncDatasets:
 
 
 class AsyncJobs:
+    """``/v1/jobs``: submit, follow, cancel, and fetch what a job produced."""
+
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
@@ -208,11 +245,15 @@ class AsyncJobs:
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
+        """Submit a spec (a ``Spec`` or a mapping; ``data.dataset`` names a ready data set). The job
+        comes back ``queued`` with its resolved spec. A retry with the same ``idempotency_key`` (one is
+        made if not given) returns the same job; the same key with another body is a ``Conflict``."""
         return await self._client.send(
             calls.create_job(spec, name=name, metadata=metadata, idempotency_key=idempotency_key)
         )
 
     async def validate(self, spec: SpecInput) -> DryRun:
+        """The dry run: the resolved spec, parameter counts, steps and learning rates; nothing stored."""
         return await self._client.send(calls.validate_job(spec))
 
     async def list(
@@ -226,6 +267,7 @@ class AsyncJobs:
         after: str | None = None,
         limit: int | None = None,
     ) -> JobList:
+        """One page, newest first; the filters combine (``status`` may name several)."""
         return await self._client.send(
             calls.list_jobs(
                 status=status,
@@ -248,6 +290,7 @@ class AsyncJobs:
         created_before: Moment | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[Job]:
+        """Every job the filters select, newest first, fetched a page at a time as the iteration goes."""
         return self._client._pages(
             lambda after: self.list(
                 status=status,
@@ -279,12 +322,18 @@ class AsyncJobs:
         return await self._client.send(calls.list_exports(job_id))
 
     async def cancel(self, job_id: str) -> Job:
+        """A queued job ends ``cancelled`` at once; a running one turns ``cancelling`` until its worker
+        stops. A finished job is a ``Conflict``."""
         return await self._client.send(calls.cancel_job(job_id))
 
     async def pause(self, job_id: str) -> Job:
+        """A queued job is held ``paused`` at once; a running one turns ``pausing`` until its worker has
+        checkpointed, then ``paused``. A finished job is a ``Conflict``."""
         return await self._client.send(calls.pause_job(job_id))
 
     async def resume(self, job_id: str) -> Job:
+        """A paused job is queued again and continues from its checkpoint. A job that is not paused (nor
+        already resumed) is a ``Conflict``."""
         return await self._client.send(calls.resume_job(job_id))
 
     async def events(
@@ -295,6 +344,7 @@ class AsyncJobs:
         after: int | None = None,
         limit: int | None = None,
     ) -> EventPage:
+        """One page of events, oldest first; pass a page's ``last_seq`` as ``after`` for the next."""
         return await self._client.send(calls.list_events(job_id, type=type, after=after, limit=limit))
 
     async def list_all_events(
@@ -305,6 +355,7 @@ class AsyncJobs:
         after: int = 0,
         page_size: int = 100,
     ) -> AsyncIterator[JobEvent]:
+        """The events recorded so far, oldest first, a page at a time (``stream_events`` follows live)."""
         while True:
             page = await self.events(job_id, type=type, after=after, limit=page_size)
             for event in page.data:
@@ -314,7 +365,11 @@ class AsyncJobs:
             after = page.last_seq
 
     async def stream_events(self, job_id: str, *, after: int = 0) -> AsyncIterator[JobEvent]:
-        """As ``Client.jobs.stream_events``: live, resumed with ``Last-Event-ID`` after a drop."""
+        """The job's events after seq ``after``, live, ending with its terminal status event.
+
+        A dropped connection is resumed with ``Last-Event-ID``: no event is missed or repeated. After
+        ``retry.reconnects`` reconnections in a row without an event it raises ``ConnectionError``.
+        """
         client = self._client
         cursor = EventCursor(job_id, after, client.retry)
         path = calls.events_stream_path(job_id)
@@ -343,21 +398,25 @@ class AsyncJobs:
             await client._sleep(cursor.failed(why))
 
     async def wait(self, job_id: str, *, on_event: Callable[[JobEvent], None] | None = None) -> Job:
+        """Follow the job to its end (``on_event`` sees each event) and return it, finished."""
         async for event in self.stream_events(job_id):
             if on_event is not None:
                 on_event(event)
         return await self.get(job_id)
 
     async def metrics(self, job_id: str) -> EpochTable:
+        """One row per completed epoch, in order."""
         return await self._client.send(calls.epoch_metrics(job_id))
 
     async def checkpoints(self, job_id: str, *, after: str | None = None, limit: int | None = None) -> CheckpointList:
+        """One page, newest first."""
         return await self._client.send(calls.list_checkpoints(job_id, after=after, limit=limit))
 
     def list_all_checkpoints(self, job_id: str, *, page_size: int = 100) -> AsyncIterator[JobCheckpoint]:
         return self._client._pages(lambda after: self.checkpoints(job_id, after=after, limit=page_size))
 
     async def artifacts(self, job_id: str) -> ArtifactList:
+        """The files the job produced (weights, model card...), each with its size and sha256."""
         return await self._client.send(calls.list_artifacts(job_id))
 
     async def download_artifact(
@@ -369,6 +428,9 @@ class AsyncJobs:
         sha256: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Download:
+        """Download one artifact to ``dest`` (a file, or a folder to put ``name`` in), resuming after a
+        broken connection and checking its sha256; ``sha256`` (from ``artifacts``) pins the file and
+        lets a ``.part`` left by an interrupted run resume."""
         target = download_target(dest, name)
         return await self._download(calls.artifact_path(job_id, name), target, sha256, on_progress)
 
@@ -380,6 +442,7 @@ class AsyncJobs:
         sha256: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Download:
+        """The fine-tuned weights (safetensors) of a succeeded job; as ``download_artifact``."""
         target = download_target(dest, f"{job_id}.safetensors")
         return await self._download(calls.weights_path(job_id), target, sha256, on_progress)
 
@@ -413,6 +476,8 @@ class AsyncJobs:
 
 
 class AsyncBackbones:
+    """``/v1/backbones``: the torchvision classifiers the server can fine-tune."""
+
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
@@ -421,3 +486,40 @@ class AsyncBackbones:
 
     async def get(self, name: str) -> Backbone:
         return await self._client.send(calls.get_backbone(name))
+
+
+class AsyncWebhooks:
+    """``/v1/webhooks``: endpoints that receive the project's job events, signed (Standard Webhooks)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(self, url: str, events: Iterable[str], *, description: str = "") -> WebhookEndpointWithSecret:
+        """The endpoint with its signing secret: shown this once."""
+        return await self._client.send(calls.create_webhook(url, events, description))
+
+    async def list(self, *, after: str | None = None, limit: int | None = None) -> WebhookEndpointList:
+        return await self._client.send(calls.list_webhooks(after=after, limit=limit))
+
+    def list_all(self, *, page_size: int = 100) -> AsyncIterator[WebhookEndpoint]:
+        return self._client._pages(lambda after: self.list(after=after, limit=page_size))
+
+    async def get(self, webhook_id: str) -> WebhookEndpoint:
+        return await self._client.send(calls.get_webhook(webhook_id))
+
+    async def delete(self, webhook_id: str) -> Deleted:
+        return await self._client.send(calls.delete_webhook(webhook_id))
+
+    async def rotate_secret(self, webhook_id: str) -> WebhookEndpointWithSecret:
+        return await self._client.send(calls.rotate_webhook_secret(webhook_id))
+
+    async def deliveries(
+        self, webhook_id: str, *, status: str | None = None, after: str | None = None, limit: int | None = None
+    ) -> WebhookDeliveryList:
+        """One page of the endpoint's deliveries, newest first, with their attempts."""
+        return await self._client.send(
+            calls.list_webhook_deliveries(webhook_id, status=status, after=after, limit=limit)
+        )
+
+    async def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
+        return await self._client.send(calls.redeliver_webhook(webhook_id, delivery_id))

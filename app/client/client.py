@@ -1,6 +1,7 @@
-"""``Client``: the finetune API from Python, synchronously (``AsyncClient`` is the same with ``await``).
-
-from app.client import Client
+# Generated from async_client.py by python -m app.client.generate: edit that file, not this one.
+"""``AsyncClient`` and ``Client``: the finetune API from Python, with ``await`` and without. The two are one
+text: ``client.py`` is generated from ``async_client.py`` (``python -m app.client.generate``), so a method is
+written once, here; requests themselves are described in ``calls.py``, without I/O.
 
 with Client() as client:  # FT_API_URL and FT_API_KEY, or Client(base_url, api_key)
     dataset = client.datasets.wait(client.datasets.upload("pets.zip").id)
@@ -8,6 +9,8 @@ with Client() as client:  # FT_API_URL and FT_API_KEY, or Client(base_url, api_k
     for event in client.jobs.stream_events(job.id):
         print(event.message)
     client.jobs.download_weights(job.id, "pets.safetensors")
+
+``AsyncClient`` is the same with ``async with``, ``await`` and ``async for``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from time import sleep
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
@@ -69,7 +73,7 @@ T = TypeVar("T")
 
 
 class Client:
-    """A synchronous client of the finetune API.
+    """A client of the finetune API (``AsyncClient``: for asyncio code, its methods awaited).
 
     ``base_url`` and ``api_key`` default to ``FT_API_URL`` (else ``http://127.0.0.1:8000``) and
     ``FT_API_KEY``. Errors the API answers with raise ``ApiError`` subclasses; a server that cannot be
@@ -96,7 +100,7 @@ class Client:
             timeout=self._timeout,
             transport=transport,
         )
-        self._sleep: Callable[[float], None] = time.sleep
+        self._sleep: Callable[[float], None] = sleep
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
         self.backbones = Backbones(self)
@@ -130,7 +134,7 @@ class Client:
         attempt = 0
         while True:
             try:
-                with ExitStack() as stack:
+                with ExitStack() as stack:  # the upload's file is read by httpx as the body streams
                     files = stack.enter_context(call.upload.files()) if call.upload else None
                     response = self._http.request(
                         call.method,

@@ -8,14 +8,14 @@ import sys
 
 from click.testing import CliRunner
 
-from app.cli import main
 from app.db.session import transaction
 from app.services.projects import authenticate
+from cli.main import main
 
 
 def test_the_cli_imports_nothing_heavy():
     heavy = "('torch', 'fastapi', 'sqlalchemy', 'celery')"
-    code = f"import sys, app.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    code = f"import sys, cli.main; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -50,7 +50,7 @@ def test_help_lists_the_commands():
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``finetune ARGS`` in a process of its own, as a person runs it."""
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True)
 
 
 def test_keys_create_works_on_a_fresh_embedded_home(tmp_path):

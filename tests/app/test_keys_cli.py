@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
 from app.db.models import ApiKey
 from app.db.session import transaction
 from app.errors import Unauthorized
 from app.services.projects import authenticate
+from cli.main import main
 
 
 @pytest.fixture

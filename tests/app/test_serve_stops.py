@@ -23,7 +23,7 @@ def test_ctrl_c_stops_embedded_serve_with_a_stream_open(tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(home)}
     port = free_port()
-    command = [sys.executable, "-m", "app.cli", "serve", "--workers", "0", "--port", str(port)]
+    command = [sys.executable, "-m", "cli", "serve", "--workers", "0", "--port", str(port)]
     serve = subprocess.Popen(command, cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(serve, url, timeout=120)  # migrations, then the app: slow on a busy host

@@ -209,7 +209,7 @@ def test_the_aws_environment_variables_are_honoured(s3, monkeypatch):
 def test_the_create_bucket_command_creates_it_once(s3, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from app.cli import main
+    from cli.main import main
 
     gateway, client = s3
     bucket = f"fttest-new-{uuid.uuid4().hex[:8]}"

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.supervisor import Child, Supervisor
+from cli.supervisor import Child, Supervisor
 
 
 def test_a_child_that_exits_is_restarted_and_stop_ends_it(tmp_path):
@@ -57,7 +57,7 @@ def test_children_die_with_a_supervisor_that_is_killed(tmp_path):
     pids = tmp_path / "pids"
     parent_code = (
         "import os, sys, time\n"
-        "from app.supervisor import Child, Supervisor\n"
+        "from cli.supervisor import Child, Supervisor\n"
         "child = [sys.executable, '-c', 'import time; time.sleep(600)']\n"
         "s = Supervisor([Child('a', child, dict(os.environ)), Child('b', child, dict(os.environ))])\n"
         "s.start()\n"

@@ -45,7 +45,7 @@ class Stack:
     def start_worker(self, queues: str = "gpu,cpu", home: Path | None = None) -> subprocess.Popen[bytes]:
         """A worker; ``home``: an FT_HOME of its own (another host's disk), else the API's."""
         log = (self.home / f"worker-{len(self.workers)}.log").open("wb")
-        command = [sys.executable, "-m", "app.cli", "worker", "--queues", queues]
+        command = [sys.executable, "-m", "cli", "worker", "--queues", queues]
         env = {**self.env, "FT_HOME": str(home)} if home is not None else self.env
         worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
         self.workers.append(worker)
@@ -103,9 +103,9 @@ def running_stack(postgres_url: str, redis_url: str, home: Path, **extra_env: st
         "FT_AUTH_ENABLED": "true",
         "PYTHONUNBUFFERED": "1",
     }
-    subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], cwd=REPO, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "cli", "db", "upgrade"], cwd=REPO, env=env, check=True)
     key = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "--project", "integration"],
+        [sys.executable, "-m", "cli", "keys", "create", "--project", "integration"],
         cwd=REPO,
         env=env,
         check=True,
@@ -115,7 +115,7 @@ def running_stack(postgres_url: str, redis_url: str, home: Path, **extra_env: st
     port = free_port()
     api_log = (home / "api.log").open("wb")
     api = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--workers", "0", "--port", str(port)],
+        [sys.executable, "-m", "cli", "serve", "--workers", "0", "--port", str(port)],
         cwd=REPO,
         env=env,
         stdout=api_log,

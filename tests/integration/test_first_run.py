@@ -52,7 +52,7 @@ def test_a_first_run_is_readable_shows_transfers_and_names_a_failed_weights_down
     terminal = tmp_path / "terminal.txt"
     with terminal.open("wb") as out:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "cli", "serve", "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=out,
@@ -76,7 +76,7 @@ def test_a_first_run_is_readable_shows_transfers_and_names_a_failed_weights_down
         client_env = {**env, "FT_API_URL": url, "TTY_COMPATIBLE": "1", "COLUMNS": "120"}  # a terminal, for rich
 
         def finetune(*args: str) -> subprocess.CompletedProcess[str]:
-            command = [sys.executable, "-m", "app.cli", *args]
+            command = [sys.executable, "-m", "cli", *args]
             return subprocess.run(command, cwd=REPO, env=client_env, capture_output=True, text=True, timeout=300)
 
         size = cifar[1].stat().st_size

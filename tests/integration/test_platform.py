@@ -41,7 +41,7 @@ def receiver() -> Iterator[Receiver]:
 def finetune(stack: Stack, *args: str) -> Any:
     env = {**stack.env, "FT_API_URL": stack.url, "FT_API_KEY": stack.headers["Authorization"].split()[1]}
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "--json", *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "cli", "--json", *args], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from app.cli import main
 from app.db.models import Dataset
 from app.db.session import transaction
 from app.services.dataset_validation import run_dataset_validation
 from app.statuses import DatasetStatus, JobStatus
 from app.store import LocalArtifactStore
+from cli.main import main
 from tests.app.client import worker_side
 from tests.app.client.server import REPO, free_port
 from tests.app.helpers import image_tree, zip_bytes
@@ -83,7 +83,7 @@ def validator(api_server, worker_factory) -> Iterator[None]:
 PROBE = """
 import json, sys, time
 started = time.perf_counter()
-from app.cli import main
+from cli.main import main
 try:
     main(sys.argv[1:], standalone_mode=False)
 finally:

@@ -38,7 +38,7 @@ def test_a_worker_beats_while_it_runs_and_is_forgotten_when_it_stops(settings):
     env = worker_env(settings)
     name = f"cpu@{socket.gethostname()}"
     store = heartbeats_for(settings.model_copy(update={"worker_heartbeat_seconds": 0.5}))
-    command = [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu"]
+    command = [sys.executable, "-m", "cli", "worker", "--queues", "cpu"]
     worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

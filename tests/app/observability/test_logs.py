@@ -125,7 +125,7 @@ def test_finetune_serve_logs_json_lines_uvicorns_access_log_included(tmp_path):
     env = {**os.environ, "FT_HOME": str(tmp_path / "home"), "FT_LOG_FORMAT": "json"}
     env.pop("FT_DATABASE_URL", None)
     # --verbose: the embedded mode logs to FT_HOME/logs/serve.log unless told to log to the terminal
-    command = [sys.executable, "-m", "app.cli", "serve", "--workers", "0", "--port", str(port), "--verbose"]
+    command = [sys.executable, "-m", "cli", "serve", "--workers", "0", "--port", str(port), "--verbose"]
     server = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

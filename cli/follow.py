@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from app.client.models import EventType, Job, JobEvent, JobStatus
-from app.commands.output import duration, event_line, number
+from cli.output import duration, event_line, number
 
 LineMode = Literal["text", "jsonl", "none"]
 

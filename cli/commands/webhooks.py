@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from app.commands.options import GlobalOptions, json_option, pass_options
+from cli.options import GlobalOptions, json_option, pass_options
 
 EVENTS = ("job.queued", "job.running", "job.succeeded", "job.failed", "job.cancelled")
 
@@ -31,12 +31,9 @@ def create(options: GlobalOptions, url: str, events: tuple[str, ...], descriptio
     chosen = list(events) or ["job.succeeded", "job.failed", "job.cancelled"]
     with options.client() as client:
         endpoint = client.webhooks.create(url, chosen, description=description)
-    if options.json:
-        options.emit(endpoint)
-        return
-    click.echo(f"{endpoint.id}  {endpoint.url}  {', '.join(endpoint.events)}")
-    click.echo(f"secret: {endpoint.secret}")
-    click.echo("store the secret now: it cannot be shown again (rotate it to get a new one)", err=True)
+    options.show(endpoint, lambda made: f"{made.id}  {made.url}  {', '.join(made.events)}\nsecret: {made.secret}")
+    if not options.json:  # a person's reminder; a script stores the secret it just read
+        click.echo("store the secret now: it cannot be shown again (rotate it to get a new one)", err=True)
 
 
 @webhooks.command("list")
@@ -44,19 +41,11 @@ def create(options: GlobalOptions, url: str, events: tuple[str, ...], descriptio
 @pass_options
 def list_webhooks(options: GlobalOptions) -> None:
     """The project's webhook endpoints, newest first."""
-    from rich.table import Table
-
-    from app.commands.output import stdout_console
+    from cli.output import webhooks_table
 
     with options.client() as client:
         rows = list(client.webhooks.list_all())
-    if options.json:
-        options.emit(rows)
-        return
-    table = Table("id", "url", "events", "enabled", "description")
-    for row in rows:
-        table.add_row(row.id, row.url, ", ".join(row.events), "yes" if row.enabled else "no", row.description)
-    stdout_console().print(table)
+    options.show(rows, webhooks_table)
 
 
 @webhooks.command("deliveries")
@@ -67,29 +56,11 @@ def list_webhooks(options: GlobalOptions) -> None:
 @pass_options
 def deliveries(options: GlobalOptions, webhook_id: str, status: str | None, limit: int) -> None:
     """An endpoint's deliveries, newest first: attempts, the last status code and error, the next retry."""
-    from rich.table import Table
-
-    from app.commands.output import stdout_console
+    from cli.output import deliveries_table
 
     with options.client() as client:
         page = client.webhooks.deliveries(webhook_id, status=status, limit=limit)
-    if options.json:
-        options.emit(page.data)
-        return
-    table = Table("id (webhook-id)", "event", "job", "status", "attempts", "last", "next retry")
-    for row in page.data:
-        last = row.attempts[-1] if row.attempts else None
-        shown = "" if last is None else (last.error or str(last.status_code)) + f" ({last.latency_ms} ms)"
-        retry = "" if row.next_attempt_at is None or row.status != "pending" else _ago(row.next_attempt_at)
-        table.add_row(row.id, row.event_type, row.job_id or "", row.status, str(len(row.attempts)), shown, retry)
-    stdout_console().print(table)
-
-
-def _ago(unix: int) -> str:
-    import time
-
-    seconds = round(unix - time.time())
-    return f"in {seconds} s" if seconds > 0 else "due"
+    options.show(page.data, deliveries_table)
 
 
 @webhooks.command("delete")
@@ -100,7 +71,4 @@ def delete(options: GlobalOptions, webhook_id: str) -> None:
     """Delete an endpoint and its deliveries (pending retries are dropped)."""
     with options.client() as client:
         deleted = client.webhooks.delete(webhook_id)
-    if options.json:
-        options.emit(deleted)
-    else:
-        click.echo(f"deleted {deleted.id}")
+    options.show(deleted, lambda gone: f"deleted {gone.id}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from app.commands.options import EXIT_FAILED, GlobalOptions, json_option, pass_options, quiet_option
+from cli.options import EXIT_FAILED, GlobalOptions, json_option, pass_options, quiet_option
 
 
 @click.group()
@@ -31,9 +31,9 @@ def upload(options: GlobalOptions, path: Path, name: str | None, wait: bool) -> 
     from contextlib import nullcontext
 
     from app.client.models import DatasetStatus
-    from app.commands.output import dataset_view, stderr_console, stdout_console, transfer_bar
+    from cli.output import dataset_view, stderr_console, transfer_bar
 
-    quiet = options.quiet or options.json
+    quiet = options.hide_progress
     with options.client() as client:
         with transfer_bar(quiet=quiet) as bar:
             task = bar.add_task(f"uploading {path.name}", total=path.stat().st_size)
@@ -43,10 +43,7 @@ def upload(options: GlobalOptions, path: Path, name: str | None, wait: bool) -> 
         if wait:
             with stderr_console().status(f"validating {dataset.id}...") if not quiet else nullcontext():
                 dataset = client.datasets.wait(dataset.id)
-    if options.json:
-        options.emit(dataset)
-    else:
-        stdout_console().print(dataset_view(dataset))
+    options.show(dataset, dataset_view)
     if wait and dataset.status == DatasetStatus.FAILED:
         raise click.exceptions.Exit(EXIT_FAILED)
 
@@ -61,15 +58,12 @@ def list_datasets(options: GlobalOptions, status: str | None, limit: int, show_a
     """List data sets, newest first."""
     from itertools import islice
 
-    from app.commands.output import datasets_table, stdout_console
+    from cli.output import datasets_table
 
     with options.client() as client:
         found = client.datasets.list_all(status=status, page_size=min(limit, 100) if not show_all else 100)
         rows = list(found if show_all else islice(found, limit))
-    if options.json:
-        options.emit(rows)
-    else:
-        stdout_console().print(datasets_table(rows))
+    options.show(rows, datasets_table)
 
 
 @datasets.command("get")
@@ -78,11 +72,8 @@ def list_datasets(options: GlobalOptions, status: str | None, limit: int, show_a
 @pass_options
 def get_dataset(options: GlobalOptions, dataset_id: str) -> None:
     """Show a data set: classes, images per split, or why it failed."""
-    from app.commands.output import dataset_view, stdout_console
+    from cli.output import dataset_view
 
     with options.client() as client:
         dataset = client.datasets.get(dataset_id)
-    if options.json:
-        options.emit(dataset)
-    else:
-        stdout_console().print(dataset_view(dataset))
+    options.show(dataset, dataset_view)

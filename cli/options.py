@@ -1,5 +1,6 @@
-"""What every client command shares: the global options (``--url``, ``--api-key``, ``--json``), the
-client they open, and the exit codes the client's errors turn into."""
+"""What every client command shares: the global options (``--url``, ``--api-key``, ``--json``, ``--quiet``),
+the client they open, how a result is shown (``GlobalOptions.show``), and the exit codes the client's errors
+turn into."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from app.client import ApiError, Client, ClientError
 
 EXIT_OK = 0
@@ -31,6 +34,7 @@ Exit codes:
   130  interrupted while following (the job goes on)"""
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,6 +60,26 @@ class GlobalOptions:
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED, as_json=self.json)
 
+    @property
+    def hide_progress(self) -> bool:
+        """No progress bar or spinner on stderr: ``--quiet``, or ``--json`` (a script reads the output)."""
+        return self.quiet or self.json
+
+    def show(self, value: T, view: Callable[[T], RenderableType | None]) -> None:
+        """A command's result on stdout: the API object (or list) as JSON with ``--json``; else, for a person,
+        what ``view(value)`` makes of it (``cli.output``): text as it is, a table through rich, None nothing
+        (an error about to be raised says it all). Every client command ends here."""
+        if self.json:
+            self.emit(value)
+            return
+        shown = view(value)
+        if isinstance(shown, str):
+            click.echo(shown)
+        elif shown is not None:
+            from cli.output import stdout_console
+
+            stdout_console().print(shown)
+
     def emit(self, value: Any) -> None:
         """An API object (or a list of them) as JSON on stdout: ``--json`` output."""
         click.echo(json.dumps(to_jsonable(value), indent=2))
@@ -74,38 +98,25 @@ def to_jsonable(value: Any) -> Any:
 pass_options = click.make_pass_decorator(GlobalOptions, ensure=True)
 
 
-def quiet_option(command: F) -> F:
-    """``--quiet``/``-q`` on a command as well as on ``finetune`` itself: no progress shown, errors still."""
+def _global_flag(attribute: str, *names: str, help: str) -> Callable[[F], F]:
+    """A flag of ``finetune`` itself that a command takes too (either place works): it sets ``attribute`` of
+    the ``GlobalOptions``."""
 
     def turn_on(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         if value:
-            ctx.ensure_object(GlobalOptions).quiet = True
+            setattr(ctx.ensure_object(GlobalOptions), attribute, True)
 
-    return click.option(
-        "--quiet",
-        "-q",
-        is_flag=True,
-        expose_value=False,
-        callback=turn_on,
-        help="Show no progress bar or spinner on stderr (errors still print there).",
-    )(command)
+    return click.option(*names, is_flag=True, expose_value=False, callback=turn_on, help=help)
 
 
-def json_option(command: F) -> F:
-    """``--json`` on a command as well as on ``finetune`` itself: either place works."""
-
-    def turn_on(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-        if value:
-            ctx.ensure_object(GlobalOptions).json = True
-
-    return click.option(
-        "--json",
-        "as_json",
-        is_flag=True,
-        expose_value=False,
-        callback=turn_on,
-        help="Print the API objects as JSON on stdout, and nothing else there.",
-    )(command)
+# --quiet/-q: no progress shown, errors still.
+quiet_option = _global_flag(
+    "quiet", "--quiet", "-q", help="Show no progress bar or spinner on stderr (errors still print there)."
+)
+# --json: the API objects, as JSON, and nothing else on stdout (GlobalOptions.show).
+json_option = _global_flag(
+    "json", "--json", "as_json", help="Print the API objects as JSON on stdout, and nothing else there."
+)
 
 
 def fail(message: str, exit_code: int, *, as_json: bool, envelope: dict[str, Any] | None = None) -> NoReturn:

@@ -11,7 +11,17 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from app.client.models import Dataset, Job, JobEpoch, JobEvent, JobStatus
+from app.client.models import (
+    Dataset,
+    Download,
+    Job,
+    JobEpoch,
+    JobEvent,
+    JobExport,
+    JobStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 STATUS_STYLES = {
     "queued": "yellow",
@@ -273,3 +283,47 @@ def event_line(event: JobEvent) -> Text:
     style = {"warning": "yellow", "error": "red"}.get(event.level, "")
     stamp = datetime.fromtimestamp(event.created_at).strftime("%H:%M:%S")
     return Text.assemble((f"{stamp} ", "dim"), (f"{event.type:<10} ", "bold"), (text, style))
+
+
+def job_status_line(job: Job) -> str:
+    return f"{job.id} {job.status}"
+
+
+def download_line(done: Download) -> str:
+    note = f", resumed {done.resumed} times" if done.resumed else ""
+    return f"{done.path} ({done.bytes:,} bytes, sha256 {done.sha256} verified{note})"
+
+
+def export_line(made: JobExport) -> str | None:
+    """An export as ``jobs export`` reports it; None for a failed one (the command's error says why)."""
+    if made.status == "succeeded" and made.card_entry is not None:
+        parity = made.card_entry["parity"]
+        return (
+            f"{made.id} succeeded: {made.file}, max |logit difference| {parity['max_abs_diff']:.3g} on "
+            f"{parity['images']} validation images (tolerance {parity['tolerance']:g})"
+        )
+    return f"{made.id} {made.status}" if made.error is None else None
+
+
+def webhooks_table(endpoints: list[WebhookEndpoint]) -> Table:
+    table = Table("id", "url", "events", "enabled", "description")
+    for row in endpoints:
+        table.add_row(row.id, row.url, ", ".join(row.events), "yes" if row.enabled else "no", row.description)
+    return table
+
+
+def deliveries_table(deliveries: list[WebhookDelivery]) -> Table:
+    table = Table("id (webhook-id)", "event", "job", "status", "attempts", "last", "next retry")
+    for row in deliveries:
+        last = row.attempts[-1] if row.attempts else None
+        shown = "" if last is None else (last.error or str(last.status_code)) + f" ({last.latency_ms} ms)"
+        retry = "" if row.next_attempt_at is None or row.status != "pending" else _due(row.next_attempt_at)
+        table.add_row(row.id, row.event_type, row.job_id or "", row.status, str(len(row.attempts)), shown, retry)
+    return table
+
+
+def _due(unix: int) -> str:
+    import time
+
+    seconds = round(unix - time.time())
+    return f"in {seconds} s" if seconds > 0 else "due"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from app.commands.options import (
+from cli.options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     GlobalOptions,
@@ -20,7 +20,7 @@ from app.commands.options import (
 if TYPE_CHECKING:
     from app.client import Client
     from app.client.models import Job
-    from app.commands.follow import LineMode
+    from cli.follow import LineMode
 
 JOB_STATUSES = ["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"]
 
@@ -52,8 +52,8 @@ def submit(
 
     SPEC is a YAML or JSON file, as `python -m training run` reads it; with --dataset, the examples/ specs
     (which name a local data.path) train on an uploaded data set."""
-    from app.commands.output import stderr_console, stdout_console
-    from app.commands.specs import parse_metadata, read_spec, with_dataset
+    from cli.output import job_status_line, stderr_console
+    from cli.specs import parse_metadata, read_spec, with_dataset
 
     spec = read_spec(spec_file)
     if dataset is not None:
@@ -62,10 +62,7 @@ def submit(
     with options.client() as client:
         job = client.jobs.create(spec, name=name, metadata=metadata)
         if not wait:
-            if options.json:
-                options.emit(job)
-            else:
-                stdout_console().print(f"{job.id} {job.status}", highlight=False)
+            options.show(job, job_status_line)
             return
         stderr_console().print(f"submitted {job.id}: following it (Ctrl-C stops following, not the job)")
         _follow_to_end(options, client, job, line_mode="none" if options.json else "text")
@@ -90,8 +87,8 @@ def list_jobs(
     """List jobs, newest first."""
     from itertools import islice
 
-    from app.commands.output import jobs_table, stdout_console
-    from app.commands.specs import parse_metadata
+    from cli.output import jobs_table
+    from cli.specs import parse_metadata
 
     metadata = parse_metadata(metadata_pairs) or None
     with options.client() as client:
@@ -99,10 +96,7 @@ def list_jobs(
             status=status or None, dataset=dataset, metadata=metadata, page_size=100 if show_all else min(limit, 100)
         )
         rows = list(found if show_all else islice(found, limit))
-    if options.json:
-        options.emit(rows)
-    else:
-        stdout_console().print(jobs_table(rows))
+    options.show(rows, jobs_table)
 
 
 @jobs.command("get")
@@ -111,26 +105,20 @@ def list_jobs(
 @pass_options
 def get_job(options: GlobalOptions, job_id: str) -> None:
     """Show a job: status, progress, metrics, error, artifacts."""
-    from app.commands.output import job_view, stdout_console
+    from cli.output import job_view
 
     with options.client() as client:
         job = client.jobs.get(job_id)
-    if options.json:
-        options.emit(job)
-    else:
-        stdout_console().print(job_view(job))
+    options.show(job, job_view)
 
 
 def _change_status(options: GlobalOptions, job_id: str, action: Literal["cancel", "pause", "resume"]) -> None:
     """Cancel, pause or resume a job through the client and print its new status (or the job, with --json)."""
-    from app.commands.output import stdout_console
+    from cli.output import job_status_line
 
     with options.client() as client:
         job = getattr(client.jobs, action)(job_id)
-    if options.json:
-        options.emit(job)
-    else:
-        stdout_console().print(f"{job.id} {job.status}", highlight=False)
+    options.show(job, job_status_line)
 
 
 @jobs.command("cancel")
@@ -177,7 +165,7 @@ def logs(options: GlobalOptions, job_id: str, follow: bool) -> None:
     a live progress bar on a terminal and a summary table at the end."""
     import json
 
-    from app.commands.output import event_line, stdout_console
+    from cli.output import event_line, stdout_console
 
     with options.client() as client:
         if follow:
@@ -209,7 +197,7 @@ def download(options: GlobalOptions, job_id: str, artifact: str, out: Path | Non
 
     Resumes after a broken connection (and from a .part an interrupted run left); the sha256 is checked."""
     from app.client.errors import NotFound
-    from app.commands.output import stdout_console, transfer_bar
+    from cli.output import download_line, transfer_bar
 
     default_name = f"{job_id}.safetensors" if artifact == "model.safetensors" else Path(artifact).name
     target = out or Path(default_name)
@@ -221,7 +209,7 @@ def download(options: GlobalOptions, job_id: str, artifact: str, out: Path | Non
             choices = ", ".join(sorted(listed)) or "none yet"
             raise NotFound(404, "not_found", f"job {job_id} has no artifact {artifact!r} (it has: {choices})")
         expected = listed[artifact]
-        with transfer_bar(quiet=options.quiet or options.json) as bar:
+        with transfer_bar(quiet=options.hide_progress) as bar:
             task = bar.add_task(f"downloading {artifact}", total=expected.bytes)
             done = client.jobs.download_artifact(
                 job_id,
@@ -230,13 +218,7 @@ def download(options: GlobalOptions, job_id: str, artifact: str, out: Path | Non
                 sha256=expected.sha256,
                 on_progress=lambda written, _total: bar.update(task, completed=written),
             )
-    if options.json:
-        options.emit(done)
-    else:
-        note = f", resumed {done.resumed} times" if done.resumed else ""
-        stdout_console().print(
-            f"{done.path} ({done.bytes:,} bytes, sha256 {done.sha256} verified{note})", highlight=False
-        )
+    options.show(done, download_line)
 
 
 @jobs.command("export")
@@ -263,24 +245,14 @@ def export(
     max |logit difference| at most 1e-4 in fp32); then `finetune jobs download JOB --artifact model.onnx`."""
     import time
 
-    from app.commands.output import stdout_console
+    from cli.output import export_line
 
     with options.client() as client:
         made = client.jobs.export(job_id, export_format, dynamic_batch=not static_batch, opset=opset)
         while wait and made.status in ("queued", "running"):
             time.sleep(poll)
             made = client.jobs.get_export(job_id, made.id)
-    if options.json:
-        options.emit(made)
-    elif made.status == "succeeded" and made.card_entry is not None:
-        parity = made.card_entry["parity"]
-        stdout_console().print(
-            f"{made.id} succeeded: {made.file}, max |logit difference| {parity['max_abs_diff']:.3g} on "
-            f"{parity['images']} validation images (tolerance {parity['tolerance']:g})",
-            highlight=False,
-        )
-    elif made.error is None:
-        stdout_console().print(f"{made.id} {made.status}", highlight=False)
+    options.show(made, export_line)
     if made.status == "failed" and made.error is not None:
         fail(f"{made.id} failed ({made.error.code}): {made.error.message}", EXIT_FAILED, as_json=options.json)
 
@@ -288,8 +260,8 @@ def export(
 def _follow_to_end(options: GlobalOptions, client: Client, job: Job, *, line_mode: LineMode) -> None:
     """Follow ``job`` to its terminal event, then show the summary; exit 1 unless it succeeded."""
     from app.client.models import JobStatus
-    from app.commands.follow import JobFollower
-    from app.commands.output import epochs_table, outcome, results_table, stderr_console, stdout_console
+    from cli.follow import JobFollower
+    from cli.output import epochs_table, outcome, results_table, stderr_console, stdout_console
 
     out = stdout_console()
     try:
