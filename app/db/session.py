@@ -19,6 +19,7 @@ from app.dispatch import DEFER, install_dispatch_hooks, run_committed_sends
 from app.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+POOL_OVERFLOW = 5  # connections past the pool for the background tasks (the sweeper) and bursts
 
 
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
@@ -48,9 +49,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def engine_for(settings: Settings) -> Engine:
+    """The process's engine: ``db_pool_size`` connections kept open (as many requests use the database at
+    once: ``app.api.deps.db_slot``); the overflow serves the background tasks (the sweeper)."""
     if settings.database_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
-    return create_db_engine(settings.sqlalchemy_url)
+    return create_db_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size, max_overflow=POOL_OVERFLOW)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
