@@ -5,9 +5,10 @@ bare rate (ratios measured in one run are what a loaded machine lets us trust), 
 request: on a machine other work loads, what each request costs the server is steadier than its rate.
 
 Goals (issue 14): GET /v1/jobs/{id} >= 50% of the bare rate with p99 < 100 ms; GET /v1/jobs (a page of 20)
->= 25%; POST /v1/jobs >= 20% with p99 < 250 ms and every request answered.
+>= 25%; POST /v1/jobs >= 20% with p99 < 250 ms and every request answered; the embedded mode (``--embedded``:
+SQLite and the file broker) within 2x of those.
 
-    .venv/bin/python bench/api_bench.py [--seconds 10] [--connections 32] [--profile DIR]
+    .venv/bin/python bench/api_bench.py [--seconds 10] [--connections 32] [--embedded] [--profile DIR]
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``) and the PostgreSQL and Redis of the tests (FT_TEST_POSTGRES_URL,
 FT_TEST_REDIS_URL). ``--profile DIR`` records each endpoint's load with py-spy (``pip install py-spy``) into
@@ -21,11 +22,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +41,8 @@ from app.context import Services
 from app.db.session import transaction
 from app.settings import Settings
 from tests.app.factories import make_ready_dataset
-from tests.app.servers import free_port
-from tests.integration.stack import running_stack
+from tests.app.servers import REPO, free_port
+from tests.integration.stack import Stack, running_stack, wait_until_ready
 
 POSTGRES = os.environ.get("FT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -138,9 +142,14 @@ def profiled(pid: int, out: Path | None, name: str, seconds: int) -> subprocess.
 
 def seed(stack_env: dict[str, str], url: str, auth: dict[str, str], jobs: int) -> tuple[str, dict]:
     """A ready data set in the key's project and ``jobs`` jobs on it; the body of one more."""
-    settings = Settings(
-        database_url=stack_env["FT_DATABASE_URL"], broker_url=REDIS, broker_key_prefix=stack_env["FT_BROKER_KEY_PREFIX"]
-    )
+    if "FT_DATABASE_URL" in stack_env:
+        settings = Settings(
+            database_url=stack_env["FT_DATABASE_URL"],
+            broker_url=REDIS,
+            broker_key_prefix=stack_env["FT_BROKER_KEY_PREFIX"],
+        )
+    else:
+        settings = Settings(home=Path(stack_env["FT_HOME"]))
     services = Services.from_settings(settings)
     try:
         with transaction(services.factory) as session:
@@ -158,6 +167,35 @@ def seed(stack_env: dict[str, str], url: str, auth: dict[str, str], jobs: int) -
         ids = [client.post("/v1/jobs", json=body).raise_for_status().json()["id"] for _ in range(jobs)]
         job = client.get(f"/v1/jobs/{ids[0]}").raise_for_status().json()
     return ids[0], {"body": body, "job": job}
+
+
+@contextmanager
+def embedded_stack(home: Path) -> Iterator[Stack]:
+    """``finetune serve --workers 0`` in the embedded mode (SQLite, the file broker), auth on, an API key."""
+    env = {**os.environ, "FT_HOME": str(home), "FT_AUTH_ENABLED": "true", "PYTHONUNBUFFERED": "1"}
+    for name in ("FT_DATABASE_URL", "FT_BROKER_URL", "FT_REDIS_URL"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "app.cli"]
+    subprocess.run([*command, "db", "upgrade"], cwd=REPO, env=env, check=True, capture_output=True)
+    key = (
+        subprocess.run(
+            [*command, "keys", "create", "--project", "integration"], cwd=REPO, env=env, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .strip()
+    )
+    port = free_port()
+    log = (home / "api.log").open("wb")
+    api = subprocess.Popen(
+        [*command, "serve", "--workers", "0", "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=log
+    )
+    built = Stack(f"http://127.0.0.1:{port}", env, home, api, {"Authorization": f"Bearer {key}"})
+    try:
+        wait_until_ready(built)
+        yield built
+    finally:
+        api.send_signal(signal.SIGINT)
+        api.wait(30)
 
 
 def bare_server(job: dict, home: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -182,6 +220,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy flame graphs of each load, here")
+    parser.add_argument("--embedded", action="store_true", help="the embedded mode (SQLite) instead of PostgreSQL")
     parser.add_argument("--only", default="", help="comma-separated subset: bare,get,list,post")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -190,7 +229,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="api-bench-"))
     loads: list[Load] = []
     try:
-        with running_stack(POSTGRES, REDIS, home, **PRODUCTION_CLOCKS) as stack:
+        stacked = embedded_stack(home) if args.embedded else running_stack(POSTGRES, REDIS, home, **PRODUCTION_CLOCKS)
+        with stacked as stack:
             auth = stack.headers["Authorization"]
             job_id, sample = seed(stack.env, stack.url, stack.headers, jobs=25)
             bare, bare_url = bare_server(sample["job"], home)
