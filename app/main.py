@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime = Runtime.from_settings(settings)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.db_slots = asyncio.Semaphore(settings.db_pool_size)  # on the loop that serves
         sweeper = asyncio.create_task(sweep_forever(runtime))
         yield
         sweeper.cancel()
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = runtime.store
     app.state.queue = runtime.queue
     app.state.stream = runtime.stream
+    app.state.db_slots = asyncio.Semaphore(settings.db_pool_size)  # see app.api.deps.db_slot
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)

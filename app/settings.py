@@ -183,6 +183,12 @@ class Settings(BaseSettings):
     max_total_steps: int = Field(
         1_000_000, ge=1, description="Most optimizer steps a run may plan (epochs x steps per epoch, or max_steps)."
     )
+    db_pool_size: int = Field(
+        20,
+        ge=1,
+        description="Database connections each process keeps open; the API lets this many requests use the "
+        "database at once (a request holds one connection) and queues the rest, so none opens one of its own.",
+    )
     dry_run_threads: int = Field(2, ge=1, description="Threads of the dry-run executor (apart from other routes').")
     dry_run_timeout_seconds: float = Field(
         20.0, gt=0, description="A dry run not planned within this time is answered 503 dry_run_timeout."

@@ -1,4 +1,5 @@
-"""The CUDA paths on a GPU machine, in one run: precision (bf16 autocast, fp16 with a grad scaler),
+"""The CUDA paths on a GPU machine, in one run: ResNet-50's step rate at 224 px in bf16 with channels_last
+(images/s against NVIDIA's published A100 figure), precision (bf16 autocast, fp16 with a grad scaler),
 channels_last, an exact resume, throughput against the seed article's loop, a job run by a real
 worker of the embedded service on the GPU, and one job on several GPUs (DDP over NCCL, one rank per GPU).
 Prints a JSON report (and writes it to --report).
@@ -181,6 +182,57 @@ def distributed(root: Path, work: Path) -> dict[str, Any]:
     return found
 
 
+NVIDIA_A100_RESNET50_AMP = 2470  # images/s, one A100, mixed precision: NVIDIA's published training figure
+
+
+def resnet50_step_rate(batch_size: int = 256, steps: int = 30, warmup: int = 10) -> dict[str, Any]:
+    """The step's ceiling, apart from any data loading: ResNet-50 at 224 px, bf16 autocast, channels_last,
+    SGD with momentum, on random tensors already on the GPU; eager, then torch.compile (its compile time
+    apart). Images/s against NVIDIA's published A100 figure."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    torch.backends.cudnn.benchmark = True
+    found: dict[str, Any] = {"batch_size": batch_size, "image_size": 224, "precision": "bf16", "channels_last": True}
+    for mode in ("eager", "compiled"):
+        found[mode] = _resnet50_rate(batch_size, steps, warmup, compiled=mode == "compiled")
+        torch.cuda.empty_cache()
+    found["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    return found
+
+
+def _resnet50_rate(batch_size: int, steps: int, warmup: int, *, compiled: bool) -> dict[str, Any]:
+    import torchvision
+
+    images = torch.randn(batch_size, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (batch_size,), device="cuda")
+    model = torchvision.models.resnet50().cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
+    forward = torch.compile(model) if compiled else model
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(forward(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    began = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    warm_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    rate = steps * batch_size / (time.perf_counter() - began)
+    return {
+        "images_per_second": round(rate),
+        "vs_nvidia_a100_amp": round(rate / NVIDIA_A100_RESNET50_AMP, 2),
+        "warmup_seconds": round(warm_seconds, 1),
+    }
+
+
 def attempt(report: dict[str, Any], name: str, check: Callable[[], Any]) -> None:
     started = time.monotonic()
     try:
@@ -207,6 +259,7 @@ def main() -> None:
         work = Path(tmp)
         root = extract_subset(args.archive, work / "cifar", args.per_class)
         checks = {
+            "resnet50_step_rate": resnet50_step_rate,
             "precision": lambda: precision_paths(root, work),
             "service_worker": lambda: service_worker(args.archive, work),
             "throughput": lambda: throughput(args.archive, work),

@@ -9,7 +9,16 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from app.api.deps import Caller, CallerDep, IdempotencyKeyHeader, QueueDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import (
+    Caller,
+    CallerDep,
+    IdempotencyKeyHeader,
+    QueueDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    StreamingCallerDep,
+)
 from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
 from app.api.uploads import UPLOAD_REQUEST_BODY, receive_upload
@@ -44,7 +53,7 @@ DatasetId = Annotated[str, Path(max_length=64, description="A data set id (ds_..
 async def upload_dataset(
     request: Request,
     response: Response,
-    caller: CallerDep,
+    caller: StreamingCallerDep,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,

@@ -3,11 +3,14 @@ so nothing opens a connection at import time and tests swap any of it with ``app
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,12 +56,28 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 
 
-def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
+async def get_session(request: Request, factory: SessionFactoryDep) -> AsyncIterator[Session]:
     """The request's one transaction: committed after the route returns and before the response is
     sent (so a failed commit is an error response, not a lie), rolled back if it raises. Tasks the route
-    queued with ``send_after_commit`` go out after the commit."""
-    with transaction(factory) as session:
-        yield session
+    queued with ``send_after_commit`` go out after the commit.
+
+    A request takes one of ``db_pool_size`` places first, waiting on the event loop. Its session keeps one
+    connection from authentication to commit, across several hops between threads; were more requests let in
+    than there are connections, a thread could wait for a connection held by a request that waits for a
+    thread, and past the thread pool's size all would wait (until the pool's 30 s timeout). The session opens
+    here, on the loop (it takes its connection at the first query, in a thread): one hop fewer a request."""
+    slots: asyncio.Semaphore = request.app.state.db_slots
+    async with slots:
+        opened = transaction(factory)
+        session = opened.__enter__()
+        try:
+            yield session
+        except BaseException as error:
+            with anyio.CancelScope(shield=True):  # the rollback and the connection's return always happen
+                await run_in_threadpool(opened.__exit__, type(error), error, error.__traceback__)
+            raise
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(opened.__exit__, None, None, None)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
@@ -66,21 +85,43 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `finetune keys create --project NAME`.")
 
 
+def _caller(session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    if settings.auth_required:
+        project = projects.authenticate(session, credentials.credentials if credentials else None)
+    else:
+        project = projects.get_or_create_project(session, settings.default_project)
+    return Caller(project_id=project.id, project_name=project.name)
+
+
 def get_caller(
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Caller:
+    """Authenticate in the request's own transaction: one connection and one transaction a request."""
+    return _caller(session, settings, credentials)
+
+
+async def get_caller_apart(
+    request: Request,
     factory: SessionFactoryDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Caller:
-    """Authenticate in a short transaction of its own, so that a long upload holds no database lock."""
-    with transaction(factory) as session:
-        if settings.auth_required:
-            project = projects.authenticate(session, credentials.credentials if credentials else None)
-        else:
-            project = projects.get_or_create_project(session, settings.default_project)
-        return Caller(project_id=project.id, project_name=project.name)
+    """Authenticate in a short transaction of its own: for the routes that stream (an upload, an event
+    stream) or plan off the request path, which must not hold a connection meanwhile."""
+
+    def authenticate() -> Caller:
+        with transaction(factory) as session:
+            return _caller(session, settings, credentials)
+
+    slots: asyncio.Semaphore = request.app.state.db_slots
+    async with slots:
+        return await run_in_threadpool(authenticate)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+StreamingCallerDep = Annotated[Caller, Depends(get_caller_apart)]
 
 IdempotencyKeyHeader = Annotated[
     str | None,

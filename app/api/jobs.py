@@ -15,6 +15,7 @@ from app.api.deps import (
     SessionFactoryDep,
     SettingsDep,
     StoreDep,
+    StreamingCallerDep,
 )
 from app.api.dry_runs import DryRunPool
 from app.api.errors import error_responses
@@ -102,7 +103,7 @@ def create_job(
     "/validate", response_model=DryRun, summary="Dry-run a spec", responses=error_responses(404, 409, 429, 503)
 )
 async def validate_job(
-    request: Request, body: JobValidate, caller: CallerDep, factory: SessionFactoryDep, settings: SettingsDep
+    request: Request, body: JobValidate, caller: StreamingCallerDep, factory: SessionFactoryDep, settings: SettingsDep
 ) -> DryRun:
     """The resolved spec, parameter counts, steps per epoch and the learning rate of every parameter group
     at up to 2000 steps of the run, without running or storing anything. Planned in threads of its own,

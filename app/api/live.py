@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 
-from app.api.deps import CallerDep, SessionFactoryDep
+from app.api.deps import SessionFactoryDep, StreamingCallerDep
 from app.api.errors import error_responses
 from app.api.event_hub import EventHub
 from app.db.session import transaction
@@ -96,7 +96,7 @@ async def follow(
 async def stream_events(
     job_id: Annotated[str, Path(max_length=64)],
     request: Request,
-    caller: CallerDep,
+    caller: StreamingCallerDep,
     factory: SessionFactoryDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
     after: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Start after this seq.")] = None,

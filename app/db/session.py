@@ -8,17 +8,21 @@ transaction later tries to write.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.dispatch.after_commit import DEFER, install_dispatch_hooks, run_committed_sends
 from app.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+PING_AFTER_IDLE_SECONDS = 5.0
+POOL_OVERFLOW = 5  # connections past the pool for the background tasks (the sweeper) and bursts
 
 
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
@@ -29,7 +33,33 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only when it sat unused for ``PING_AFTER_IDLE_SECONDS``: what
+    a server restart or a dropped link leaves dead is what sat idle meanwhile, and a busy API no longer pays
+    a round trip on every request (``pool_pre_ping`` did). A connection that dies within the window fails
+    its request once, and SQLAlchemy then replaces every connection older than it."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_connection.rollback()
+        except Exception as error:
+            raise DisconnectionError("a pooled connection failed its ping") from error  # the pool reconnects
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -48,11 +78,14 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def engine_for(settings: Settings) -> Engine:
+    """The process's engine: ``db_pool_size`` connections kept open (as many requests use the database at
+    once: ``app.api.deps.db_slot``); the overflow serves the background tasks (the sweeper)."""
     if settings.database_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
+    pool: dict[str, Any] = {"pool_size": settings.db_pool_size, "max_overflow": POOL_OVERFLOW}
     if not settings.sqlalchemy_url.startswith("postgresql"):
-        return create_db_engine(settings.sqlalchemy_url)
-    return create_db_engine(settings.sqlalchemy_url, connect_args=postgres_connect_args(settings))
+        return create_db_engine(settings.sqlalchemy_url, **pool)
+    return create_db_engine(settings.sqlalchemy_url, connect_args=postgres_connect_args(settings), **pool)
 
 
 def postgres_connect_args(settings: Settings) -> dict[str, Any]:

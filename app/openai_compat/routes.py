@@ -11,7 +11,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api.datasets import accept_upload
-from app.api.deps import CallerDep, IdempotencyKeyHeader, QueueDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import (
+    CallerDep,
+    IdempotencyKeyHeader,
+    QueueDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    StreamingCallerDep,
+)
 from app.api.errors import error_responses
 from app.api.jobs import METADATA_FILTER, _metadata_filter
 from app.api.pagination import After, Limit
@@ -49,7 +57,7 @@ JobId = Annotated[str, Path(max_length=64, description="A job id (ftjob_...).")]
 async def create_file(
     request: Request,
     response: Response,
-    caller: CallerDep,
+    caller: StreamingCallerDep,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,

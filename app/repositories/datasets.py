@@ -12,12 +12,16 @@ from app.repositories.pagination import keyset_page
 from app.statuses import DatasetStatus
 
 
-def get(session: Session, project_id: str, dataset_id: str, *, for_update: bool = False) -> Dataset | None:
+def get(
+    session: Session, project_id: str, dataset_id: str, *, for_update: bool = False, for_share: bool = False
+) -> Dataset | None:
+    """``for_update`` (deletion) waits for and blocks every other lock of the row; ``for_share`` (job creation)
+    only for and against deletion: job creations on one data set run side by side, a deletion between them."""
     query = select(Dataset).where(
         Dataset.id == dataset_id, Dataset.project_id == project_id, Dataset.deleted_at.is_(None)
     )
-    if for_update:
-        query = query.with_for_update()  # data set deletion and job creation serialize on this row
+    if for_update or for_share:
+        query = query.with_for_update(read=not for_update)  # deletion and job creation serialize on this row
     return session.scalar(query)
 
 

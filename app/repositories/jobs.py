@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, exists, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from app.db.models import Job, JobMetadata
 from app.repositories.pagination import keyset_page
@@ -26,7 +26,14 @@ class JobFilters:
 
 
 def get(session: Session, project_id: str, job_id: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.id == job_id, Job.project_id == project_id))
+    """One job with its metadata and artifacts in one query (the relationships' own ``selectin`` would ask
+    twice more: it suits pages, where one more query serves every job of the page)."""
+    query = (
+        select(Job)
+        .options(joinedload(Job.metadata_items), joinedload(Job.artifacts))
+        .where(Job.id == job_id, Job.project_id == project_id)
+    )
+    return session.execute(query).unique().scalar_one_or_none()
 
 
 def get_any(session: Session, job_id: str) -> Job | None:

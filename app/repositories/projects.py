@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from app.db.models import ApiKey, Project
 
@@ -15,8 +15,11 @@ def project_by_name(session: Session, name: str) -> Project | None:
 
 
 def active_key_by_hash(session: Session, key_hash: str, now: datetime) -> ApiKey | None:
+    """The key with its project, in one query (every authenticated request asks)."""
     return session.scalar(
-        select(ApiKey).where(
+        select(ApiKey)
+        .options(joinedload(ApiKey.project))
+        .where(
             ApiKey.key_hash == key_hash,
             ApiKey.revoked_at.is_(None),
             or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),

@@ -5,6 +5,8 @@ The engine's ``Spec`` is embedded as it is: the API validates a job's spec with 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -122,7 +124,7 @@ class Job(BaseModel):
             id=row.id,
             name=row.name,
             status=JobStatus(row.status),
-            spec=Spec.model_validate(row.spec),
+            spec=_SPECS.get(row.id, row.spec),
             dataset=row.dataset_id,
             metadata=row.metadata_dict,
             attempt=row.attempt,
@@ -143,6 +145,34 @@ class Job(BaseModel):
             started_at=_seconds(row.started_at),
             finished_at=_seconds(row.finished_at),
         )
+
+
+class _SpecCache:
+    """Validated specs by job id: a job's spec never changes once stored, and validating it again for every
+    answer cost about 120 us a job (2.4 ms a page of 20) on the bench machine. Bounded, least recently used
+    out first. The specs are shared between answers: read them, never change them (a deep copy costs twice
+    a validation)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.specs: OrderedDict[str, Spec] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, job_id: str, stored: dict[str, Any]) -> Spec:
+        with self.lock:
+            spec = self.specs.get(job_id)
+            if spec is not None:
+                self.specs.move_to_end(job_id)
+                return spec
+        spec = Spec.model_validate(stored)
+        with self.lock:
+            self.specs[job_id] = spec
+            if len(self.specs) > self.size:
+                self.specs.popitem(last=False)
+        return spec
+
+
+_SPECS = _SpecCache(4096)
 
 
 def _progress(row: JobRow, now: datetime) -> JobProgress:

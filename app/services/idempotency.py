@@ -3,7 +3,9 @@ its status code); the same key with another body is a 409. Keys are scoped to a 
 and remembered for ``Settings.idempotency_ttl_seconds``.
 
 The record is written in the transaction that creates the object: both commit, or neither. Two requests
-racing with one key both try to insert it; the primary key lets one commit and the other fails (409).
+racing with one key both try to insert it; the primary key lets one commit. A job's create claims the key
+first, so a racing twin waits only for that commit and then answers with its replay; a data set's upload
+records it last (after streaming the archive), and its twin is a 409.
 """
 
 from __future__ import annotations
@@ -56,10 +58,39 @@ def replayed(session: Session, project_id: str, key: IdempotencyKey | None) -> I
 
 
 def remember(session: Session, project_id: str, key: IdempotencyKey | None, resource_id: str, status: int) -> None:
+    """Record that ``key`` made ``resource_id``, at the end of the work: Conflict when a racing twin got there
+    first (its transaction committed while this one worked)."""
     if key is None:
         return
+    if not _inserted(session, _record(project_id, key, resource_id, status)):
+        raise Conflict(
+            "another request with this Idempotency-Key was being processed at the same time; retry it",
+            param="Idempotency-Key",
+            code="idempotency_key_in_use",
+        )
+
+
+def claim(
+    session: Session, project_id: str, key: IdempotencyKey | None, resource_id: str, status: int
+) -> IdempotencyRecord | None:
+    """Reserve ``key`` for ``resource_id`` before doing the work: None when reserved (or no key). A racing twin
+    that reserved it first makes this wait for its commit, cheaply (before any lock or work), and then
+    answers with the twin's record, to replay; Conflict if that twin's body differed or nothing is left."""
+    if key is None or _inserted(session, _record(project_id, key, resource_id, status)):
+        return None
+    record = replayed(session, project_id, key)  # the twin committed: read committed sees its record
+    if record is None:
+        raise Conflict(
+            "another request with this Idempotency-Key was being processed at the same time; retry it",
+            param="Idempotency-Key",
+            code="idempotency_key_in_use",
+        )
+    return record
+
+
+def _record(project_id: str, key: IdempotencyKey, resource_id: str, status: int) -> IdempotencyRecord:
     now = utcnow()
-    record = IdempotencyRecord(
+    return IdempotencyRecord(
         project_id=project_id,
         scope=key.scope,
         key=key.key,
@@ -69,15 +100,16 @@ def remember(session: Session, project_id: str, key: IdempotencyKey | None, reso
         created_at=now,
         expires_at=now + timedelta(seconds=key.ttl_seconds),
     )
+
+
+def _inserted(session: Session, record: IdempotencyRecord) -> bool:
+    """Whether ``record`` was added; False when its key exists (the insert waits for a twin's commit)."""
     try:
         with session.begin_nested():
             idempotency.add(session, record)
     except IntegrityError:
-        raise Conflict(
-            "another request with this Idempotency-Key was being processed at the same time; retry it",
-            param="Idempotency-Key",
-            code="idempotency_key_in_use",
-        ) from None
+        return False
+    return True
 
 
 def purge_expired(session: Session) -> int:

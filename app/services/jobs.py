@@ -85,7 +85,7 @@ def _check_weights(settings: Settings, spec: Spec) -> None:
 
 
 def _check_dataset(session: Session, project_id: str, dataset_id: str, *, lock: bool) -> Dataset:
-    dataset = datasets.get(session, project_id, dataset_id, for_update=lock)
+    dataset = datasets.get(session, project_id, dataset_id, for_share=lock)
     if dataset is None:
         raise NotFound(f"no data set {dataset_id} in this project", param="spec.data.dataset", code="dataset_not_found")
     if dataset.status != DatasetStatus.READY:
@@ -226,6 +226,9 @@ def create_job(
     """Check the spec, store it resolved (defaults filled: what runs), queue the job, and send its train
     task once the row is committed. Returns the job and the status code to answer with."""
     record = idempotency.replayed(session, project_id, idempotency_key)
+    job_id = new_id("job")
+    # Claimed before any check or lock: a twin racing with this key waits for this commit, then replays it.
+    record = record or idempotency.claim(session, project_id, idempotency_key, job_id, 201)
     if record is not None:
         return get_job(session, project_id, record.resource_id), record.status_code
     integrations = _check_integrations(settings, request)
@@ -233,7 +236,7 @@ def create_job(
     checked = check_spec(session, settings, project_id, request.spec, lock_dataset=True)
     now = utcnow()
     job = Job(
-        id=new_id("job"),
+        id=job_id,
         project_id=project_id,
         dataset_id=checked.dataset.id if checked.dataset else None,
         name=request.name,
@@ -254,7 +257,6 @@ def create_job(
     )
     jobs.add(session, job)
     job_state.record_created(session, job)
-    idempotency.remember(session, project_id, idempotency_key, job.id, 201)
     session.flush()
     dispatch_waiting(session, queue, settings, project_id=project_id)  # now, if the project has a free slot
     return job, 201
