@@ -15,7 +15,7 @@ from app.repositories import job_records
 from app.schemas.exports import ExportCreate
 from app.services import exports
 from app.statuses import EventType, ExportStatus, JobStatus
-from tests.worker.conftest import get_job, job_spec, read, submit, upload_ready_dataset
+from tests.worker.conftest import artifact_key, get_job, job_spec, read, submit, upload_ready_dataset
 from worker.runner import JobRunner
 
 
@@ -89,7 +89,7 @@ def test_a_two_process_job_loses_a_rank_resumes_and_its_weights_export_with_pari
     assert made.parity["parity"]["max_abs_diff"] <= 1e-4 and made.parity["parity"]["images"] == 18
     names = {a.name for a in read(services, job_records.artifacts, job_id)}
     assert {"model.onnx", "model.json", "model.safetensors"} <= names
-    card = json.loads(services.store.open(f"jobs/{job_id}/model.json").read())
+    card = json.loads(services.store.open(artifact_key(services, job_id, "model.json")).read())
     assert [e["format"] for e in card["exports"]] == ["onnx"] and card["exports"][0]["input_name"] == "input"
 
     # An export whose file computes something else fails with the difference, and publishes nothing.
