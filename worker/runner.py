@@ -128,6 +128,15 @@ class Inputs:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Registered:
+    """A registered checkpoint a resume may start from."""
+
+    stored: StoredObject
+    step: int
+    is_best: bool
+
+
 def fetch(store: ArtifactStore, key: str, dest: Path) -> str:
     """A local copy of a stored object at ``dest``; the sha256 of its bytes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -265,8 +274,8 @@ class JobRunner:
             spec = Spec.model_validate(job.spec)
             dataset = dataset_rows.get_any(session, job.dataset_id) if job.dataset_id else None
             registered = [
-                StoredObject(checkpoint.store_key, checkpoint.bytes or 0, checkpoint.sha256 or "")
-                for checkpoint in reversed(record_rows.kept_checkpoints(session, self.job_id))
+                Registered(StoredObject(row.store_key, row.bytes or 0, row.sha256 or ""), row.step, row.is_best)
+                for row in reversed(record_rows.kept_checkpoints(session, self.job_id))
             ]
             init_keys = self._init_keys(session, job)
             tracker = tracker_for(services.settings.mlflow_tracking_uri, job.id, job.integrations, job.spec, job.name)
@@ -283,25 +292,36 @@ class JobRunner:
         resume_from, warnings = self._resume_point(registered)
         return Inputs(spec, data, init_from, resume_from, tracker, tuple(warnings))
 
-    def _resume_point(self, registered: list[StoredObject]) -> tuple[Path | None, list[str]]:
+    def _resume_point(self, registered: list[Registered]) -> tuple[Path | None, list[str]]:
         """The newest registered checkpoint whose bytes match its recorded sha256, fetched into this
-        attempt's folder; the ones passed over, as warnings."""
-        warnings = []
-        for stored in registered:
-            dest = self.run_dir / "checkpoints" / Path(stored.key).name
-            try:
-                digest = fetch(self.services.store, stored.key, dest)
-            except ObjectMissing:
-                warnings.append(f"checkpoint {stored.key} is missing from the store: resuming from an earlier one")
+        attempt's folder (with the best one before it, which the engine reloads at the end); the ones
+        passed over, as warnings."""
+        warnings: list[str] = []
+        for index, checkpoint in enumerate(registered):
+            dest = self._fetch_checked(checkpoint.stored, warnings)
+            if dest is None:
                 continue
-            if digest == stored.sha256:
-                return dest, warnings
-            dest.unlink(missing_ok=True)
-            warnings.append(
-                f"checkpoint {stored.key} does not match its recorded sha256 ({digest[:12]}, recorded "
-                f"{stored.sha256[:12]}): resuming from an earlier one"
-            )
+            best = next((older for older in registered[index:] if older.is_best), None)
+            if best is not None and best is not checkpoint:
+                self._fetch_checked(best.stored, warnings)
+            return dest, warnings
         return None, warnings
+
+    def _fetch_checked(self, stored: StoredObject, warnings: list[str]) -> Path | None:
+        dest = self.run_dir / "checkpoints" / Path(stored.key).name
+        try:
+            digest = fetch(self.services.store, stored.key, dest)
+        except ObjectMissing:
+            warnings.append(f"checkpoint {stored.key} is missing from the store: resuming from an earlier one")
+            return None
+        if digest == stored.sha256:
+            return dest
+        dest.unlink(missing_ok=True)
+        warnings.append(
+            f"checkpoint {stored.key} does not match its recorded sha256 ({digest[:12]}, recorded "
+            f"{stored.sha256[:12]}): resuming from an earlier one"
+        )
+        return None
 
     def _init_keys(self, session: Any, job: Job) -> list[tuple[StoredObject, str]]:
         """Stored objects of the weights ``init_from`` names: an earlier job's (with its card), or a checkpoint."""

@@ -22,9 +22,10 @@ def dataset_of(services: Services, dataset_id: str) -> Any:
     return SimpleNamespace(id=row.id, store_key=row.store_key, sha256=row.sha256, filename=row.filename)
 
 
-def use_and_report(services: Services, dataset: Any, answers: Any) -> None:
+def use_and_report(services: Services, dataset: Any, go: Any, answers: Any) -> None:
     """In a child process: the extracted folder, and the inode of its extraction's marker (a new extraction
     writes a new marker)."""
+    go.wait(60)
     with extracted_dataset(services.store, services.settings, dataset) as folder:
         marker = folder.with_name(f".{folder.name}.extracted.json")
         answers.put((str(folder), marker.stat().st_ino, sorted(p.name for p in folder.iterdir())))
@@ -36,13 +37,14 @@ def test_two_processes_never_extract_one_data_set_at_once(services, colour_archi
     shutil.rmtree(work)  # the validation's extraction is gone: the next use extracts it again
     lock = services.settings.data_path / "datasets" / ".locks" / f"{dataset.id}.extract"
     lock.parent.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("fork")
+    go, answers = context.Event(), context.Queue()
+    children = [context.Process(target=use_and_report, args=(services, dataset, go, answers)) for _ in range(2)]
+    for child in children:
+        child.start()  # before the lock below is taken: a forked child would inherit it
     held = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_EX)  # someone else is extracting it
-    context = multiprocessing.get_context("fork")
-    answers = context.Queue()
-    children = [context.Process(target=use_and_report, args=(services, dataset, answers)) for _ in range(2)]
-    for child in children:
-        child.start()
+    go.set()
     try:
         assert answers.empty()
         children[0].join(1.5)

@@ -29,12 +29,12 @@ def events(services, job_id: str) -> list:
 
 
 def kill_rank_one_after_an_epoch(services, job_id: str, killed: list[int]) -> None:
-    rank_file = services.settings.work_path / job_id / "ranks" / "1.pid"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         steps = [e for e in events(services, job_id) if e.type == EventType.STEP and e.data["epoch"] == 2]
-        if steps and rank_file.is_file():
-            pid = int(rank_file.read_text())
+        rank_files = list((services.settings.work_path / job_id).glob("*/ranks/1.pid"))  # the attempt's folder
+        if steps and rank_files:
+            pid = int(rank_files[0].read_text())
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             return
