@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(
         None, description="Where uploaded data sets are extracted and validated; default: $FT_HOME/data."
     )
+    dataset_cache_max_bytes: int = Field(
+        50 * GIB,
+        ge=0,
+        description="Extracted data sets a worker keeps on its disk (under data_dir): past it, the least recently "
+        "used that no job is training from are removed, and extracted again when a job needs them.",
+    )
     broker_url: str | None = Field(
         None, description="Celery broker; default: kombu's serverless filesystem transport under $FT_HOME/broker."
     )

@@ -37,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.context import Services
+from app.context import Runtime
 from app.db.session import transaction
 from app.settings import Settings
 from tests.app.factories import make_ready_dataset
@@ -150,7 +150,7 @@ def seed(stack_env: dict[str, str], url: str, auth: dict[str, str], jobs: int) -
         )
     else:
         settings = Settings(home=Path(stack_env["FT_HOME"]))
-    services = Services.from_settings(settings)
+    services = Runtime.from_settings(settings)
     try:
         with transaction(services.factory) as session:
             dataset = make_ready_dataset(session, project="integration", per_class={"cat": 40, "dog": 40}).id
@@ -175,7 +175,7 @@ def embedded_stack(home: Path) -> Iterator[Stack]:
     env = {**os.environ, "FT_HOME": str(home), "FT_AUTH_ENABLED": "true", "PYTHONUNBUFFERED": "1"}
     for name in ("FT_DATABASE_URL", "FT_BROKER_URL", "FT_REDIS_URL"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "app.cli"]
+    command = [sys.executable, "-m", "cli"]
     subprocess.run([*command, "db", "upgrade"], cwd=REPO, env=env, check=True, capture_output=True)
     key = (
         subprocess.run(

@@ -95,7 +95,7 @@ def event_latency(stack: Stack, dataset: str, count: int) -> list[float]:
     from app.services.job_state import claim_job, finish_job
     from app.settings import Settings
     from app.statuses import JobStatus
-    from worker.publisher import EventPublisher, Step
+    from worker.publisher import EventPublisher, Fence, Step
 
     os.environ.update({name: value for name, value in stack.env.items() if name.startswith("FT_")})
     services = Runtime.from_settings(Settings())  # the stack's settings, from the environment
@@ -103,7 +103,7 @@ def event_latency(stack: Stack, dataset: str, count: int) -> list[float]:
         job_id = client.post("/v1/jobs", json=job_body(dataset, epochs=1)).json()["id"]
     with transaction(services.factory) as session:  # this process plays the worker
         assert claim_job(session, job_id, "bench", 600)
-    publisher = EventPublisher(services, job_id, "bench", on_lease_lost=lambda: None)
+    publisher = EventPublisher(services, Fence(job_id, "bench", 1), on_lease_lost=lambda: None)
     publisher.start()
     latencies: list[float] = []
     ready = threading.Event()

@@ -3,6 +3,10 @@
 Every ``cancel_poll_seconds`` the keeper reads the job's status (a cancel stops the run within about that
 long); every ``lease_renew_seconds`` it renews the lease. It never stops the run itself: it raises a flag
 that the engine's should-stop probe reads between steps.
+
+A worker paused past its lease (SIGSTOP, a frozen VM) finds on waking, at its next look, that the job
+has another owner or attempt, and raises ``lost``: training stops at the next step, well within one
+lease period, and the publisher's fenced writes refuse whatever the stale attempt still had queued.
 """
 
 from __future__ import annotations
@@ -12,12 +16,11 @@ import threading
 import time
 from typing import Literal
 
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Job
 from app.db.session import transaction
+from app.repositories import attempts
 from app.services.job_state import renew_lease
 from app.settings import Settings
 from app.statuses import OWNED_JOB_STATUSES, JobStatus
@@ -29,11 +32,14 @@ REASONS: dict[StopReason, str] = {"cancel": "cancel requested", "pause": "pause 
 
 
 class LeaseKeeper(threading.Thread):
-    def __init__(self, factory: sessionmaker[Session], job_id: str, owner: str, settings: Settings) -> None:
+    def __init__(
+        self, factory: sessionmaker[Session], job_id: str, owner: str, attempt: int, settings: Settings
+    ) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.factory = factory
         self.job_id = job_id
         self.owner = owner
+        self.attempt = attempt
         self.settings = settings
         self.stop_reason: StopReason | None = None
         self._done = threading.Event()
@@ -65,8 +71,9 @@ class LeaseKeeper(threading.Thread):
 
     def _look(self) -> None:
         with transaction(self.factory) as session:
-            row = session.execute(select(Job.status, Job.owner).where(Job.id == self.job_id)).one_or_none()
-        if row is None or row.owner != self.owner or row.status not in OWNED_JOB_STATUSES:
+            row = attempts.holder(session, self.job_id)
+        mine = row is not None and (row.owner, row.attempt) == (self.owner, self.attempt)
+        if row is None or not mine or row.status not in OWNED_JOB_STATUSES:
             self._raise("lost")
         elif row.status == JobStatus.CANCELLING:
             self._raise("cancel")

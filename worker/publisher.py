@@ -5,6 +5,13 @@ The engine's callbacks only put items on a queue; this thread writes them, in or
 checkpoints to the artifact store. The training loop never waits on the database or the store; the
 runner drains the queue before it finishes or releases the job. Through a database outage the items wait
 here, in order, and are written once it answers again (up to ``db_outage_grace_seconds``).
+
+Fencing: every write carries the attempt (``Fence``): its store keys name the attempt, so no two attempts
+ever write or delete the same object, and each database write first locks the job's row and checks that
+the attempt still owns it (``app.repositories.attempts.fence``), in the transaction that records it. A
+checkpoint is uploaded first and registered after, fenced: when the registration is refused its upload
+(under this attempt's own key) is deleted again. A checkpoint the retention rule removed is marked deleted
+first, fenced, and only then deleted from the store: a stale attempt deletes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from sqlalchemy.orm import Session
 from app.context import Runtime
 from app.db.session import transaction
 from app.errors import LeaseLost
+from app.repositories import attempts
+from app.repositories import job_records as record_rows
 from app.services.job_records import (
     append_event,
     mark_checkpoint_deleted,
@@ -33,8 +42,9 @@ from app.services.job_records import (
     register_checkpoint,
 )
 from app.statuses import EventType
-from app.stores.keys import checkpoint_key
+from app.stores import keys
 from training.callbacks import CheckpointInfo
+from worker.holds import hold
 from worker.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,30 @@ log = logging.getLogger(__name__)
 # A failed write is retried after these delays, then every last one, until the database has been out for
 # the settings' db_outage_grace_seconds; the items behind it wait in the queue, in order (the buffer).
 RETRY_SECONDS = (0.2, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The attempt a worker runs, as it proves it: the job, the owner token of its claim, the attempt's number."""
+
+    job_id: str
+    owner: str
+    attempt: int
+
+    @property
+    def prefix(self) -> str:
+        """Where the attempt's objects go: its number and its claim's nonce (a preempted attempt hands its
+        number back, and the next claim reuses it), so no two claims share a key."""
+        return keys.attempt_prefix(self.job_id, self.attempt, self.owner.rsplit(":", 1)[-1])
+
+    def check(self, session: Session) -> None:
+        """Lock the job's row and raise LeaseLost unless this attempt still owns it."""
+        if attempts.fence(session, self.job_id, self.owner, self.attempt) is None:
+            raise LeaseLost(f"job {self.job_id} is no longer owned by attempt {self.attempt} ({self.owner})")
+
+
+def checkpoint_key(fence: Fence, name: str) -> str:
+    return keys.attempt_checkpoint_key(fence.prefix, name)
 
 
 @dataclass(frozen=True)
@@ -71,11 +105,12 @@ Item = Step | Epoch | Note | Checkpoint
 
 
 class EventPublisher(threading.Thread):
-    def __init__(self, services: Runtime, job_id: str, owner: str, on_lease_lost: Callable[[], None]) -> None:
-        super().__init__(name=f"publisher-{job_id}", daemon=True)
+    def __init__(self, services: Runtime, fence: Fence, on_lease_lost: Callable[[], None]) -> None:
+        super().__init__(name=f"publisher-{fence.job_id}", daemon=True)
         self.services = services
-        self.job_id = job_id
-        self.owner = owner
+        self.fence = fence
+        self.job_id = fence.job_id
+        self.owner = fence.owner
         self.on_lease_lost = on_lease_lost
         self.items: queue.Queue[Item | None] = queue.Queue()
         self.lease_lost = False
@@ -129,6 +164,7 @@ class EventPublisher(threading.Thread):
             self._upload(item)
             return
         with transaction(factory) as session:
+            self.fence.check(session)
             if isinstance(item, Step):
                 record_step_metrics(session, self.job_id, item.metrics, owner=owner)
             elif isinstance(item, Epoch):
@@ -144,22 +180,38 @@ class EventPublisher(threading.Thread):
             return
         try:
             with transaction(self.services.factory) as session:
+                self.fence.check(session)
                 append_event(session, self.job_id, EventType.WARNING, {"integration": "mlflow"}, problem)
-        except SQLAlchemyError:
+        except (SQLAlchemyError, LeaseLost):
             log.warning("job %s: could not record the warning %r", self.job_id, problem)
 
     def _upload(self, item: Checkpoint) -> None:
         info, store = item.info, self.services.store
+        key = checkpoint_key(self.fence, info.path.name)
         with item.staged.open("rb") as file:
-            stored = store.put(checkpoint_key(self.job_id, info.path.name), file)
-        with transaction(self.services.factory) as session:
-            self._register(session, info, stored)
+            stored = store.put(key, file)
+        hold("checkpoint_write")  # tests only: a pause lands between the upload and its registration
+        try:
+            with transaction(self.services.factory) as session:
+                self.fence.check(session)
+                self._register(session, info, stored)
+        except LeaseLost:
+            store.delete(key)  # this attempt's own key: no other attempt's object is touched
+            raise
         item.staged.unlink(missing_ok=True)
         for removed in info.removed:  # the engine's retention deleted these locally: follow suit
-            key = checkpoint_key(self.job_id, removed.name)
-            store.delete(key)
+            hold("retention")  # tests only: a pause lands inside the retention step
             with transaction(self.services.factory) as session:
-                mark_checkpoint_deleted(session, self.job_id, key, owner=self.owner)
+                self.fence.check(session)
+                keys = [
+                    checkpoint.store_key
+                    for checkpoint in record_rows.kept_checkpoints(session, self.job_id)
+                    if Path(checkpoint.store_key).name == removed.name
+                ]
+                for key in keys:
+                    mark_checkpoint_deleted(session, self.job_id, key, owner=self.owner)
+            for key in keys:  # marked deleted (committed) first: no attempt resumes from it any more
+                store.delete(key)
 
     def _register(self, session: Session, info: CheckpointInfo, stored: Any) -> None:
         register_checkpoint(

@@ -7,11 +7,19 @@
          | requeued (SIGTERM: checkpointed, handed back for another worker)
 
 A job another live worker owns, or one already finished, is left alone: a redelivered message is a
-no-op. A worker that loses its lease stops without writing anything more.
+no-op. A worker that loses its lease stops without writing anything more: every write of the attempt is
+fenced by its ``Fence`` (worker.publisher), its store keys name the attempt, and its working folder
+(``work/<job>/attempt-<n>-<nonce>``) is its own. The folder goes when the attempt ends (succeeded, failed,
+cancelled or lost); the store keeps what was registered.
+
+A resume starts from the newest registered checkpoint whose bytes hash to the sha256 recorded for it; one
+that does not (or is missing) is passed over with a warning, for the one before it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -27,23 +35,24 @@ from app.context import Runtime
 from app.db.models import Job
 from app.db.session import transaction
 from app.dispatch.admission import queue_for_training
+from app.errors import LeaseLost
 from app.observability.logs import job_context, start_in_context
+from app.repositories import attempts as attempt_rows
 from app.repositories import datasets as dataset_rows
 from app.repositories import job_records as record_rows
 from app.repositories import jobs as job_rows
-from app.services.dataset_validation import dataset_folder
 from app.services.job_records import append_event, register_artifact
 from app.services.job_state import JobError, claim_job, finish_job, release_job, requeue_lost_attempt
 from app.statuses import EventType, JobStatus
-from app.store import ArtifactStore, StoredObject
-from app.stores import cache_for
+from app.store import ArtifactStore, ObjectMissing, StoredObject
+from app.stores import cache_for, keys
 from app.stores.cache import FetchCache
-from app.stores.keys import job_artifact_key
 from training import artifacts
 from training.callbacks import Callbacks, CheckpointInfo, RollbackInfo, RunInfo, StepMetrics, Stop
 from training.spec import Spec
+from worker.datasets import extracted_dataset
 from worker.lease import LeaseKeeper
-from worker.publisher import Checkpoint, Epoch, EventPublisher, Note, Step
+from worker.publisher import Checkpoint, Epoch, EventPublisher, Fence, Note, Step
 from worker.tracking import MlflowTracker, tracker_for
 
 log = logging.getLogger(__name__)
@@ -112,16 +121,29 @@ class Inputs:
     init_from: Path | None
     resume_from: Path | None
     tracker: MlflowTracker | None = None
+    warnings: tuple[str, ...] = ()
 
 
-def fetch(store: ArtifactStore, key: str, dest: Path) -> Path:
-    """A local copy of a stored object."""
+@dataclass(frozen=True)
+class Registered:
+    """A registered checkpoint a resume may start from."""
+
+    stored: StoredObject
+    step: int
+    is_best: bool
+
+
+def fetch(store: ArtifactStore, key: str, dest: Path) -> str:
+    """A local copy of a stored object at ``dest``; the sha256 of its bytes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
+    digest = hashlib.sha256()
     with store.open(key) as source, tmp.open("wb") as out:
-        shutil.copyfileobj(source, out, 1 << 20)
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
     tmp.replace(dest)
-    return dest
+    return digest.hexdigest()
 
 
 def fetch_cached(cache: FetchCache, store: ArtifactStore, stored: StoredObject, dest: Path) -> Path:
@@ -144,8 +166,9 @@ class JobRunner:
         self.job_id = job_id
         self.preempt = preempt
         self.owner = new_owner(worker_name)
-        self.run_dir = services.settings.work_path / job_id
+        self.run_dir = services.settings.work_path / job_id  # the attempt's own folder, once claimed
         self.tracker: MlflowTracker | None = None
+        self.holds = contextlib.ExitStack()
 
     def run(self) -> str:
         with job_context(self.job_id):  # every log record of the attempt names the job, its threads' too
@@ -154,19 +177,31 @@ class JobRunner:
     def _claim_and_attempt(self) -> str:
         with transaction(self.services.factory) as session:
             claimed = claim_job(session, self.job_id, self.owner, self.services.settings.lease_seconds)
-        if not claimed:
+            attempt = attempt_rows.attempt_of(session, self.job_id, self.owner) if claimed else None
+        if attempt is None:
             log.info("job %s is not claimable (taken, finished or gone): nothing to do", self.job_id)
             return "not claimed"
-        keeper = LeaseKeeper(self.services.factory, self.job_id, self.owner, self.services.settings)
-        publisher = EventPublisher(self.services, self.job_id, self.owner, on_lease_lost=keeper.lose)
+        self.fence = Fence(self.job_id, self.owner, attempt)
+        self.run_dir = self.services.settings.work_path / self.job_id / self.fence.prefix.rsplit("/", 1)[-1]
+        keeper = LeaseKeeper(self.services.factory, self.job_id, self.owner, attempt, self.services.settings)
+        publisher = EventPublisher(self.services, self.fence, on_lease_lost=keeper.lose)
         self.keeper = keeper
         start_in_context(keeper)
         start_in_context(publisher)
         try:
-            return self._attempt(keeper, publisher)
+            with self.holds:  # the data set's extraction, in use (its cache does not evict it meanwhile)
+                return self._attempt(keeper, publisher)
         finally:
             publisher.close()
             keeper.stop()
+            # Whatever the ending, the attempt's folder goes: what is kept is in the store (a released or
+            # lost attempt's successor resumes from there), and a lost attempt's work is void anyway.
+            self._remove_run_dir()
+
+    def _remove_run_dir(self) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.run_dir.parent.rmdir()  # the job's folder, once no attempt on this host has one left
 
     def _attempt(self, keeper: LeaseKeeper, publisher: EventPublisher) -> str:
         import torch  # the pool child's first torch import: after the claim, so it does not delay it
@@ -178,6 +213,9 @@ class JobRunner:
         try:
             inputs = self._inputs()
             publisher.tracker = self.tracker = inputs.tracker
+            for warning in inputs.warnings:
+                log.warning("job %s: %s", self.job_id, warning)
+                publisher.put(Note(EventType.WARNING, warning, {}))
             # training.devices processes: this one, or ranks under torch's elastic launcher (training.distributed)
             result = fit_on_devices(
                 inputs.spec,
@@ -213,7 +251,11 @@ class JobRunner:
         if result.status == "cancelled":
             self._end_tracking(publisher, "cancelled")
             return self._finish(JobStatus.CANCELLED)
-        self._publish_artifacts(result.checkpoint_path)
+        try:
+            self._publish_artifacts(result.checkpoint_path)
+        except LeaseLost:
+            log.warning("job %s: lease lost before its artifacts were registered; nothing kept", self.job_id)
+            return "lease lost"
         self._end_tracking(publisher, "succeeded", [self.run_dir / artifacts.CARD, self.run_dir / artifacts.WEIGHTS])
         published = {"published": self._published_metrics()}
         return self._finish(JobStatus.SUCCEEDED, final_metrics=published["published"], test_metrics=result.test)
@@ -227,27 +269,55 @@ class JobRunner:
             assert job is not None
             spec = Spec.model_validate(job.spec)
             dataset = dataset_rows.get_any(session, job.dataset_id) if job.dataset_id else None
-            latest = record_rows.latest_checkpoint(session, self.job_id)
-            resume_key = (latest.store_key, Path(latest.store_key).name) if latest is not None else None
+            registered = [
+                Registered(StoredObject(row.store_key, row.bytes or 0, row.sha256 or ""), row.step, row.is_best)
+                for row in reversed(record_rows.kept_checkpoints(session, self.job_id))
+            ]
             init_keys = self._init_keys(session, job)
             tracker = tracker_for(services.settings.mlflow_tracking_uri, job.id, job.integrations, job.spec, job.name)
         if dataset is None:
             from training.errors import DatasetError
 
             raise DatasetError("dataset_unreadable", [f"data set {job.dataset_id} is gone; upload it again"])
-        data = dataset_folder(services.store, services.settings, dataset)
+        data = self.holds.enter_context(extracted_dataset(services.store, services.settings, dataset))
         init_from = None
         cache = cache_for(services.settings)
         for stored, name in init_keys:
             fetched = fetch_cached(cache, services.store, stored, self.run_dir / "init" / name)
             init_from = init_from or fetched  # the first is the weights; a model card may follow
-        resume_from = None
-        if resume_key is not None:
-            key, name = resume_key
-            resume_from = self.run_dir / "checkpoints" / name
-            if not resume_from.is_file():
-                fetch(services.store, key, resume_from)
-        return Inputs(spec=spec, data=data, init_from=init_from, resume_from=resume_from, tracker=tracker)
+        resume_from, warnings = self._resume_point(registered)
+        return Inputs(spec, data, init_from, resume_from, tracker, tuple(warnings))
+
+    def _resume_point(self, registered: list[Registered]) -> tuple[Path | None, list[str]]:
+        """The newest registered checkpoint whose bytes match its recorded sha256, fetched into this
+        attempt's folder (with the best one before it, which the engine reloads at the end); the ones
+        passed over, as warnings."""
+        warnings: list[str] = []
+        for index, checkpoint in enumerate(registered):
+            dest = self._fetch_checked(checkpoint.stored, warnings)
+            if dest is None:
+                continue
+            best = next((older for older in registered[index:] if older.is_best), None)
+            if best is not None and best is not checkpoint:
+                self._fetch_checked(best.stored, warnings)
+            return dest, warnings
+        return None, warnings
+
+    def _fetch_checked(self, stored: StoredObject, warnings: list[str]) -> Path | None:
+        dest = self.run_dir / "checkpoints" / Path(stored.key).name
+        try:
+            digest = fetch(self.services.store, stored.key, dest)
+        except ObjectMissing:
+            warnings.append(f"checkpoint {stored.key} is missing from the store: resuming from an earlier one")
+            return None
+        if digest == stored.sha256:
+            return dest
+        dest.unlink(missing_ok=True)
+        warnings.append(
+            f"checkpoint {stored.key} does not match its recorded sha256 ({digest[:12]}, recorded "
+            f"{stored.sha256[:12]}): resuming from an earlier one"
+        )
+        return None
 
     def _init_keys(self, session: Any, job: Job) -> list[tuple[StoredObject, str]]:
         """Stored objects of the weights ``init_from`` names: an earlier job's (with its card), or a checkpoint."""
@@ -271,11 +341,25 @@ class JobRunner:
     # --- endings -----------------------------------------------------------------------------
 
     def _publish_artifacts(self, last_checkpoint: Path | None) -> None:
+        """Upload the artifacts under this attempt's keys, then register them in one fenced transaction; a
+        refused registration (the job was taken) deletes the uploads again (LeaseLost)."""
+        store = self.services.store
+        uploaded = []
+        for name in artifacts.PUBLISHED:
+            with (self.run_dir / name).open("rb") as file:
+                uploaded.append((name, store.put(keys.attempt_artifact_key(self.fence.prefix, name), file)))
+        try:
+            self._register_artifacts(uploaded)
+        except LeaseLost:
+            for _, stored in uploaded:
+                store.delete(stored.key)
+            raise
+
+    def _register_artifacts(self, uploaded: list[tuple[str, StoredObject]]) -> None:
         store = self.services.store
         with transaction(self.services.factory) as session:
-            for name in artifacts.PUBLISHED:
-                with (self.run_dir / name).open("rb") as file:
-                    stored = store.put(job_artifact_key(self.job_id, name), file)
+            self.fence.check(session)
+            for name, stored in uploaded:
                 register_artifact(session, self.job_id, name, stored, owner=self.owner)
             for checkpoint in record_rows.kept_checkpoints(session, self.job_id):
                 stat = store.stat(checkpoint.store_key)
@@ -299,8 +383,6 @@ class JobRunner:
         self.keeper.stop()  # the job is about to leave running: nothing left to watch
         with transaction(self.services.factory) as session:
             finished = finish_job(session, self.job_id, self.owner, status, **results)
-        if finished and status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED):
-            shutil.rmtree(self.run_dir, ignore_errors=True)
         return str(status) if finished else "lease lost"
 
     def _release(self) -> str:
@@ -333,11 +415,14 @@ class JobRunner:
             return "lease lost"
         keeper.stop()
         self._end_tracking(publisher, "failed")
-        with transaction(self.services.factory) as session:
-            append_event(
-                session, self.job_id, EventType.ERROR, {"code": code, "traceback": traceback.format_exc()}, message
-            )
-            finished = finish_job(session, self.job_id, self.owner, JobStatus.FAILED, JobError(code, message))
+        try:
+            with transaction(self.services.factory) as session:
+                self.fence.check(session)
+                data = {"code": code, "traceback": traceback.format_exc()}
+                append_event(session, self.job_id, EventType.ERROR, data, message)
+                finished = finish_job(session, self.job_id, self.owner, JobStatus.FAILED, JobError(code, message))
+        except LeaseLost:
+            return "lease lost"
         return f"failed ({code})" if finished else "lease lost"
 
 

@@ -2,8 +2,12 @@
 
 datasets/<dataset id>/<archive name>            an uploaded archive
 datasets/<dataset id>/thumbnails.json           the console's thumbnails, made at validation
-jobs/<job id>/<artifact name>                   what a job publishes (``training.artifacts``), its exports
-jobs/<job id>/checkpoints/<checkpoint name>     a job's checkpoints
+jobs/<job id>/<export name>                     a job's exports
+jobs/<job id>/attempts/<n>-<nonce>/<artifact>   what an attempt publishes (``training.artifacts``)
+jobs/<job id>/attempts/<n>-<nonce>/checkpoints/<checkpoint name>    an attempt's checkpoints
+
+An attempt writes only under its own prefix (its number and its claim's nonce: a preempted attempt hands its
+number back and the next claim reuses it), so no two attempts ever write or delete the same object.
 """
 
 from __future__ import annotations
@@ -27,5 +31,13 @@ def job_artifact_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/{name}"
 
 
-def checkpoint_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/checkpoints/{name}"
+def attempt_prefix(job_id: str, attempt: int, nonce: str) -> str:
+    return f"jobs/{job_id}/attempts/{attempt}-{nonce}"
+
+
+def attempt_artifact_key(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}"
+
+
+def attempt_checkpoint_key(prefix: str, name: str) -> str:
+    return f"{prefix}/checkpoints/{name}"

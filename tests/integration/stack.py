@@ -42,11 +42,14 @@ class Stack:
     headers: dict[str, str]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_worker(self, queues: str = "gpu,cpu", home: Path | None = None) -> subprocess.Popen[bytes]:
-        """A worker; ``home``: an FT_HOME of its own (another host's disk), else the API's."""
+    def start_worker(
+        self, queues: str = "gpu,cpu", home: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker; ``home``: an FT_HOME of its own (another host's disk), else the API's; ``env``: more
+        environment variables (a test hook's, worker.holds)."""
         log = (self.home / f"worker-{len(self.workers)}.log").open("wb")
         command = [sys.executable, "-m", "cli", "worker", "--queues", queues]
-        env = {**self.env, "FT_HOME": str(home)} if home is not None else self.env
+        env = {**self.env, **(env or {}), **({"FT_HOME": str(home)} if home is not None else {})}
         worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
         self.workers.append(worker)
         return worker

@@ -172,7 +172,7 @@ def upload_ready(stack: Stack, client: httpx.Client, archive: Path) -> str:
 
 def test_two_projects_compete_for_one_worker_fairly(stack, dataset_id, cifar):
     other_key = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "--project", "other"],
+        [sys.executable, "-m", "cli", "keys", "create", "--project", "other"],
         cwd=REPO,
         env=stack.env,
         check=True,

@@ -90,3 +90,12 @@ def get_job(session: Session, job_id: str) -> Any:
     job = jobs.get_any(session, job_id)
     session.expunge(job)
     return job
+
+
+def artifact_key(services: Runtime, job_id: str, name: str) -> str:
+    """The store key of a job's registered artifact (under the key of the attempt that published it)."""
+    from app.repositories import job_records
+
+    artifact = read(services, job_records.artifact, job_id, name)
+    assert artifact is not None, f"job {job_id} has no artifact {name}"
+    return str(artifact.store_key)

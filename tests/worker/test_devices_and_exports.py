@@ -15,7 +15,7 @@ from app.repositories import job_records
 from app.schemas.exports import ExportCreate
 from app.services import exports
 from app.statuses import EventType, ExportStatus, JobStatus
-from tests.worker.conftest import get_job, job_spec, read, submit, upload_ready_dataset
+from tests.worker.conftest import artifact_key, get_job, job_spec, read, submit, upload_ready_dataset
 from worker.runner import JobRunner
 
 
@@ -29,12 +29,12 @@ def events(services, job_id: str) -> list:
 
 
 def kill_rank_one_after_an_epoch(services, job_id: str, killed: list[int]) -> None:
-    rank_file = services.settings.work_path / job_id / "ranks" / "1.pid"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         steps = [e for e in events(services, job_id) if e.type == EventType.STEP and e.data["epoch"] == 2]
-        if steps and rank_file.is_file():
-            pid = int(rank_file.read_text())
+        rank_files = list((services.settings.work_path / job_id).glob("*/ranks/1.pid"))  # the attempt's folder
+        if steps and rank_files:
+            pid = int(rank_files[0].read_text())
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             return
@@ -89,7 +89,7 @@ def test_a_two_process_job_loses_a_rank_resumes_and_its_weights_export_with_pari
     assert made.parity["parity"]["max_abs_diff"] <= 1e-4 and made.parity["parity"]["images"] == 18
     names = {a.name for a in read(services, job_records.artifacts, job_id)}
     assert {"model.onnx", "model.json", "model.safetensors"} <= names
-    card = json.loads(services.store.open(f"jobs/{job_id}/model.json").read())
+    card = json.loads(services.store.open(artifact_key(services, job_id, "model.json")).read())
     assert [e["format"] for e in card["exports"]] == ["onnx"] and card["exports"][0]["input_name"] == "input"
 
     # An export whose file computes something else fails with the difference, and publishes nothing.

@@ -18,7 +18,7 @@ from app.repositories import job_records
 from app.services.job_state import claim_job, request_cancel, request_pause, resume_job
 from app.statuses import JobStatus
 from tests.training.conftest import CLASSES
-from tests.worker.conftest import get_job, job_spec, read, submit, upload_ready_dataset
+from tests.worker.conftest import artifact_key, get_job, job_spec, read, submit, upload_ready_dataset
 from worker.runner import JobRunner
 
 
@@ -51,9 +51,11 @@ def test_a_job_runs_to_success_and_its_weights_predict_as_reported(services, col
     # The published weights, rebuilt from the card with torchvision alone, predict the test images with
     # exactly the accuracy the job reported.
     store = services.store
-    card = json.loads(store.open(f"jobs/{job_id}/model.json").read())
+    card = json.loads(store.open(artifact_key(services, job_id, "model.json")).read())
     model = torchvision.models.get_model(card["backbone"], **card["torchvision_kwargs"])
-    model.load_state_dict(load_file(str(store.local_path(f"jobs/{job_id}/model.safetensors"))), strict=True)
+    model.load_state_dict(
+        load_file(str(store.local_path(artifact_key(services, job_id, "model.safetensors")))), strict=True
+    )
     model.eval()
     assert card["class_names"] == list(CLASSES)
     from app.repositories import datasets
@@ -124,8 +126,8 @@ def test_sigterm_checkpoints_mid_epoch_and_the_next_attempt_resumes_to_the_same_
     assert run(services, job_id) == "succeeded"
     resumed_from = [e.message for e in events(services, job_id) if e.type == "info" and "training on" in e.message]
     assert "from epoch 1 of 2" in resumed_from[0] and len(resumed_from) == 2
-    a = load_file(str(services.store.local_path(f"jobs/{straight}/model.safetensors")))
-    b = load_file(str(services.store.local_path(f"jobs/{job_id}/model.safetensors")))
+    a = load_file(str(services.store.local_path(artifact_key(services, straight, "model.safetensors"))))
+    b = load_file(str(services.store.local_path(artifact_key(services, job_id, "model.safetensors"))))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -137,6 +139,7 @@ def test_a_non_finite_loss_fails_the_job_with_its_code_and_the_traceback_in_an_e
     assert "\n" not in job.error_message and "lower optimizer.lr" in job.error_message
     error = next(e for e in events(services, job_id) if e.type == "error")
     assert "Traceback" in error.data["traceback"] and error.data["code"] == "non_finite_loss"
+    assert not (services.settings.work_path / job_id).exists()  # the failed attempt's folder is removed
 
 
 def test_a_redelivered_message_for_a_job_another_worker_owns_does_nothing(services, colour_archive):
@@ -161,6 +164,7 @@ def test_a_worker_that_loses_its_lease_stops_and_writes_nothing_more(services, c
     job = read(services, get_job, job_id)
     assert job.status == JobStatus.RUNNING and job.owner == "thief:2:def"
     assert not read(services, job_records.artifacts, job_id)
+    assert not (services.settings.work_path / job_id).exists()  # the lost attempt's folder is removed
 
 
 def test_init_from_an_earlier_job_starts_from_its_weights(services, colour_archive):
@@ -171,7 +175,7 @@ def test_init_from_an_earlier_job_starts_from_its_weights(services, colour_archi
     assert run(services, second) == "succeeded"
     notes = [e.message for e in events(services, second) if e.type == "info"]
     assert any("head included" in note for note in notes)
-    cards = [json.loads(services.store.open(f"jobs/{j}/model.json").read()) for j in (first, second)]
+    cards = [json.loads(services.store.open(artifact_key(services, j, "model.json")).read()) for j in (first, second)]
     assert cards[0]["preprocessing"]["mean"] == cards[1]["preprocessing"]["mean"]
     assert cards[1]["spec"]["backbone"]["init_from"] == first  # the record names the job, not a worker's path
 
@@ -202,8 +206,8 @@ def test_a_pause_checkpoints_frees_the_worker_and_resume_reaches_the_same_weight
     assert run(services, job_id) == "succeeded"
     moves = [(e.data["from"], e.data["to"]) for e in events(services, job_id) if e.type == "status"]
     assert ("running", "pausing") in moves and ("pausing", "paused") in moves and ("paused", "queued") in moves
-    a = load_file(str(services.store.local_path(f"jobs/{straight}/model.safetensors")))
-    b = load_file(str(services.store.local_path(f"jobs/{job_id}/model.safetensors")))
+    a = load_file(str(services.store.local_path(artifact_key(services, straight, "model.safetensors"))))
+    b = load_file(str(services.store.local_path(artifact_key(services, job_id, "model.safetensors"))))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
