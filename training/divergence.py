@@ -28,6 +28,7 @@ import torch
 
 from training.callbacks import RollbackInfo
 from training.errors import Diverged
+from training.schedule import LRSchedule
 from training.spec import DivergenceSpec
 
 if TYPE_CHECKING:
@@ -94,8 +95,10 @@ class DivergenceGuard:
         cuts = len(self.history) + 1
         self._restore_snapshot()
         # The snapshot's rates already carry the cuts made before it was taken.
-        scale_learning_rates(trainer, self.spec.lr_factor ** (cuts - self.snapshot["cuts"]))
-        lr = float(trainer.parts.optimizer.param_groups[0]["lr"])
+        parts = trainer.parts
+        scale_learning_rates(parts.optimizer, parts.schedule, self.spec.lr_factor ** (cuts - self.snapshot["cuts"]))
+        lr = float(parts.optimizer.param_groups[0]["lr"])
+        trainer.state.step_lr = lr
         info = RollbackInfo(
             step=step,
             epoch=epoch + 1,
@@ -153,10 +156,9 @@ class DivergenceGuard:
         self.snapshot = state["snapshot"]
 
 
-def scale_learning_rates(trainer: Trainer, factor: float) -> None:
+def scale_learning_rates(optimizer: torch.optim.Optimizer, schedule: LRSchedule, factor: float) -> None:
     """Multiply the learning rate of every parameter group by ``factor``, and the rates the schedule
     computes from (its base rates and last rates), so that the next scheduler step keeps the cut."""
-    optimizer, schedule = trainer.parts.optimizer, trainer.parts.schedule
     for group in optimizer.param_groups:
         for key in LR_KEYS:
             if key in group:
@@ -168,4 +170,3 @@ def scale_learning_rates(trainer: Trainer, factor: float) -> None:
             scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
         if hasattr(scheduler, "_last_lr"):
             scheduler._last_lr = [lr * factor for lr in scheduler._last_lr]
-    trainer.state.step_lr = optimizer.param_groups[0]["lr"]

@@ -118,11 +118,10 @@ def test_a_rollback_cut_is_kept_by_the_schedule(scheduler):
         params = dict(built.model.named_parameters())
         optimizer = build_optimizer(plan_param_groups(built, spec), params, spec)
         schedule = LRSchedule(optimizer, spec, steps_per_epoch=4)
-        holder = type("T", (), {"optimizer": optimizer, "schedule": schedule, "step_lr": 0.0})()
         seen = []
         for step in range(12):
             if step == cut_at:
-                scale_learning_rates(holder, 0.5)  # type: ignore[arg-type]
+                scale_learning_rates(optimizer, schedule, 0.5)
             seen.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             schedule.after_step()
