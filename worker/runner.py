@@ -5,6 +5,8 @@
       -> run the engine with callbacks that publish off the training thread and a should-stop probe
       -> succeeded (artifacts published) | cancelled | failed (a code and a one-line message)
          | requeued (SIGTERM: checkpointed, handed back for another worker)
+         | pruned (a sweep's trial that its sweep's pruner stopped at an epoch end)
+      -> a sweep's trial that ended advances its sweep (queues the next trials)
 
 A job another live worker owns, or one already finished, is left alone: a redelivered message is a
 no-op. A worker that loses its lease stops without writing anything more.
@@ -39,6 +41,7 @@ from app.statuses import EventType, JobStatus
 from app.store import ArtifactStore, StoredObject
 from app.stores import cache_for
 from app.stores.cache import FetchCache
+from app.sweeps.pruning import TrialOfSweep, TrialReporter, trial_of
 from training.callbacks import Callbacks, CheckpointInfo, RollbackInfo, RunInfo, StepMetrics, Stop
 from training.spec import Spec
 from worker.lease import LeaseKeeper
@@ -65,6 +68,9 @@ class JobCallbacks(Callbacks):
         self.keeper = keeper
         self.preempt = preempt
         self.staging = staging
+        self.pruning: TrialReporter | None = None  # a sweep's trial with early stopping
+        self.pruned_at: int | None = None  # the epoch after which its pruner stopped it
+        self.pruned_objective: float | None = None
 
     def on_start(self, info: RunInfo) -> None:
         data = info.to_dict()
@@ -82,6 +88,10 @@ class JobCallbacks(Callbacks):
 
     def on_epoch(self, metrics: dict[str, Any]) -> None:
         self.publisher.put(Epoch(metrics))
+        # One round trip to the study per epoch, on the training thread: the run must know before its next step.
+        if self.pruning is not None and self.pruned_at is None and self.pruning.should_prune(metrics):
+            self.pruned_at = int(metrics["epoch"])
+            self.pruned_objective = metrics.get(self.pruning.metric)
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -101,6 +111,8 @@ class JobCallbacks(Callbacks):
         self.publisher.put(Note(EventType.WARNING, message, {"rollback": info.to_dict()}))
 
     def should_stop(self) -> Stop | None:
+        if self.pruned_at is not None:
+            return Stop.CANCEL  # the cancel path: stop now, no checkpoint; the job ends pruned
         if self.preempt.is_set() or self.keeper.stop_reason == "pause":
             return Stop.PREEMPT  # checkpoint, then hand the job back (queued, or paused)
         if self.keeper.stop_reason is not None:
@@ -115,6 +127,7 @@ class Inputs:
     init_from: Path | None
     resume_from: Path | None
     tracker: MlflowTracker | None = None
+    sweep_trial: TrialOfSweep | None = None
 
 
 def fetch(store: ArtifactStore, key: str, dest: Path) -> Path:
@@ -149,6 +162,7 @@ class JobRunner:
         self.owner = new_owner(worker_name)
         self.run_dir = services.settings.work_path / job_id
         self.tracker: MlflowTracker | None = None
+        self.sweep_id: str | None = None
 
     def run(self) -> str:
         with job_context(self.job_id):  # every log record of the attempt names the job, its threads' too
@@ -181,6 +195,8 @@ class JobRunner:
         try:
             inputs = self._inputs()
             publisher.tracker = self.tracker = inputs.tracker
+            if inputs.sweep_trial is not None:
+                callbacks.pruning = TrialReporter.open(self.services.settings, inputs.sweep_trial)
             # training.devices processes: this one, or ranks under torch's elastic launcher (training.distributed)
             result = fit_on_devices(
                 inputs.spec,
@@ -213,6 +229,10 @@ class JobRunner:
             return "lease lost"
         if result.status == "preempted":
             return self._release()
+        if result.status == "cancelled" and callbacks.pruned_at is not None and keeper.stop_reason != "cancel":
+            self._end_tracking(publisher, "cancelled")
+            note = {"epoch": callbacks.pruned_at, "objective": callbacks.pruned_objective}
+            return self._finish(JobStatus.PRUNED, note=note)
         if result.status == "cancelled":
             self._end_tracking(publisher, "cancelled")
             return self._finish(JobStatus.CANCELLED)
@@ -234,6 +254,8 @@ class JobRunner:
             resume_key = (latest.store_key, Path(latest.store_key).name) if latest is not None else None
             init_keys = self._init_keys(session, job)
             tracker = tracker_for(services.settings.mlflow_tracking_uri, job.id, job.integrations, job.spec, job.name)
+            sweep_trial = trial_of(session, job)
+            self.sweep_id = job.sweep_id
         if dataset is None:
             from training.dataset import DatasetError
 
@@ -250,7 +272,9 @@ class JobRunner:
             resume_from = self.run_dir / "checkpoints" / name
             if not resume_from.is_file():
                 fetch(services.store, key, resume_from)
-        return Inputs(spec=spec, data=data, init_from=init_from, resume_from=resume_from, tracker=tracker)
+        return Inputs(
+            spec=spec, data=data, init_from=init_from, resume_from=resume_from, tracker=tracker, sweep_trial=sweep_trial
+        )
 
     def _init_keys(self, session: Any, job: Job) -> list[tuple[StoredObject, str]]:
         """Stored objects of the weights ``init_from`` names: an earlier job's (with its card), or a checkpoint."""
@@ -302,9 +326,22 @@ class JobRunner:
         self.keeper.stop()  # the job is about to leave running: nothing left to watch
         with transaction(self.services.factory) as session:
             finished = finish_job(session, self.job_id, self.owner, status, **results)
-        if finished and status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED):
+        if finished and status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.PRUNED):
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        if finished:
+            self._advance_sweep()
         return str(status) if finished else "lease lost"
+
+    def _advance_sweep(self) -> None:
+        """A sweep's trial ended: queue the sweep's next trials now (the API's periodic sweep retries this)."""
+        if self.sweep_id is None:
+            return
+        from app.sweeps.service import advance
+
+        try:
+            advance(self.services, self.sweep_id)
+        except Exception:
+            log.warning("sweep %s: could not advance it; the periodic sweep will", self.sweep_id, exc_info=True)
 
     def _release(self) -> str:
         """Back to queued (a SIGTERM) or to paused (a pause), checkpointed. A requeued job's task is not sent
@@ -341,6 +378,8 @@ class JobRunner:
                 session, self.job_id, EventType.ERROR, {"code": code, "traceback": traceback.format_exc()}, message
             )
             finished = finish_job(session, self.job_id, self.owner, JobStatus.FAILED, JobError(code, message))
+        if finished:
+            self._advance_sweep()
         return f"failed ({code})" if finished else "lease lost"
 
 

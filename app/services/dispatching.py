@@ -27,6 +27,7 @@ from app.queue import TaskQueue
 from app.services import datasets, idempotency
 from app.services.job_state import requeue_expired_leases
 from app.statuses import JobStatus
+from app.sweeps.service import advance_running
 from app.webhooks.service import send_due_deliveries
 
 _MAX_RUNTIME = TypeAdapter(timedelta)
@@ -73,6 +74,7 @@ class SweepReport:
     redispatched: list[str] = field(default_factory=list)  # queued jobs whose task was (re)sent
     revalidated: list[str] = field(default_factory=list)
     webhooks: list[str] = field(default_factory=list)  # webhook deliveries due (retries, lost sends)
+    sweeps_stuck: list[str] = field(default_factory=list)  # running sweeps whose driver pass failed
 
 
 def sweep(services: Services) -> SweepReport:
@@ -102,6 +104,7 @@ def sweep(services: Services) -> SweepReport:
         idempotency.purge_expired(session)
     with transaction(services.factory) as session:
         report.webhooks = send_due_deliveries(session, queue, settings)
+    report.sweeps_stuck = advance_running(services)  # trials that ended without their worker advancing them
     if report.requeued or report.redispatched or report.revalidated or report.webhooks:
         log.info("sweep: %s", report)
     return report

@@ -1,6 +1,6 @@
 """The events a webhook endpoint subscribes to: one per status a job can enter that a client acts on.
 
-New statuses (pruned, when sweeps land) join ``JOB_EVENTS`` and are sent from the same hook on the state machine.
+New statuses join ``JOB_EVENTS`` (as ``pruned`` did with sweeps) and are sent from the same hook on the state machine.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ JOB_EVENTS: tuple[str, ...] = (
     "job.succeeded",
     "job.failed",
     "job.cancelled",
+    "job.pruned",  # a sweep's trial its pruner stopped
 )
 
 

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from app.db.models import WebhookDelivery as DeliveryRow
     from app.db.models import WebhookEndpoint as EndpointRow
 
-EventName = Literal["job.queued", "job.running", "job.paused", "job.succeeded", "job.failed", "job.cancelled"]
+EventName = Literal[
+    "job.queued", "job.running", "job.paused", "job.succeeded", "job.failed", "job.cancelled", "job.pruned"
+]
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2048, strip_whitespace=True)]
 Description = Annotated[str, StringConstraints(max_length=500)]
 Events = Annotated[list[EventName], Field(min_length=1, max_length=16, description="The events to send.")]
