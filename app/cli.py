@@ -20,6 +20,7 @@ import click
 from app.commands.datasets import datasets
 from app.commands.jobs import jobs
 from app.commands.options import EXIT_CODES_HELP, GlobalOptions
+from app.commands.sweeps import sweeps
 from app.commands.webhooks import webhooks
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def main(ctx: click.Context, url: str | None, api_key: str | None, as_json: bool
 main.add_command(datasets)
 main.add_command(jobs)
 main.add_command(webhooks)
+main.add_command(sweeps)
 
 
 @main.group()

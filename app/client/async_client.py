@@ -53,6 +53,8 @@ from app.client.models import (
     JobExport,
     JobList,
     Readiness,
+    Sweep,
+    SweepList,
 )
 from app.client.sse import EventCursor, SSEDecoder
 from app.schemas.common import ListPage
@@ -86,6 +88,7 @@ class AsyncClient:
         self.datasets = AsyncDatasets(self)
         self.jobs = AsyncJobs(self)
         self.backbones = AsyncBackbones(self)
+        self.sweeps = AsyncSweeps(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -421,3 +424,25 @@ class AsyncBackbones:
 
     async def get(self, name: str) -> Backbone:
         return await self._client.send(calls.get_backbone(name))
+
+
+class AsyncSweeps:
+    """``/v1/sweeps``: hyperparameter searches whose trials are jobs."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(self, body: Mapping[str, Any], *, idempotency_key: str | None = None) -> Sweep:
+        return await self._client.send(calls.create_sweep(body, idempotency_key=idempotency_key))
+
+    async def list(self, *, after: str | None = None, limit: int | None = None) -> SweepList:
+        return await self._client.send(calls.list_sweeps(after=after, limit=limit))
+
+    def list_all(self, *, page_size: int = 100) -> AsyncIterator[Sweep]:
+        return self._client._pages(lambda after: self.list(after=after, limit=page_size))
+
+    async def get(self, sweep_id: str) -> Sweep:
+        return await self._client.send(calls.get_sweep(sweep_id))
+
+    async def cancel(self, sweep_id: str) -> Sweep:
+        return await self._client.send(calls.cancel_sweep(sweep_id))

@@ -27,7 +27,6 @@ from app.queue import TaskQueue
 from app.services import datasets, idempotency
 from app.services.job_state import requeue_expired_leases
 from app.statuses import JobStatus
-from app.sweeps.service import advance_running
 from app.webhooks.service import send_due_deliveries
 
 _MAX_RUNTIME = TypeAdapter(timedelta)
@@ -104,6 +103,8 @@ def sweep(services: Services) -> SweepReport:
         idempotency.purge_expired(session)
     with transaction(services.factory) as session:
         report.webhooks = send_due_deliveries(session, queue, settings)
+    from app.sweeps.service import advance_running  # it creates jobs: app.services.jobs imports this module
+
     report.sweeps_stuck = advance_running(services)  # trials that ended without their worker advancing them
     if report.requeued or report.redispatched or report.revalidated or report.webhooks:
         log.info("sweep: %s", report)

@@ -188,3 +188,16 @@ async def test_optunas_tables_stay_apart_from_the_services(client, app, dataset,
             optuna_version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
         engine.dispose()
     assert optuna_version != "0008"  # Optuna's own migration history
+
+
+def test_the_example_sweep_is_a_valid_sweep():
+    import yaml
+
+    from app.sweeps.schemas import SweepCreate
+    from app.sweeps.space import check_space, parse_space
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "sweeps" / "cifar10-lr-sweep.yaml"
+    body = SweepCreate.model_validate(yaml.safe_load(example.read_text()))
+    body.spec["data"]["dataset"] = "ds_01JAAAAAAAAAAAAAAAAAAAAAAA"  # what `sweeps submit --dataset` sets
+    spec = check_space(body.spec, parse_space(body.space), seed=0)
+    assert spec.optimizer.name == "sgd" and body.early_stopping is not None
