@@ -73,6 +73,7 @@ def test_asha_prunes_the_learning_rates_that_fail(two_classes, tmp_path):
             pruned_id = submit(client, sweep_body(ds, asha))
             unpruned_id = submit(client, sweep_body(ds, None))
             pruned, unpruned = wait_done(client, pruned_id, tmp_path), wait_done(client, unpruned_id, tmp_path)
+            ends = {t["job_id"]: last_status_event(client, t["job_id"]) for t in pruned["trials"]}
     finally:
         os.killpg(serve.pid, signal.SIGINT)
         serve.wait(60)
@@ -84,7 +85,10 @@ def test_asha_prunes_the_learning_rates_that_fail(two_classes, tmp_path):
     assert unpruned["trial_counts"] == {"succeeded": 4} and epochs_unpruned == 4 * EPOCHS
     assert pruned["status"] == "succeeded" and len(pruned["trials"]) == 4
     assert pruned["trial_counts"] == {"succeeded": 1, "pruned": 3}, pruned["trial_counts"]
-    assert all(t["epochs"] in (1, 2) for t in pruned["trials"] if t["status"] == "pruned")  # stopped at a rung
+    for trial in pruned["trials"]:
+        if trial["status"] == "pruned":
+            assert trial["epochs"] in (1, 2)  # stopped at a rung
+            assert ends[trial["job_id"]]["data"]["epoch"] == trial["epochs"], ends[trial["job_id"]]
     assert epochs_pruned <= 0.6 * epochs_unpruned
     for sweep in (pruned, unpruned):
         assert sweep["best_trial"]["params"]["optimizer.lr"] == WORKS
@@ -101,6 +105,11 @@ def wait_ready(client: httpx.Client, serve: subprocess.Popen[bytes], tmp_path: P
             pass
         assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
         time.sleep(0.3)
+
+
+def last_status_event(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    events = client.get(f"/v1/jobs/{job_id}/events", params={"type": "status"}).json()["data"]
+    return dict(events[-1])
 
 
 def submit(client: httpx.Client, body: dict[str, Any]) -> str:
