@@ -28,6 +28,7 @@ PREFIXES = {
     "webhook": "wh",
     "delivery": "msg",  # Standard Webhooks message ids: the webhook-id header
     "export": "exp",
+    "sweep": "sweep",
 }
 
 

@@ -26,6 +26,7 @@ from app.dispatch.sweep import sweep
 from app.observability.metrics import ServiceMetrics
 from app.openai_compat import routes as openai_compat
 from app.settings import Settings, get_settings
+from app.sweeps import routes as sweeps
 from app.webhooks import routes as webhooks
 
 API_VERSION = "1"
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.event_hub = event_hub
 
-    for module in (datasets, jobs, exports, live, downloads, backbones, spec, webhooks, openai_compat, health):
+    for module in (datasets, jobs, sweeps, exports, live, downloads, backbones, spec, webhooks, openai_compat, health):
         app.include_router(module.router)
     mount_console(app)  # after the API's routes: /v1, /healthz and /docs come first
     install_error_handlers(app)

@@ -14,13 +14,14 @@ class JobStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"  # a sweep's trial its pruner stopped early (at the epoch in its status event)
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL_JOB_STATUSES
 
 
-TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED})
 ACTIVE_JOB_STATUSES = frozenset(set(JobStatus) - TERMINAL_JOB_STATUSES)
 # A worker holds the job (an owner and a lease) and trains it until its next step at least.
 OWNED_JOB_STATUSES = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.PAUSING})
@@ -30,6 +31,12 @@ class DatasetStatus(enum.StrEnum):
     VALIDATING = "validating"
     READY = "ready"
     FAILED = "failed"
+
+
+class SweepStatus(enum.StrEnum):
+    RUNNING = "running"  # trials are queued or running, or more are to come
+    SUCCEEDED = "succeeded"  # every trial it was to run has ended
+    CANCELLED = "cancelled"
 
 
 class ExportStatus(enum.StrEnum):

@@ -16,6 +16,7 @@ from cli.commands.jobs import jobs
 from cli.commands.keys import keys
 from cli.commands.serve import serve
 from cli.commands.store import store
+from cli.commands.sweeps import sweeps
 from cli.commands.webhooks import webhooks
 from cli.commands.worker import worker
 from cli.options import EXIT_CODES_HELP, GlobalOptions
@@ -51,6 +52,7 @@ def main(ctx: click.Context, url: str | None, api_key: str | None, as_json: bool
 main.add_command(datasets)
 main.add_command(jobs)
 main.add_command(webhooks)
+main.add_command(sweeps)
 # The service's own: they run on its host.
 main.add_command(db)
 main.add_command(keys)

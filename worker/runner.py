@@ -5,6 +5,8 @@
       -> run the engine with callbacks that publish off the training thread and a should-stop probe
       -> succeeded (artifacts published) | cancelled | failed (a code and a one-line message)
          | requeued (SIGTERM: checkpointed, handed back for another worker)
+         | pruned (a sweep's trial that its sweep's pruner stopped at an epoch end)
+      -> a sweep's trial that ended advances its sweep (queues the next trials)
 
 A job another live worker owns, or one already finished, is left alone: a redelivered message is a
 no-op. A worker that loses its lease stops without writing anything more: every write of the attempt is
@@ -47,6 +49,7 @@ from app.statuses import EventType, JobStatus
 from app.store import ArtifactStore, ObjectMissing, StoredObject
 from app.stores import cache_for, keys
 from app.stores.cache import FetchCache
+from app.sweeps.pruning import TrialOfSweep, TrialReporter, trial_of
 from training import artifacts
 from training.callbacks import Callbacks, CheckpointInfo, RollbackInfo, RunInfo, StepMetrics, Stop
 from training.spec import Spec
@@ -71,6 +74,9 @@ class JobCallbacks(Callbacks):
         self.keeper = keeper
         self.preempt = preempt
         self.staging = staging
+        self.pruning: TrialReporter | None = None  # a sweep's trial with early stopping
+        self.pruned_at: int | None = None  # the epoch after which its pruner stopped it
+        self.pruned_objective: float | None = None
 
     def on_start(self, info: RunInfo) -> None:
         data = info.to_dict()
@@ -88,6 +94,10 @@ class JobCallbacks(Callbacks):
 
     def on_epoch(self, metrics: dict[str, Any]) -> None:
         self.publisher.put(Epoch(metrics))
+        # One round trip to the study per epoch, on the training thread: the run must know before its next step.
+        if self.pruning is not None and self.pruned_at is None and self.pruning.should_prune(metrics):
+            self.pruned_at = int(metrics["epoch"])
+            self.pruned_objective = metrics.get(self.pruning.metric)
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -107,6 +117,8 @@ class JobCallbacks(Callbacks):
         self.publisher.put(Note(EventType.WARNING, message, {"rollback": info.to_dict()}))
 
     def should_stop(self) -> Stop | None:
+        if self.pruned_at is not None:
+            return Stop.CANCEL  # the cancel path: stop now, no checkpoint; the job ends pruned
         if self.preempt.is_set() or self.keeper.stop_reason == "pause":
             return Stop.PREEMPT  # checkpoint, then hand the job back (queued, or paused)
         if self.keeper.stop_reason is not None:
@@ -122,6 +134,7 @@ class Inputs:
     resume_from: Path | None
     tracker: MlflowTracker | None = None
     warnings: tuple[str, ...] = ()
+    sweep_trial: TrialOfSweep | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,7 @@ class JobRunner:
         self.run_dir = services.settings.work_path / job_id  # the attempt's own folder, once claimed
         self.tracker: MlflowTracker | None = None
         self.holds = contextlib.ExitStack()
+        self.sweep_id: str | None = None
 
     def run(self) -> str:
         with job_context(self.job_id):  # every log record of the attempt names the job, its threads' too
@@ -216,6 +230,8 @@ class JobRunner:
             for warning in inputs.warnings:
                 log.warning("job %s: %s", self.job_id, warning)
                 publisher.put(Note(EventType.WARNING, warning, {}))
+            if inputs.sweep_trial is not None:
+                callbacks.pruning = TrialReporter.open(self.services.settings, inputs.sweep_trial)
             # training.devices processes: this one, or ranks under torch's elastic launcher (training.distributed)
             result = fit_on_devices(
                 inputs.spec,
@@ -248,6 +264,10 @@ class JobRunner:
             return "lease lost"
         if result.status == "preempted":
             return self._release()
+        if result.status == "cancelled" and callbacks.pruned_at is not None and keeper.stop_reason != "cancel":
+            self._end_tracking(publisher, "cancelled")
+            note = {"epoch": callbacks.pruned_at, "objective": callbacks.pruned_objective}
+            return self._finish(JobStatus.PRUNED, note=note)
         if result.status == "cancelled":
             self._end_tracking(publisher, "cancelled")
             return self._finish(JobStatus.CANCELLED)
@@ -275,6 +295,8 @@ class JobRunner:
             ]
             init_keys = self._init_keys(session, job)
             tracker = tracker_for(services.settings.mlflow_tracking_uri, job.id, job.integrations, job.spec, job.name)
+            sweep_trial = trial_of(session, job)
+            self.sweep_id = job.sweep_id
         if dataset is None:
             from training.errors import DatasetError
 
@@ -286,7 +308,7 @@ class JobRunner:
             fetched = fetch_cached(cache, services.store, stored, self.run_dir / "init" / name)
             init_from = init_from or fetched  # the first is the weights; a model card may follow
         resume_from, warnings = self._resume_point(registered)
-        return Inputs(spec, data, init_from, resume_from, tracker, tuple(warnings))
+        return Inputs(spec, data, init_from, resume_from, tracker, tuple(warnings), sweep_trial)
 
     def _resume_point(self, registered: list[Registered]) -> tuple[Path | None, list[str]]:
         """The newest registered checkpoint whose bytes match its recorded sha256, fetched into this
@@ -383,7 +405,20 @@ class JobRunner:
         self.keeper.stop()  # the job is about to leave running: nothing left to watch
         with transaction(self.services.factory) as session:
             finished = finish_job(session, self.job_id, self.owner, status, **results)
+        if finished:
+            self._advance_sweep()
         return str(status) if finished else "lease lost"
+
+    def _advance_sweep(self) -> None:
+        """A sweep's trial ended: queue the sweep's next trials now (the API's periodic sweep retries this)."""
+        if self.sweep_id is None:
+            return
+        from app.sweeps.service import advance
+
+        try:
+            advance(self.services, self.sweep_id)
+        except Exception:
+            log.warning("sweep %s: could not advance it; the periodic sweep will", self.sweep_id, exc_info=True)
 
     def _release(self) -> str:
         """Back to queued (a SIGTERM) or to paused (a pause), checkpointed. A requeued job's task is not sent
@@ -423,6 +458,8 @@ class JobRunner:
                 finished = finish_job(session, self.job_id, self.owner, JobStatus.FAILED, JobError(code, message))
         except LeaseLost:
             return "lease lost"
+        if finished:
+            self._advance_sweep()
         return f"failed ({code})" if finished else "lease lost"
 
 

@@ -59,6 +59,8 @@ from app.client.models import (
     JobExport,
     JobList,
     Readiness,
+    Sweep,
+    SweepList,
     WebhookDelivery,
     WebhookDeliveryList,
     WebhookEndpoint,
@@ -104,6 +106,7 @@ class AsyncClient:
         self.jobs = AsyncJobs(self)
         self.backbones = AsyncBackbones(self)
         self.webhooks = AsyncWebhooks(self)
+        self.sweeps = AsyncSweeps(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -523,3 +526,25 @@ class AsyncWebhooks:
 
     async def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
         return await self._client.send(calls.redeliver_webhook(webhook_id, delivery_id))
+
+
+class AsyncSweeps:
+    """``/v1/sweeps``: hyperparameter searches whose trials are jobs."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(self, body: Mapping[str, Any], *, idempotency_key: str | None = None) -> Sweep:
+        return await self._client.send(calls.create_sweep(body, idempotency_key=idempotency_key))
+
+    async def list(self, *, after: str | None = None, limit: int | None = None) -> SweepList:
+        return await self._client.send(calls.list_sweeps(after=after, limit=limit))
+
+    def list_all(self, *, page_size: int = 100) -> AsyncIterator[Sweep]:
+        return self._client._pages(lambda after: self.list(after=after, limit=page_size))
+
+    async def get(self, sweep_id: str) -> Sweep:
+        return await self._client.send(calls.get_sweep(sweep_id))
+
+    async def cancel(self, sweep_id: str) -> Sweep:
+        return await self._client.send(calls.cancel_sweep(sweep_id))

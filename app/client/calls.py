@@ -40,6 +40,8 @@ from app.client.models import (
     JobStatus,
     Readiness,
     Spec,
+    Sweep,
+    SweepList,
     WebhookDelivery,
     WebhookDeliveryList,
     WebhookEndpoint,
@@ -393,3 +395,27 @@ def list_webhook_deliveries(
 def redeliver_webhook(webhook_id: str, delivery_id: str) -> Call[WebhookDelivery]:
     path = f"/v1/webhooks/{segment(webhook_id)}/deliveries/{segment(delivery_id)}/redeliver"
     return Call("POST", path, model(WebhookDelivery))
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+def create_sweep(body: Mapping[str, Any], *, idempotency_key: str | None) -> Call[Sweep]:
+    """``body``: the sweep as the API takes it (spec, space, algorithm, objective, limits, early_stopping)."""
+    sent = dict(body)
+    if isinstance(sent.get("spec"), Spec):
+        sent["spec"] = spec_body(sent["spec"])
+    headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+    return Call("POST", "/v1/sweeps", model(Sweep), json=sent, headers=headers)
+
+
+def list_sweeps(*, after: str | None, limit: int | None) -> Call[SweepList]:
+    return Call("GET", "/v1/sweeps", model(SweepList), params=_query(after=after, limit=limit))
+
+
+def get_sweep(sweep_id: str) -> Call[Sweep]:
+    return Call("GET", f"/v1/sweeps/{segment(sweep_id)}", model(Sweep))
+
+
+def cancel_sweep(sweep_id: str) -> Call[Sweep]:
+    return Call("POST", f"/v1/sweeps/{segment(sweep_id)}/cancel", model(Sweep))  # a repeated cancel is a no-op

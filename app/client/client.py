@@ -60,6 +60,8 @@ from app.client.models import (
     JobExport,
     JobList,
     Readiness,
+    Sweep,
+    SweepList,
     WebhookDelivery,
     WebhookDeliveryList,
     WebhookEndpoint,
@@ -105,6 +107,7 @@ class Client:
         self.jobs = Jobs(self)
         self.backbones = Backbones(self)
         self.webhooks = Webhooks(self)
+        self.sweeps = SyncSweeps(self)
 
     def __enter__(self) -> Client:
         return self
@@ -512,3 +515,25 @@ class Webhooks:
 
     def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
         return self._client.send(calls.redeliver_webhook(webhook_id, delivery_id))
+
+
+class SyncSweeps:
+    """``/v1/sweeps``: hyperparameter searches whose trials are jobs."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, body: Mapping[str, Any], *, idempotency_key: str | None = None) -> Sweep:
+        return self._client.send(calls.create_sweep(body, idempotency_key=idempotency_key))
+
+    def list(self, *, after: str | None = None, limit: int | None = None) -> SweepList:
+        return self._client.send(calls.list_sweeps(after=after, limit=limit))
+
+    def list_all(self, *, page_size: int = 100) -> Iterator[Sweep]:
+        return self._client._pages(lambda after: self.list(after=after, limit=page_size))
+
+    def get(self, sweep_id: str) -> Sweep:
+        return self._client.send(calls.get_sweep(sweep_id))
+
+    def cancel(self, sweep_id: str) -> Sweep:
+        return self._client.send(calls.cancel_sweep(sweep_id))

@@ -29,7 +29,8 @@ from app.schemas.jobs import (
     JobProgress,
     LRPreview,
 )
-from app.statuses import TERMINAL_JOB_STATUSES, DatasetStatus, EventType, JobStatus
+from app.statuses import TERMINAL_JOB_STATUSES, DatasetStatus, EventType, JobStatus, SweepStatus
+from app.sweeps.schemas import Sweep, SweepList, SweepTrial
 from app.webhooks.schemas import (
     WebhookAttempt,
     WebhookDelivery,
@@ -75,6 +76,10 @@ __all__ = [
     "LRPreview",
     "Readiness",
     "Spec",
+    "Sweep",
+    "SweepList",
+    "SweepStatus",
+    "SweepTrial",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookDeliveryList",

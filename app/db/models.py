@@ -25,12 +25,12 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.clock import utcnow
 from app.db.base import Base
-from app.statuses import DatasetStatus, ExportStatus, JobStatus
+from app.statuses import DatasetStatus, ExportStatus, JobStatus, SweepStatus
 
 ID = String(40)
 
 
-def _one_of(column: str, values: type[DatasetStatus] | type[JobStatus] | type[ExportStatus]) -> str:
+def _one_of(column: str, values: type[DatasetStatus] | type[JobStatus] | type[ExportStatus] | type[SweepStatus]) -> str:
     return f"{column} IN ({', '.join(repr(str(value)) for value in values)})"
 
 
@@ -105,6 +105,7 @@ class Job(Base):
         Index(None, "status", "lease_expires_at"),  # the reaper's scan
         Index(None, "status", "dispatched_at"),  # the sweep for jobs whose task never reached the broker
         Index(None, "dataset_id", "status"),  # may a data set be deleted?
+        Index(None, "sweep_id", "status"),  # a sweep's trials, and those still active
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -114,6 +115,8 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the resolved spec: what runs
     init_from: Mapped[str | None] = mapped_column(ID)  # ftjob_... or ckpt_... when the spec starts from one
     integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # [{type: mlflow, mlflow: {...}}]
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"))  # a sweep's trial
+    sweep_trial: Mapped[int | None] = mapped_column(Integer)  # its Optuna trial number in the sweep's study
     status: Mapped[str] = mapped_column(String(16))
     # The state machine's bookkeeping (app.services.job_state).
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims so far; the running one is `attempt`
@@ -151,6 +154,34 @@ class Job(Base):
     @property
     def metadata_dict(self) -> dict[str, str]:
         return {item.key: item.value for item in self.metadata_items}
+
+
+class Sweep(Base):
+    """A hyperparameter search: its trials are ordinary jobs (``jobs.sweep_id``); the sampling and pruning
+    state is Optuna's study of the same name, kept apart from these tables (``app.sweeps.study``)."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", SweepStatus), name="status"),
+        Index(None, "project_id", "id"),
+        Index(None, "status"),  # the periodic sweep advances the running ones
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    base_spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as submitted: a trial sets its values in it
+    space: Mapped[dict[str, Any]] = mapped_column(JSON)  # spec path -> {kind: values}
+    algorithm: Mapped[str] = mapped_column(String(16))  # grid | random | tpe
+    objective: Mapped[dict[str, Any]] = mapped_column(JSON)  # {metric, mode}
+    max_trials: Mapped[int] = mapped_column(Integer)
+    max_parallel: Mapped[int] = mapped_column(Integer)
+    early_stopping: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {type: asha|median, ...} or None
+    seed: Mapped[int] = mapped_column(Integer)  # the sampler's, so a sweep's draws can be replayed
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class JobMetadata(Base):

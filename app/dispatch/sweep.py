@@ -75,6 +75,7 @@ class SweepReport:
     redispatched: list[str] = field(default_factory=list)  # waiting jobs whose task was sent (fairly)
     revalidated: list[str] = field(default_factory=list)
     webhooks: list[str] = field(default_factory=list)  # webhook deliveries due (retries, lost sends)
+    sweeps_stuck: list[str] = field(default_factory=list)  # running sweeps whose driver pass failed
 
 
 def sweep(services: Runtime) -> SweepReport:
@@ -99,6 +100,9 @@ def sweep(services: Runtime) -> SweepReport:
         idempotency.purge_expired(session)
     with transaction(services.factory) as session:
         report.webhooks = send_due_deliveries(session, queue, settings)
+    from app.sweeps.service import advance_running  # it creates jobs: app.services.jobs imports this package
+
+    report.sweeps_stuck = advance_running(services)  # trials that ended without their worker advancing them
     if report.requeued or report.resent or report.redispatched or report.revalidated or report.webhooks:
         log.info("sweep: %s", report)
     return report

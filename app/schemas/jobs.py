@@ -107,6 +107,7 @@ class Job(BaseModel):
     error: JobError | None
     result_artifacts: list[str] = Field(description="Names of the files the job produced (GET .../artifacts).")
     integrations: list[MlflowIntegration] = Field(default_factory=list)
+    sweep_id: str | None = Field(None, description="The sweep this job is a trial of (sweep_...).")
     created_at: int
     updated_at: int
     started_at: int | None
@@ -140,6 +141,7 @@ class Job(BaseModel):
             error=error,
             result_artifacts=[artifact.name for artifact in row.artifacts],
             integrations=[MlflowIntegration.model_validate(item) for item in row.integrations or []],
+            sweep_id=row.sweep_id,
             created_at=unix_seconds(row.created_at),
             updated_at=unix_seconds(row.updated_at),
             started_at=_seconds(row.started_at),

@@ -1,6 +1,6 @@
 """The job state machine: every status change of a job happens here, and only here.
 
-    queued ──claim──> running ──finish──> succeeded | failed | cancelled
+    queued ──claim──> running ──finish──> succeeded | failed | cancelled | pruned (a sweep's trial)
       │ ▲               │  └──cancel──> cancelling ──finish / lease lost──> cancelled
       │ │               ├──release (preempted) / lease lost──> queued   (or failed: worker_lost)
       │ │               └──pause──> pausing ──release (checkpointed) / lease lost──> paused
@@ -46,18 +46,21 @@ from app.webhooks.outbox import record_job_status
 QUEUED, RUNNING, CANCELLING = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING
 SUCCEEDED, FAILED, CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 PAUSING, PAUSED = JobStatus.PAUSING, JobStatus.PAUSED
+PRUNED = JobStatus.PRUNED
 
 ALLOWED: Mapping[JobStatus, frozenset[JobStatus]] = {
     QUEUED: frozenset({RUNNING, CANCELLED, FAILED, PAUSED}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, CANCELLING, QUEUED, PAUSING}),
-    # A run that completes before it notices the cancel still succeeded: its results are kept.
-    CANCELLING: frozenset({CANCELLED, SUCCEEDED, FAILED}),
+    # A sweep's trial that its pruner stops ends pruned: not a failure, not a user's cancel.
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, CANCELLING, QUEUED, PAUSING, PRUNED}),
+    # A run that completes (or is pruned) before it notices the cancel still ended so: its results are kept.
+    CANCELLING: frozenset({CANCELLED, SUCCEEDED, FAILED, PRUNED}),
     # Likewise a run that completes (or fails) before it notices the pause; a cancel overrides a pause.
-    PAUSING: frozenset({PAUSED, SUCCEEDED, FAILED, CANCELLING, CANCELLED}),
+    PAUSING: frozenset({PAUSED, SUCCEEDED, FAILED, CANCELLING, CANCELLED, PRUNED}),
     PAUSED: frozenset({QUEUED, CANCELLED}),
     SUCCEEDED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
+    PRUNED: frozenset(),
 }
 
 WORKER_LOST = "worker_lost"
@@ -215,8 +218,10 @@ def finish_job(
     *,
     final_metrics: dict[str, Any] | None = None,
     test_metrics: dict[str, Any] | None = None,
+    note: Mapping[str, Any] | None = None,
 ) -> bool:
-    """running or cancelling -> ``status`` (succeeded, failed or cancelled), if ``owner`` still holds the job.
+    """running or cancelling -> ``status`` (succeeded, failed, cancelled or pruned), if ``owner`` still holds
+    the job. ``note`` joins the status event's data (a pruned trial's epoch and objective).
 
     A failed job needs an ``error`` (a stable code and a one-line message); the traceback belongs in an
     ``error`` event (``append_event``), not here.
@@ -226,7 +231,7 @@ def finish_job(
     if (status == FAILED) != (error is not None):
         raise ValueError("a failed job needs an error, and only a failed job has one")
     values: dict[str, Any] = {"final_metrics": final_metrics, "test_metrics": test_metrics}
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = dict(note or {})
     if error is not None:
         values |= {"error_code": error.code, "error_message": error.message}
         data["error"] = {"code": error.code, "message": error.message}

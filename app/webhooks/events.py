@@ -1,6 +1,6 @@
 """The events a webhook endpoint subscribes to: one per status a job can enter that a client acts on.
 
-New statuses (pruned, when sweeps land) join ``EventName`` and are sent from the same hook on the state machine.
+New statuses join ``JOB_EVENTS`` (as ``pruned`` did with sweeps) and are sent from the same hook on the state machine.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from typing import Literal, get_args
 
 from app.statuses import JobStatus
 
-EventName = Literal["job.queued", "job.running", "job.paused", "job.succeeded", "job.failed", "job.cancelled"]
+EventName = Literal[
+    "job.queued", "job.running", "job.paused", "job.succeeded", "job.failed", "job.cancelled", "job.pruned"
+]
 JOB_EVENTS: tuple[str, ...] = get_args(EventName)  # the API's schema validates against the same names
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
+from app.webhooks.events import JOB_EVENTS
 from cli.options import GlobalOptions, json_option, pass_options
 
-EVENTS = ("job.queued", "job.running", "job.succeeded", "job.failed", "job.cancelled")
+EVENTS = JOB_EVENTS  # the API's own list, so the choices never fall behind it
 
 
 @click.group()

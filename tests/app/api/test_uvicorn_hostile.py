@@ -33,7 +33,12 @@ CONCURRENT = int(os.environ.get("FT_TEST_CONCURRENT", "200"))
 @pytest.fixture(scope="module")
 def server(backend, tmp_path_factory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("hostile-home")
-    lifted = {"FT_MAX_EPOCHS": str(10**10), "FT_MAX_TOTAL_STEPS": str(10**12)}  # an operator who lifted them
+    lifted = {  # an operator who lifted them: every create here is admitted and sent at once
+        "FT_MAX_EPOCHS": str(10**10),
+        "FT_MAX_TOTAL_STEPS": str(10**12),
+        "FT_PROJECT_MAX_QUEUED_JOBS": str(10**6),
+        "FT_PROJECT_MAX_RUNNING_JOBS": str(10**6),
+    }
     with uvicorn_server(backend, home, **lifted) as running:
         yield running
 

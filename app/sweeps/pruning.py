@@ -1,0 +1,87 @@
+"""A trial's side of pruning, in the worker: report the objective at every epoch end and ask the sweep's
+pruner whether to stop. The worker then stops the run at its next step and ends the job ``pruned``.
+
+The study is read and written through Optuna's storage (``app.sweeps.study``); the pruner is rebuilt from
+the sweep's row, as Optuna does not store it. Pruning is advice: when the study cannot be reached the
+trial trains on, and says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, Sweep
+from app.settings import Settings
+from app.sweeps import study
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialOfSweep:
+    """What a worker needs to report a job's epochs to its sweep's study."""
+
+    sweep_id: str
+    number: int
+    metric: str
+    mode: str
+    early_stopping: dict[str, Any] | None
+
+
+def trial_of(session: Session, job: Job) -> TrialOfSweep | None:
+    """The sweep trial ``job`` is, or None for a job that is no trial."""
+    if job.sweep_id is None or job.sweep_trial is None:
+        return None
+    sweep = session.get(Sweep, job.sweep_id)
+    if sweep is None:
+        return None
+    objective = sweep.objective
+    return TrialOfSweep(sweep.id, job.sweep_trial, objective["metric"], objective["mode"], sweep.early_stopping)
+
+
+class TrialReporter:
+    """Reports one trial's epochs; ``should_prune`` answers after each report."""
+
+    def __init__(self, trial: optuna.trial.Trial, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+
+    @classmethod
+    def open(cls, settings: Settings, trial: TrialOfSweep) -> TrialReporter | None:
+        """None when the trial has no pruner (nothing to ask) or its study cannot be reached."""
+        if trial.early_stopping is None:
+            return None
+        import optuna
+
+        try:
+            storage = study.storage_for(settings)
+            found = optuna.load_study(
+                study_name=trial.sweep_id,
+                storage=storage,
+                pruner=study.pruner_for(trial.early_stopping),
+                sampler=optuna.samplers.RandomSampler(),  # never asked to sample here
+            )
+            study_id = storage.get_study_id_from_name(trial.sweep_id)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            return cls(optuna.trial.Trial(found, trial_id), trial.metric)
+        except Exception:
+            log.warning("sweep %s: its study is unreachable; trial %d runs unpruned", trial.sweep_id, trial.number)
+            return None
+
+    def should_prune(self, metrics: dict[str, Any]) -> bool:
+        """Report the epoch's objective (a missing or non-finite one as NaN, which the pruners stop) and ask."""
+        value = study.finite(metrics.get(self.metric))
+        try:
+            self.trial.report(math.nan if value is None else value, int(metrics["epoch"]))
+            return self.trial.should_prune()
+        except Exception:  # the trial was settled elsewhere, or the study is unreachable: train on
+            log.warning("trial %d: could not report epoch %s", self.trial.number, metrics.get("epoch"), exc_info=True)
+            return False
