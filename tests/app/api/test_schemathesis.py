@@ -16,13 +16,14 @@ from app.api import backbones, datasets, downloads, exports, health, jobs, live,
 from app.db.session import transaction
 from app.openai_compat import routes as openai_compat
 from app.services.projects import create_api_key
+from app.sweeps import routes as sweeps
 from app.webhooks import routes as webhooks
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ROUTES = [
     route
-    for module in (datasets, jobs, exports, live, downloads, backbones, spec, webhooks, openai_compat, health)
+    for module in (datasets, jobs, exports, live, downloads, backbones, spec, webhooks, sweeps, openai_compat, health)
     for route in module.router.routes
     if isinstance(route, APIRoute)
 ]

@@ -72,6 +72,7 @@ async def test_jobs_are_counted_by_status(client, factory):
         "succeeded": 1,
         "failed": 0,
         "cancelled": 0,
+        "pruned": 0,
     }
     assert value(samples, "finetune_metrics_source_up", source="database") == 1
 

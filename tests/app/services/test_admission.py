@@ -48,7 +48,7 @@ def _finish(app: FastAPI, job_id: str) -> None:
 
 
 def test_one_projects_backlog_does_not_starve_another(app: FastAPI) -> None:
-    services = app.state.services
+    services = app.state.runtime
     with transaction(services.factory) as session:
         crowd = [make_job(session, project="crowd").id for _ in range(5)]
         single = make_job(session, project="single").id
@@ -64,7 +64,7 @@ def test_one_projects_backlog_does_not_starve_another(app: FastAPI) -> None:
 
 
 def test_a_projects_own_limit_overrides_the_setting(app: FastAPI) -> None:
-    services = app.state.services
+    services = app.state.runtime
     with transaction(services.factory) as session:
         jobs = [make_job(session, project="big").id for _ in range(3)]
         session.execute(update(Project).where(Project.name == "big").values(max_running_jobs=2))
@@ -94,7 +94,7 @@ async def test_past_the_storage_limit_an_upload_is_refused_with_429(client, app,
 
 
 def test_a_broker_that_came_back_empty_gets_its_tasks_again(app: FastAPI, limited: Settings) -> None:
-    services = app.state.services
+    services = app.state.runtime
     if not limited.celery_broker_url.startswith("redis"):
         pytest.skip("the marker lives in Redis; the embedded broker is a folder that a restart keeps")
     with transaction(services.factory) as session:

@@ -74,7 +74,7 @@ async def test_a_sweep_runs_its_trials_as_jobs_and_finds_the_best(client, app, d
     assert job["sweep_id"] == sweep["id"] and job["spec"]["optimizer"]["lr"] == trials[0]["params"]["optimizer.lr"]
     assert job["metadata"] == {"sweep": sweep["id"], "sweep_trial": "0"}
 
-    services = app.state.services
+    services = app.state.runtime
     run_trial(app, trials[0]["job_id"], 0.9)
     service.advance(services, sweep["id"])
     service.advance(services, sweep["id"])  # a retry: nothing more
@@ -152,7 +152,7 @@ async def test_cancel_stops_the_trials_and_the_list_pages(client, app, dataset):
     cancelled = await client.post(f"/v1/sweeps/{first['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert [t["status"] for t in cancelled.json()["trials"]] == ["cancelling", "cancelled"]
-    service.advance(app.state.services, first["id"])  # a cancelled sweep asks for nothing more
+    service.advance(app.state.runtime, first["id"])  # a cancelled sweep asks for nothing more
     assert len((await client.get(f"/v1/sweeps/{first['id']}")).json()["trials"]) == 2
     again = await client.post(f"/v1/sweeps/{first['id']}/cancel")
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
