@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,21 @@ from app.settings import Settings
 from app.sweeps import study
 from tests.app.servers import REPO, free_port
 from tests.cifar import make_cifar_subset
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, running_stack
 
 pytestmark = pytest.mark.slow
 
 WORKS, TOO_SMALL = 2e-3, [1e-7, 3e-7, 1e-6]  # Adam's learning rates: the first learns, the others cannot
 EPOCHS = 4
 ASHA = {"type": "asha", "min_epochs": 1, "reduction_factor": 2}  # rungs at epochs 1, 2 and 4
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The production form, with a lease long enough that a worker starved by a loaded machine keeps it (a
+    lost lease costs a trial an attempt, and its epochs once more)."""
+    with running_stack(postgres_url, redis_url, tmp_path_factory.mktemp("stack"), FT_LEASE_SECONDS="8") as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
