@@ -73,7 +73,12 @@ class TrialReporter:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             return cls(optuna.trial.Trial(found, trial_id), trial.metric)
         except Exception:
-            log.warning("sweep %s: its study is unreachable; trial %d runs unpruned", trial.sweep_id, trial.number)
+            log.warning(
+                "sweep %s: its study is unreachable; trial %d runs unpruned",
+                trial.sweep_id,
+                trial.number,
+                exc_info=True,  # why: a refused connection, a missing schema, an Optuna version's schema
+            )
             return None
 
     def should_prune(self, metrics: dict[str, Any]) -> bool:

@@ -1,7 +1,11 @@
-"""A sweep end to end in the embedded mode (``finetune serve``: SQLite, the file broker, a worker child):
-a grid over learning rates on two CIFAR-10 classes, where most rates are far too small to learn anything.
-With ASHA the bad trials are pruned at their first rung and the sweep spends clearly fewer epochs than the
-same trials unpruned; the best trial is the rate that works."""
+"""A sweep end to end: a grid over learning rates on two CIFAR-10 classes, where most rates are far too small
+to learn anything.
+
+In the embedded mode (``finetune serve``: SQLite, the file broker, a worker child), with ASHA the bad trials
+are pruned at their first rung and the sweep spends clearly fewer epochs than the same trials unpruned; the
+best trial is the rate that works. In the production form (tests/integration/stack.py: PostgreSQL, Redis, a
+real Celery worker) the same happens through Optuna's study in PostgreSQL's ``optuna`` schema, whose trial
+states match the jobs'."""
 
 from __future__ import annotations
 
@@ -11,19 +15,33 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from app.settings import Settings
+from app.sweeps import study
 from tests.app.servers import REPO, free_port
 from tests.cifar import make_cifar_subset
+from tests.integration.stack import Stack, running_stack
 
 pytestmark = pytest.mark.slow
 
 WORKS, TOO_SMALL = 2e-3, [1e-7, 3e-7, 1e-6]  # Adam's learning rates: the first learns, the others cannot
 EPOCHS = 4
+ASHA = {"type": "asha", "min_epochs": 1, "reduction_factor": 2}  # rungs at epochs 1, 2 and 4
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The production form, with a lease long enough that a worker starved by a loaded machine keeps it (a
+    lost lease costs a trial an attempt, and its epochs once more)."""
+    with running_stack(postgres_url, redis_url, tmp_path_factory.mktemp("stack"), FT_LEASE_SECONDS="8") as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +54,9 @@ def two_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(shutil.make_archive(str(root), "zip", root))
 
 
-def sweep_body(dataset: str, early_stopping: dict[str, Any] | None) -> dict[str, Any]:
+def sweep_body(
+    dataset: str, early_stopping: dict[str, Any] | None, too_small: list[float] = TOO_SMALL
+) -> dict[str, Any]:
     return {
         "spec": {
             "backbone": {"name": "resnet18"},
@@ -45,11 +65,11 @@ def sweep_body(dataset: str, early_stopping: dict[str, Any] | None) -> dict[str,
             "scheduler": {"name": "constant"},
             "training": {"epochs": EPOCHS, "precision": "fp32", "log_every_steps": 50},
         },
-        "space": {"optimizer.lr": {"grid": [WORKS, *TOO_SMALL]}},  # the same trials in the same order, both sweeps
+        "space": {"optimizer.lr": {"grid": [WORKS, *too_small]}},  # the same trials in the same order, both sweeps
         "algorithm": "grid",
         # Train accuracy: Adam's loss spikes in its first epochs even where it learns; its accuracy does not.
         "objective": {"metric": "train_acc", "mode": "max"},
-        "max_trials": 4,
+        "max_trials": 1 + len(too_small),
         "max_parallel": 1,
         "early_stopping": early_stopping,
     }
@@ -65,12 +85,8 @@ def test_asha_prunes_the_learning_rates_that_fail(two_classes, tmp_path):
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             wait_ready(client, serve, tmp_path)
-            with two_classes.open("rb") as archive:
-                ds = client.post("/v1/datasets", files={"file": ("cifar2.zip", archive)}).json()["id"]
-            while client.get(f"/v1/datasets/{ds}").json()["status"] == "validating":
-                time.sleep(0.3)
-            asha = {"type": "asha", "min_epochs": 1, "reduction_factor": 2}  # rungs at epochs 1, 2 and 4
-            pruned_id = submit(client, sweep_body(ds, asha))
+            ds = upload(client, two_classes)
+            pruned_id = submit(client, sweep_body(ds, ASHA))
             unpruned_id = submit(client, sweep_body(ds, None))
             pruned, unpruned = wait_done(client, pruned_id, tmp_path), wait_done(client, unpruned_id, tmp_path)
             ends = {t["job_id"]: last_status_event(client, t["job_id"]) for t in pruned["trials"]}
@@ -93,6 +109,57 @@ def test_asha_prunes_the_learning_rates_that_fail(two_classes, tmp_path):
     for sweep in (pruned, unpruned):
         assert sweep["best_trial"]["params"]["optimizer.lr"] == WORKS
         assert sweep["best_trial"]["spec"]["optimizer"]["lr"] == WORKS
+
+
+def test_asha_prunes_through_postgresql_with_a_celery_worker(stack: Stack, two_classes: Path) -> None:
+    """The production form: each epoch's report and the prune go through Optuna's study in PostgreSQL, from
+    a real Celery worker; Optuna's trial states there match the jobs'."""
+    stack.start_worker(env={"OMP_NUM_THREADS": "1"})
+    with stack.client() as client:
+        ds = upload(client, two_classes)
+        sweep_id = submit(client, sweep_body(ds, ASHA, too_small=TOO_SMALL[:2]))
+        sweep = wait_done(client, sweep_id, stack.home)
+        ends = {t["job_id"]: last_status_event(client, t["job_id"]) for t in sweep["trials"]}
+
+    print({t["params"]["optimizer.lr"]: (t["status"], t["epochs"], t["objective"]) for t in sweep["trials"]})
+    assert sweep["status"] == "succeeded" and sweep["trial_counts"] == {"succeeded": 1, "pruned": 2}, sweep
+    assert sweep["best_trial"]["params"]["optimizer.lr"] == WORKS
+    for trial in sweep["trials"]:
+        if trial["status"] == "pruned":
+            assert trial["epochs"] in (1, 2), trial  # stopped at a rung
+            assert ends[trial["job_id"]]["data"]["epoch"] == trial["epochs"], ends[trial["job_id"]]
+
+    # Optuna's own record, read from PostgreSQL's optuna schema as the worker and the API wrote it
+    import optuna
+
+    storage = study.storage_for(Settings(database_url=stack.env["FT_DATABASE_URL"]))
+    try:
+        found = optuna.load_study(study_name=sweep_id, storage=storage)
+        with storage.engine.connect() as connection:
+            where = "SELECT table_schema FROM information_schema.tables WHERE table_name = 'trials'"
+            assert connection.execute(text(where)).scalars().all() == ["optuna"]  # none among the service's tables
+    finally:
+        storage.engine.dispose()
+    states = {trial.number: trial.state.name for trial in found.trials}
+    expected = {"succeeded": "COMPLETE", "pruned": "PRUNED"}
+    assert states == {t["number"]: expected[t["status"]] for t in sweep["trials"]}, (states, sweep["trials"])
+    assert found.best_trial.params == {"optimizer.lr": WORKS}
+    for trial in found.trials:
+        if trial.state.name == "PRUNED":  # the worker reported every epoch it trained, up to the prune
+            assert sorted(trial.intermediate_values) == list(range(1, max(trial.intermediate_values) + 1))
+
+
+def upload(client: httpx.Client, archive: Path) -> str:
+    """The dataset uploaded and validated to ready."""
+    with archive.open("rb") as file:
+        created = client.post("/v1/datasets", files={"file": (archive.name, file)})
+    assert created.status_code == 201, created.text
+    deadline = time.monotonic() + 120
+    while (shown := client.get(f"/v1/datasets/{created.json()['id']}").json())["status"] == "validating":
+        assert time.monotonic() < deadline, "validation did not finish"
+        time.sleep(0.3)
+    assert shown["status"] == "ready", shown
+    return str(shown["id"])
 
 
 def wait_ready(client: httpx.Client, serve: subprocess.Popen[bytes], tmp_path: Path) -> None:
@@ -118,9 +185,12 @@ def submit(client: httpx.Client, body: dict[str, Any]) -> str:
     return str(response.json()["id"])
 
 
-def wait_done(client: httpx.Client, sweep_id: str, tmp_path: Path, timeout: float = 900) -> dict[str, Any]:
+def wait_done(client: httpx.Client, sweep_id: str, logs: Path, timeout: float = 900) -> dict[str, Any]:
+    """The sweep once it ended; ``logs``: the folder of the processes' logs, shown if it does not end."""
     deadline = time.monotonic() + timeout
     while (sweep := client.get(f"/v1/sweeps/{sweep_id}").json())["status"] == "running":
-        assert time.monotonic() < deadline, (sweep, (tmp_path / "serve.log").read_text()[-3000:])
+        if time.monotonic() > deadline:
+            tails = "\n".join(path.read_text()[-3000:] for path in sorted(logs.glob("*.log")))
+            raise AssertionError(f"sweep {sweep_id} still running after {timeout}s: {sweep}\n{tails}")
         time.sleep(1)
     return dict(sweep)
