@@ -48,7 +48,7 @@ def _finish(app: FastAPI, job_id: str) -> None:
 
 
 def test_one_projects_backlog_does_not_starve_another(app: FastAPI) -> None:
-    services = app.state.services
+    services = app.state.runtime
     with transaction(services.factory) as session:
         crowd = [make_job(session, project="crowd").id for _ in range(5)]
         single = make_job(session, project="single").id
@@ -64,7 +64,7 @@ def test_one_projects_backlog_does_not_starve_another(app: FastAPI) -> None:
 
 
 def test_a_projects_own_limit_overrides_the_setting(app: FastAPI) -> None:
-    services = app.state.services
+    services = app.state.runtime
     with transaction(services.factory) as session:
         jobs = [make_job(session, project="big").id for _ in range(3)]
         session.execute(update(Project).where(Project.name == "big").values(max_running_jobs=2))
@@ -94,7 +94,7 @@ async def test_past_the_storage_limit_an_upload_is_refused_with_429(client, app,
 
 
 def test_a_broker_that_came_back_empty_gets_its_tasks_again(app: FastAPI, limited: Settings) -> None:
-    services = app.state.services
+    services = app.state.runtime
     if not limited.celery_broker_url.startswith("redis"):
         pytest.skip("the marker lives in Redis; the embedded broker is a folder that a restart keeps")
     with transaction(services.factory) as session:
@@ -109,3 +109,30 @@ def test_a_broker_that_came_back_empty_gets_its_tasks_again(app: FastAPI, limite
     assert report.resent == [job_id] and report.redispatched == [job_id]
     assert _sent(app) == [job_id]
     assert sweep(services).resent == []  # once
+
+
+async def test_a_resumed_job_waits_for_its_projects_running_limit(client, app, limited) -> None:
+    sweep(app.state.runtime)  # sets the broker's marker (a first sweep resends whatever was sent before it)
+    dataset = await ready_dataset(client, app, limited)
+    first, second = [(await client.post("/v1/jobs", json=job_body(dataset["id"]))).json()["id"] for _ in range(2)]
+    assert _sent(app) == [first]  # the project's one running slot
+    assert (await client.post(f"/v1/jobs/{second}/pause")).json()["status"] == "paused"
+    resumed = await client.post(f"/v1/jobs/{second}/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    assert _sent(app) == []  # not sent past the limit: it waits its turn, queued
+    assert sweep(app.state.runtime).redispatched == []
+    _finish(app, first)
+    assert sweep(app.state.runtime).redispatched == [second]
+    assert _sent(app) == [second]
+
+
+async def test_a_resumed_job_is_sent_at_once_when_its_project_has_a_free_slot(client, app, limited) -> None:
+    dataset = await ready_dataset(client, app, limited)
+    job_id = (await client.post("/v1/jobs", json=job_body(dataset["id"]))).json()["id"]
+    assert _sent(app) == [job_id]
+    with transaction(app.state.session_factory) as session:  # as a worker that paused it leaves it
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.PAUSED, dispatched_at=None))
+    assert (await client.post(f"/v1/jobs/{job_id}/resume")).json()["status"] == "queued"
+    assert _sent(app) == [job_id]
+    assert (await client.post(f"/v1/jobs/{job_id}/resume")).json()["status"] == "queued"  # a repeat: nothing more
+    assert _sent(app) == []
