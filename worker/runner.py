@@ -7,6 +7,11 @@
          | requeued (SIGTERM: checkpointed, handed back for another worker)
          | pruned (a sweep's trial that its sweep's pruner stopped at an epoch end)
       -> a sweep's trial that ended advances its sweep (queues the next trials)
+      -> a job that left its project's running slot (ended, or paused) runs a dispatch pass for the project
+
+The last writes (the artifacts' registration, the job's end, a failure, a release) are retried through a
+database outage, as the publisher's items are, up to ``db_outage_grace_seconds``, each in one transaction
+fenced by the attempt.
 
 A job another live worker owns, or one already finished, is left alone: a redelivered message is a
 no-op. A worker that loses its lease stops without writing anything more: every write of the attempt is

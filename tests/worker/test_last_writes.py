@@ -162,3 +162,19 @@ def test_the_last_writes_are_fenced_by_the_attempt(private: Runtime) -> None:
     assert (job.status, job.owner, job.attempt) == (JobStatus.RUNNING, "new:2:bbbb2222", 2)
     with transaction(private.factory) as session:
         assert [e for e in job_records.events_after(session, job_id, 0, 1000) if e.type == EventType.ERROR] == []
+
+
+def test_a_job_that_ends_hands_its_slot_to_its_projects_next_waiting_job_at_once(services: Runtime) -> None:
+    services.settings.project_max_running_jobs = 1  # the runtime's own settings object
+    with transaction(services.factory) as session:
+        first, paused, second = (make_job(session, project="p").id for _ in range(3))
+        elsewhere = make_job(session, project="q").id  # another project's: not this pass's business
+    runner = claimed_runner(services, first, 1)
+    assert runner._finish(JobStatus.SUCCEEDED) == "succeeded"
+    assert sent(services) == [paused]  # the oldest waiting job of the project, with no sweep run
+    pausing = claimed_runner(services, paused, 2)
+    with transaction(services.factory) as session:
+        session.execute(update(Job).where(Job.id == paused).values(status=JobStatus.PAUSING))
+    assert pausing._release() == "released (paused)"
+    assert sent(services) == [second]  # a paused job frees its slot too
+    assert job_row(services, elsewhere).dispatched_at is None
