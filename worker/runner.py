@@ -481,7 +481,8 @@ class JobRunner:
     def _release(self) -> str:
         """Back to queued (a SIGTERM) or to paused (a pause), checkpointed. A requeued job's task is not sent
         from here: this worker is shutting down and could take it back; the API's sweep sends it once the job
-        has waited ``redispatch_after_seconds``. A paused job waits for ``resume``, which sends it."""
+        has waited ``redispatch_after_seconds``. A paused job waits for ``resume``, which queues it for a dispatch
+        pass; its slot (and a cancelled job's) goes to the project's next waiting job at once."""
         self.keeper.stop()
         after = self._last_write(
             "releasing the job",
