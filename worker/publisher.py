@@ -4,7 +4,8 @@ The engine's callbacks only put items on a queue; this thread writes them, in or
 (each in a short transaction, mirrored to the job's Redis stream after its commit) and uploads
 checkpoints to the artifact store. The training loop never waits on the database or the store; the
 runner drains the queue before it finishes or releases the job. Through a database outage the items wait
-here, in order, and are written once it answers again (up to ``db_outage_grace_seconds``).
+here, in order, and are written once it answers again (up to ``db_outage_grace_seconds``); the runner's
+own last writes (artifacts, the job's end) are retried the same way (``through_outage``).
 
 Fencing: every write carries the attempt (``Fence``): its store keys name the attempt, so no two attempts
 ever write or delete the same object, and each database write first locks the job's row and checks that
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -41,6 +42,7 @@ from app.services.job_records import (
     record_step_metrics,
     register_checkpoint,
 )
+from app.settings import Settings
 from app.statuses import EventType
 from app.stores import keys
 from training.callbacks import CheckpointInfo
@@ -52,6 +54,27 @@ log = logging.getLogger(__name__)
 # A failed write is retried after these delays, then every last one, until the database has been out for
 # the settings' db_outage_grace_seconds; the items behind it wait in the queue, in order (the buffer).
 RETRY_SECONDS = (0.2, 1.0, 2.0, 5.0)
+
+T = TypeVar("T")
+
+
+def through_outage(settings: Settings, job_id: str, what: str, write: Callable[[], T]) -> T:
+    """``write()``, retried while the database (or the store) fails, until it has failed for the settings'
+    ``db_outage_grace_seconds``; then its last error is raised. ``write`` must be one whole, fenced
+    transaction, safe to run again: a LeaseLost (the attempt no longer owns the job) is never retried."""
+    first_failure: float | None = None
+    for attempt in itertools.count():
+        try:
+            return write()
+        except (SQLAlchemyError, OSError):
+            now = time.monotonic()
+            first_failure = first_failure if first_failure is not None else now
+            if now - first_failure > settings.db_outage_grace_seconds:
+                raise
+            if attempt < len(RETRY_SECONDS) or attempt % 12 == 0:  # a line a minute while it lasts
+                log.warning("job %s: %s failed; retrying", job_id, what)
+            time.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -139,24 +162,15 @@ class EventPublisher(threading.Thread):
                 self.items.task_done()
 
     def _with_retries(self, item: Item) -> None:
-        first_failure: float | None = None
-        for attempt in itertools.count():
-            try:
-                self._write(item)
-                return
-            except LeaseLost:
-                self.lease_lost = True
-                self.on_lease_lost()
-                return
-            except (SQLAlchemyError, OSError):
-                now = time.monotonic()
-                first_failure = first_failure if first_failure is not None else now
-                if now - first_failure > self.services.settings.db_outage_grace_seconds:
-                    log.exception("job %s: giving up on recording %s", self.job_id, type(item).__name__)
-                    return
-                if attempt < len(RETRY_SECONDS) or attempt % 12 == 0:  # a line a minute while it lasts
-                    log.warning("job %s: recording %s failed; retrying", self.job_id, type(item).__name__)
-                time.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+        try:
+            through_outage(
+                self.services.settings, self.job_id, f"recording {type(item).__name__}", lambda: self._write(item)
+            )
+        except LeaseLost:
+            self.lease_lost = True
+            self.on_lease_lost()
+        except (SQLAlchemyError, OSError):
+            log.exception("job %s: giving up on recording %s", self.job_id, type(item).__name__)
 
     def _write(self, item: Item) -> None:
         factory, owner = self.services.factory, self.owner

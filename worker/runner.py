@@ -7,6 +7,11 @@
          | requeued (SIGTERM: checkpointed, handed back for another worker)
          | pruned (a sweep's trial that its sweep's pruner stopped at an epoch end)
       -> a sweep's trial that ended advances its sweep (queues the next trials)
+      -> a job that left its project's running slot (ended, or paused) runs a dispatch pass for the project
+
+The last writes (the artifacts' registration, the job's end, a failure, a release) are retried through a
+database outage, as the publisher's items are, up to ``db_outage_grace_seconds``, each in one transaction
+fenced by the attempt.
 
 A job another live worker owns, or one already finished, is left alone: a redelivered message is a
 no-op. A worker that loses its lease stops without writing anything more: every write of the attempt is
@@ -29,14 +34,18 @@ import socket
 import threading
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.context import Runtime
 from app.db.models import Job
 from app.db.session import transaction
-from app.dispatch.admission import queue_for_training
+from app.dispatch.admission import dispatch_waiting, queue_for_training
 from app.errors import LeaseLost
 from app.observability.logs import job_context, start_in_context
 from app.repositories import attempts as attempt_rows
@@ -55,10 +64,12 @@ from training.callbacks import Callbacks, CheckpointInfo, RollbackInfo, RunInfo,
 from training.spec import Spec
 from worker.datasets import extracted_dataset
 from worker.lease import LeaseKeeper
-from worker.publisher import Checkpoint, Epoch, EventPublisher, Fence, Note, Step
+from worker.publisher import Checkpoint, Epoch, EventPublisher, Fence, Note, Step, through_outage
 from worker.tracking import MlflowTracker, tracker_for
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def new_owner(worker_name: str | None = None) -> str:
@@ -371,7 +382,12 @@ class JobRunner:
             with (self.run_dir / name).open("rb") as file:
                 uploaded.append((name, store.put(keys.attempt_artifact_key(self.fence.prefix, name), file)))
         try:
-            self._register_artifacts(uploaded)
+            through_outage(
+                self.services.settings,
+                self.job_id,
+                "registering its artifacts",
+                lambda: self._register_artifacts(uploaded),
+            )
         except LeaseLost:
             for _, stored in uploaded:
                 store.delete(stored.key)
@@ -403,11 +419,53 @@ class JobRunner:
 
     def _finish(self, status: JobStatus, **results: Any) -> str:
         self.keeper.stop()  # the job is about to leave running: nothing left to watch
-        with transaction(self.services.factory) as session:
-            finished = finish_job(session, self.job_id, self.owner, status, **results)
+        finished = self._last_write(
+            f"recording the job {status}",
+            lambda session: finish_job(session, self.job_id, self.owner, status, **results),
+            ended_as=status,
+        )
         if finished:
             self._advance_sweep()
+            self._dispatch_freed_slot()
         return str(status) if finished else "lease lost"
+
+    def _last_write(self, what: str, write: Callable[[Session], T], *, ended_as: JobStatus | None = None) -> T | None:
+        """One of the attempt's last writes (its end): ``write`` in one transaction, fenced by the attempt,
+        retried through a database outage as the publisher's items are (up to ``db_outage_grace_seconds``;
+        past it the error is raised, and the reaper requeues the job once its lease has run out). None when
+        the attempt no longer owns the job. A retry after a commit whose answer the outage swallowed finds
+        the job already ``ended_as`` by this attempt: that write is done, and counts as True."""
+        tries = 0
+
+        def once() -> T | None:
+            nonlocal tries
+            tries += 1
+            with transaction(self.services.factory) as session:
+                if tries > 1 and ended_as is not None and self._ended_as(session, ended_as):
+                    return cast(T, True)
+                self.fence.check(session)
+                return write(session)
+
+        try:
+            return through_outage(self.services.settings, self.job_id, what, once)
+        except LeaseLost:
+            return None
+
+    def _ended_as(self, session: Session, status: JobStatus) -> bool:
+        job = job_rows.get_any(session, self.job_id)
+        return job is not None and (job.status, job.owner, job.attempt) == (status, self.owner, self.fence.attempt)
+
+    def _dispatch_freed_slot(self) -> None:
+        """The job left its project's running slot: a dispatch pass for that project now sends its next
+        waiting job (fairly, under its limits) rather than at the API's next periodic sweep, which still
+        catches whatever this misses."""
+        try:
+            with transaction(self.services.factory) as session:
+                project_id = session.scalar(select(Job.project_id).where(Job.id == self.job_id))
+                if project_id is not None:
+                    dispatch_waiting(session, self.services.queue, self.services.settings, project_id=project_id)
+        except Exception:
+            log.warning("job %s: no dispatch pass after it ended; the periodic sweep will", self.job_id, exc_info=True)
 
     def _advance_sweep(self) -> None:
         """A sweep's trial ended: queue the sweep's next trials now (the API's periodic sweep retries this)."""
@@ -423,10 +481,15 @@ class JobRunner:
     def _release(self) -> str:
         """Back to queued (a SIGTERM) or to paused (a pause), checkpointed. A requeued job's task is not sent
         from here: this worker is shutting down and could take it back; the API's sweep sends it once the job
-        has waited ``redispatch_after_seconds``. A paused job waits for ``resume``, which sends it."""
+        has waited ``redispatch_after_seconds``. A paused job waits for ``resume``, which queues it for a dispatch
+        pass; its slot (and a cancelled job's) goes to the project's next waiting job at once."""
         self.keeper.stop()
-        with transaction(self.services.factory) as session:
-            after = release_job(session, self.job_id, self.owner, reason="worker shutting down: checkpointed")
+        after = self._last_write(
+            "releasing the job",
+            lambda session: release_job(session, self.job_id, self.owner, reason="worker shutting down: checkpointed"),
+        )
+        if after in (JobStatus.PAUSED, JobStatus.CANCELLED):  # its slot is free (a requeued job keeps it)
+            self._dispatch_freed_slot()
         return f"released ({after})" if after is not None else "lease lost"
 
     def _lose_attempt(self, publisher: EventPublisher, keeper: LeaseKeeper, reason: str) -> str:
@@ -437,10 +500,18 @@ class JobRunner:
         if keeper.stop_reason == "lost" or publisher.lease_lost:
             return "lease lost"
         keeper.stop()
-        with transaction(self.services.factory) as session:
+
+        def requeue(session: Session) -> JobStatus | None:
             after = requeue_lost_attempt(session, self.job_id, self.owner, f"a training process died ({reason})")
             if after == JobStatus.QUEUED:
                 queue_for_training(session, self.services.queue, self.job_id)
+            return after
+
+        after = self._last_write("requeueing the job", requeue)
+        if after is None:
+            return "lease lost"
+        if after != JobStatus.QUEUED:  # it ended (failed worker_lost, or cancelled): its slot is free
+            self._dispatch_freed_slot()
         return f"rank lost ({after})"
 
     def _fail(self, publisher: EventPublisher, keeper: LeaseKeeper, code: str, message: str) -> str:
@@ -450,16 +521,16 @@ class JobRunner:
             return "lease lost"
         keeper.stop()
         self._end_tracking(publisher, "failed")
-        try:
-            with transaction(self.services.factory) as session:
-                self.fence.check(session)
-                data = {"code": code, "traceback": traceback.format_exc()}
-                append_event(session, self.job_id, EventType.ERROR, data, message)
-                finished = finish_job(session, self.job_id, self.owner, JobStatus.FAILED, JobError(code, message))
-        except LeaseLost:
-            return "lease lost"
+        data = {"code": code, "traceback": traceback.format_exc()}
+
+        def fail(session: Session) -> bool:
+            append_event(session, self.job_id, EventType.ERROR, data, message)
+            return finish_job(session, self.job_id, self.owner, JobStatus.FAILED, JobError(code, message))
+
+        finished = self._last_write(f"recording the job failed ({code})", fail, ended_as=JobStatus.FAILED)
         if finished:
             self._advance_sweep()
+            self._dispatch_freed_slot()
         return f"failed ({code})" if finished else "lease lost"
 
 

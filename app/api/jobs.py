@@ -157,10 +157,10 @@ def pause_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> Job:
 
 
 @router.post("/{job_id}/resume", response_model=Job, summary="Resume a job", responses=error_responses(404, 409))
-def resume_job(job_id: JobId, caller: CallerDep, session: SessionDep, queue: QueueDep) -> Job:
+def resume_job(job_id: JobId, caller: CallerDep, session: SessionDep, queue: QueueDep, settings: SettingsDep) -> Job:
     """A paused job is queued again and continues from the checkpoint it paused at. Resuming a job that
     is already queued or running changes nothing; any other status is a 409."""
-    return Job.from_row(jobs.resume_job(session, queue, caller.project_id, job_id))
+    return Job.from_row(jobs.resume_job(session, queue, settings, caller.project_id, job_id))
 
 
 @router.get("/{job_id}/events", response_model=EventPage, summary="List a job's events", responses=error_responses(404))

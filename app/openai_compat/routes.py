@@ -189,9 +189,11 @@ def pause_fine_tuning_job(job_id: JobId, caller: CallerDep, session: SessionDep)
     summary="Resume a paused fine-tuning job (OpenAI)",
     responses=error_responses(404, 409),
 )
-def resume_fine_tuning_job(job_id: JobId, caller: CallerDep, session: SessionDep, queue: QueueDep) -> FineTuningJob:
+def resume_fine_tuning_job(
+    job_id: JobId, caller: CallerDep, session: SessionDep, queue: QueueDep, settings: SettingsDep
+) -> FineTuningJob:
     """The job is queued again and continues from the checkpoint it paused at."""
-    return mapping.fine_tuning_job(jobs.resume_job(session, queue, caller.project_id, job_id))
+    return mapping.fine_tuning_job(jobs.resume_job(session, queue, settings, caller.project_id, job_id))
 
 
 @router.get(

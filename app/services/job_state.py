@@ -188,9 +188,10 @@ def request_pause(session: Session, job_id: str) -> JobStatus:
 
 
 def resume_job(session: Session, job_id: str) -> bool:
-    """paused -> queued: the next claim resumes from the last checkpoint (send its task after the commit).
-    False if the job is already queued or running again (a repeated resume); a 409 for any other status."""
-    values = {"owner": None, "lease_expires_at": None, "dispatched_at": None}
+    """paused -> queued, waiting for a dispatch pass to send its task (under its project's running limit);
+    the next claim resumes from the last checkpoint. False if the job is already queued or running again
+    (a repeated resume); a 409 for any other status."""
+    values = {"owner": None, "lease_expires_at": None, "dispatched_at": None, "dispatch_requested_at": None}
     if _transition(session, job_id, source=[PAUSED], target=QUEUED, values=values, message="resumed"):
         return True
     status = _current(session, job_id)

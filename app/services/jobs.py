@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
-from app.dispatch.admission import admit_job, dispatch_waiting, queue_for_training
+from app.dispatch.admission import admit_job, dispatch_waiting
 from app.dispatch.broker import TaskQueue
 from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
@@ -289,11 +289,13 @@ def pause_job(session: Session, project_id: str, job_id: str) -> Job:
     return job
 
 
-def resume_job(session: Session, queue: TaskQueue, project_id: str, job_id: str) -> Job:
-    """A paused job back to the queue, its train task sent once that commits; a repeated resume is a no-op."""
+def resume_job(session: Session, queue: TaskQueue, settings: Settings, project_id: str, job_id: str) -> Job:
+    """A paused job back to the queue, waiting its turn like a new one: a dispatch pass sends its task once
+    that commits if its project is under its running limit (else a finishing job's pass or the periodic
+    sweep does, fairly). A repeated resume is a no-op."""
     job = get_job(session, project_id, job_id)
     if job_state.resume_job(session, job.id):
-        queue_for_training(session, queue, job.id)
+        dispatch_waiting(session, queue, settings, project_id=project_id)
     session.refresh(job)
     return job
 

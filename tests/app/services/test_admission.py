@@ -109,3 +109,30 @@ def test_a_broker_that_came_back_empty_gets_its_tasks_again(app: FastAPI, limite
     assert report.resent == [job_id] and report.redispatched == [job_id]
     assert _sent(app) == [job_id]
     assert sweep(services).resent == []  # once
+
+
+async def test_a_resumed_job_waits_for_its_projects_running_limit(client, app, limited) -> None:
+    sweep(app.state.runtime)  # sets the broker's marker (a first sweep resends whatever was sent before it)
+    dataset = await ready_dataset(client, app, limited)
+    first, second = [(await client.post("/v1/jobs", json=job_body(dataset["id"]))).json()["id"] for _ in range(2)]
+    assert _sent(app) == [first]  # the project's one running slot
+    assert (await client.post(f"/v1/jobs/{second}/pause")).json()["status"] == "paused"
+    resumed = await client.post(f"/v1/jobs/{second}/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    assert _sent(app) == []  # not sent past the limit: it waits its turn, queued
+    assert sweep(app.state.runtime).redispatched == []
+    _finish(app, first)
+    assert sweep(app.state.runtime).redispatched == [second]
+    assert _sent(app) == [second]
+
+
+async def test_a_resumed_job_is_sent_at_once_when_its_project_has_a_free_slot(client, app, limited) -> None:
+    dataset = await ready_dataset(client, app, limited)
+    job_id = (await client.post("/v1/jobs", json=job_body(dataset["id"]))).json()["id"]
+    assert _sent(app) == [job_id]
+    with transaction(app.state.session_factory) as session:  # as a worker that paused it leaves it
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.PAUSED, dispatched_at=None))
+    assert (await client.post(f"/v1/jobs/{job_id}/resume")).json()["status"] == "queued"
+    assert _sent(app) == [job_id]
+    assert (await client.post(f"/v1/jobs/{job_id}/resume")).json()["status"] == "queued"  # a repeat: nothing more
+    assert _sent(app) == []
