@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import (
     Caller,
@@ -15,14 +15,16 @@ from app.api.deps import (
     IdempotencyKeyHeader,
     QueueDep,
     SessionDep,
+    SessionFactoryDep,
     SettingsDep,
     StoreDep,
     StreamingCallerDep,
 )
 from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
-from app.api.uploads import UPLOAD_REQUEST_BODY, receive_upload
+from app.api.uploads import UPLOAD_REQUEST_BODY, Upload, receive_upload
 from app.db.models import Dataset as DatasetRow
+from app.db.session import transaction
 from app.dispatch.admission import check_storage
 from app.dispatch.broker import TaskQueue
 from app.errors import NotFound
@@ -54,7 +56,7 @@ async def upload_dataset(
     request: Request,
     response: Response,
     caller: StreamingCallerDep,
-    session: SessionDep,
+    factory: SessionFactoryDep,
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
@@ -62,7 +64,7 @@ async def upload_dataset(
 ) -> Dataset:
     """Streams the archive to the store and answers at once with status `validating`; validation runs
     off the request path and ends `ready` (classes, counts) or `failed` (reasons)."""
-    row, status = await accept_upload(request, caller, session, settings, store, queue, idempotency_key)
+    row, status = await accept_upload(request, caller, factory, settings, store, queue, idempotency_key)
     response.status_code = status
     return Dataset.from_row(row)
 
@@ -70,7 +72,7 @@ async def upload_dataset(
 async def accept_upload(
     request: Request,
     caller: Caller,
-    session: Session,
+    factory: sessionmaker[Session],
     settings: Settings,
     store: ArtifactStore,
     queue: TaskQueue,
@@ -78,9 +80,32 @@ async def accept_upload(
     check_fields: Callable[[dict[str, str]], None] | None = None,
 ) -> tuple[DatasetRow, int]:
     """An archive streamed to the store and its data set row made, validation queued: the row and the status
-    to answer with. ``check_fields`` vets the form's other fields (``POST /v1/files``' purpose) first."""
+    to answer with. ``check_fields`` vets the form's other fields (``POST /v1/files``' purpose) first.
+
+    No database connection, transaction or request slot is held while the archive streams in (minutes, for a
+    large one): the storage check before it and the row after it are short transactions of their own."""
     dataset_id = new_id("dataset")
-    await run_in_threadpool(check_storage, session, settings, caller.project_id)  # full already: refuse up front
+
+    def check_room(size: int = 0) -> None:
+        with transaction(factory) as session:
+            check_storage(session, settings, caller.project_id, size)
+
+    def create(upload: Upload, key: IdempotencyKey | None) -> tuple[DatasetRow, int, bool]:
+        with transaction(factory) as session:
+            check_storage(session, settings, caller.project_id, upload.stored.size)
+            return datasets.create_dataset(
+                session,
+                store,
+                queue,
+                caller.project_id,
+                dataset_id=dataset_id,
+                name=upload.name,
+                filename=upload.filename,
+                stored=upload.stored,
+                idempotency_key=key,
+            )
+
+    await run_in_threadpool(check_room)  # full already: refuse before reading the body
     upload = await receive_upload(
         request, store, lambda filename: datasets.archive_key(dataset_id, filename), settings.max_upload_bytes
     )
@@ -91,19 +116,7 @@ async def accept_upload(
     try:
         if check_fields is not None:
             check_fields(upload.fields)
-        await run_in_threadpool(check_storage, session, settings, caller.project_id, upload.stored.size)
-        row, status, created = await run_in_threadpool(
-            datasets.create_dataset,
-            session,
-            store,
-            queue,
-            caller.project_id,
-            dataset_id=dataset_id,
-            name=upload.name,
-            filename=upload.filename,
-            stored=upload.stored,
-            idempotency_key=key,
-        )
+        row, status, created = await run_in_threadpool(create, upload, key)
     except BaseException:
         await run_in_threadpool(store.delete_prefix, keys.dataset_prefix(dataset_id))
         raise

@@ -16,6 +16,7 @@ from app.api.deps import (
     IdempotencyKeyHeader,
     QueueDep,
     SessionDep,
+    SessionFactoryDep,
     SettingsDep,
     StoreDep,
     StreamingCallerDep,
@@ -58,7 +59,7 @@ async def create_file(
     request: Request,
     response: Response,
     caller: StreamingCallerDep,
-    session: SessionDep,
+    factory: SessionFactoryDep,
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
@@ -67,7 +68,7 @@ async def create_file(
     """Multipart `file` (an ImageFolder archive) and `purpose: fine-tune`: becomes a data set, `uploaded`
     until validated, then `processed` (ready) or `error` (with `status_details`)."""
     row, status = await accept_upload(
-        request, caller, session, settings, store, queue, idempotency_key, check_fields=mapping.check_purpose
+        request, caller, factory, settings, store, queue, idempotency_key, check_fields=mapping.check_purpose
     )
     response.status_code = 200 if status == 201 else status
     return mapping.file_object(row)
