@@ -79,3 +79,44 @@ def test_a_cifar10_subset_through_the_server_ends_ready(server, settings, tmp_pa
     assert shown["status"] == "ready"
     assert shown["num_images"] == 40
     assert len(shown["class_names"]) == 10
+
+
+def test_an_upload_in_progress_holds_no_database_place(backend, tmp_path_factory):
+    """One database place (FT_DB_POOL_SIZE=1): a slow upload streaming in must not hold it, or every other
+    request would wait for the upload to end."""
+    import threading
+    import time
+
+    boundary = "finetune-test-boundary"
+
+    def slow_body() -> Iterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.tar"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        for _ in range(8):
+            time.sleep(0.5)
+            yield b"\0" * 4096
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    answers: dict[str, object] = {}
+
+    def upload(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            answers["upload"] = client.post("/v1/datasets", content=slow_body(), headers=headers)
+        answers["upload_done"] = time.monotonic()
+
+    home = tmp_path_factory.mktemp("one-place-home")
+    with uvicorn_server(backend, home, FT_DB_POOL_SIZE="1") as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            client.get("/v1/datasets")  # warm
+            uploading = threading.Thread(target=upload, args=(server.url,))
+            uploading.start()
+            time.sleep(1.0)  # the upload is streaming now
+            listed = client.get("/v1/datasets")
+            listed_at = time.monotonic()
+        uploading.join(60)
+    assert listed.status_code == 200, listed.text
+    assert "upload_done" in answers and listed_at < answers["upload_done"], "the list waited for the upload"
+    assert answers["upload"].status_code == 201, answers["upload"].text  # type: ignore[attr-defined]
