@@ -41,3 +41,19 @@ def test_the_api_process_loads_neither_the_worker_nor_the_cli():
     code = "import sys, app.main; print(sorted({m.split('.')[0] for m in sys.modules} & {'worker', 'cli'}))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+QUERY_BUILDERS = {"select", "update", "insert", "delete", "text", "func", "exists", "and_", "or_"}
+
+
+def test_dispatch_decides_and_the_repositories_query():
+    """``app/dispatch`` builds no SQL of its own: its queries are functions of ``app/repositories``."""
+    building = {
+        f"{path.relative_to(ROOT)}: {alias.name}"
+        for path in sorted((ROOT / "app" / "dispatch").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sqlalchemy"
+        for alias in node.names
+        if alias.name in QUERY_BUILDERS
+    }
+    assert building == set()

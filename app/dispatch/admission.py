@@ -17,22 +17,21 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from pydantic import TypeAdapter
-from sqlalchemy import Engine, Select, func, select, text, update
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.db.models import Artifact, Checkpoint, Dataset, Job, Project
+from app.db.models import Project
 from app.dispatch.after_commit import send_after_commit
 from app.dispatch.broker import TaskQueue
 from app.errors import TooManyRequests
+from app.repositories import jobs, projects
 from app.settings import Settings
-from app.statuses import OWNED_JOB_STATUSES, JobStatus
 
 _MAX_RUNTIME = TypeAdapter(timedelta)
-_DISPATCH_LOCK = 0x46540D15  # pg_advisory_xact_lock key: one dispatch pass at a time across API processes
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,7 @@ class Limits:
 
 
 def limits_of(session: Session, settings: Settings, project_id: str) -> Limits:
-    project = session.get(Project, project_id)
-    return _limits(settings, project)
+    return _limits(settings, projects.get(session, project_id))
 
 
 def _limits(settings: Settings, project: Project | None) -> Limits:
@@ -58,20 +56,6 @@ def _limits(settings: Settings, project: Project | None) -> Limits:
     )
 
 
-def stored_bytes(session: Session, project_id: str) -> int:
-    """Data set archives, checkpoints not yet deleted by retention, and artifacts of the project's jobs."""
-    archives = select(func.coalesce(func.sum(Dataset.bytes), 0)).where(Dataset.project_id == project_id)
-    checkpoints = select(func.coalesce(func.sum(Checkpoint.bytes), 0)).where(
-        Checkpoint.project_id == project_id, Checkpoint.deleted_at.is_(None)
-    )
-    artifacts = (
-        select(func.coalesce(func.sum(Artifact.bytes), 0))
-        .join(Job, Job.id == Artifact.job_id)
-        .where(Job.project_id == project_id)
-    )
-    return sum(int(session.scalar(query) or 0) for query in (archives, checkpoints, artifacts))
-
-
 def _refuse(limit: str, value: int, current: int, message: str) -> TooManyRequests:
     detail = {"param": limit, "type": "quota_exceeded", "message": f"limit {value}, current {current}"}
     return TooManyRequests(message, code="quota_exceeded", param=limit, details=[detail])
@@ -80,7 +64,7 @@ def _refuse(limit: str, value: int, current: int, message: str) -> TooManyReques
 def check_storage(session: Session, settings: Settings, project_id: str, adding: int = 0) -> None:
     """Refuse (429, ``stored_bytes``) when the project stores its limit already, or would with ``adding`` more."""
     limit = limits_of(session, settings, project_id).stored_bytes
-    current = stored_bytes(session, project_id)
+    current = projects.stored_bytes(session, project_id)
     if current + adding > limit or current >= limit:
         raise _refuse(
             "stored_bytes",
@@ -93,14 +77,12 @@ def check_storage(session: Session, settings: Settings, project_id: str, adding:
 def admit_job(session: Session, settings: Settings, project_id: str) -> None:
     """A new job may wait in the queue: under the project's queued limit and its storage limit, or 429."""
     limits = limits_of(session, settings, project_id)
-    waiting = session.scalar(
-        select(func.count()).select_from(Job).where(Job.project_id == project_id, Job.status == JobStatus.QUEUED)
-    )
-    if (waiting or 0) >= limits.queued_jobs:
+    waiting = jobs.queued_count(session, project_id)
+    if waiting >= limits.queued_jobs:
         raise _refuse(
             "queued_jobs",
             limits.queued_jobs,
-            int(waiting or 0),
+            waiting,
             f"the project has {waiting} jobs queued, its limit: wait for some to start, or cancel some",
         )
     check_storage(session, settings, project_id)
@@ -110,29 +92,16 @@ def queue_for_training(session: Session, queue: TaskQueue, job_id: str) -> None:
     """Send the job's train task once ``session`` commits, then record that the broker took it."""
     engine = session.get_bind()
     assert isinstance(engine, Engine)
-    job = session.get(Job, job_id)
+    job = jobs.get_any(session, job_id)
     max_runtime = _MAX_RUNTIME.validate_python(job.spec["training"]["max_runtime"]) if job is not None else None
     devices = job.spec["training"].get("devices", 1) if job is not None else 1  # its queue: one per device count
 
     def send() -> None:
         queue.send_train_job(job_id, max_runtime.total_seconds() if max_runtime is not None else None, devices)
         with engine.begin() as connection:  # after the commit: a short transaction of its own
-            connection.execute(
-                update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(dispatched_at=utcnow())
-            )
+            jobs.mark_dispatched(connection, job_id, utcnow())
 
     send_after_commit(session, send)
-
-
-def _in_flight(now: datetime, grace: timedelta) -> Select[str, int]:
-    queued_in_flight = (Job.status == JobStatus.QUEUED) & (
-        Job.dispatched_at.is_not(None) | (Job.dispatch_requested_at >= now - grace)
-    )
-    return (
-        select(Job.project_id, func.count())
-        .where(Job.status.in_(OWNED_JOB_STATUSES) | queued_in_flight)
-        .group_by(Job.project_id)
-    )
 
 
 def dispatch_waiting(
@@ -140,40 +109,28 @@ def dispatch_waiting(
 ) -> list[str]:
     """Choose the waiting jobs that may go to the broker now (of one project, or of all), fairly; their
     tasks are sent once ``session`` commits. Returns the chosen ids, in the order they are sent."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DISPATCH_LOCK})
+    jobs.take_dispatch_turn(session)
     now = utcnow()
-    grace = timedelta(seconds=settings.redispatch_after_seconds)
-    waiting_query = (
-        select(Job.id, Job.project_id)
-        .where(
-            Job.status == JobStatus.QUEUED,
-            Job.dispatched_at.is_(None),
-            Job.dispatch_requested_at.is_(None) | (Job.dispatch_requested_at < now - grace),
-        )
-        .order_by(Job.created_at, Job.id)
-    )
-    in_flight_query = _in_flight(now, grace)
-    if project_id is not None:
-        waiting_query = waiting_query.where(Job.project_id == project_id)
-        in_flight_query = in_flight_query.where(Job.project_id == project_id)
+    # A job chosen longer ago than this and still not sent had its send lost: it waits again.
+    chosen_since = now - timedelta(seconds=settings.redispatch_after_seconds)
     waiting: dict[str, deque[str]] = {}
-    for job_id, owner in session.execute(waiting_query):
+    for job_id, owner in jobs.waiting_for_dispatch(session, chosen_since, project_id):
         waiting.setdefault(owner, deque()).append(job_id)
     if not waiting:
         return []
-    in_flight: dict[str, int] = {row[0]: row[1] for row in session.execute(in_flight_query)}
-    projects = {p.id: p for p in session.scalars(select(Project).where(Project.id.in_(waiting)))}
-    free = {owner: _limits(settings, projects.get(owner)).running_jobs - in_flight.get(owner, 0) for owner in waiting}
+    in_flight = jobs.in_flight_by_project(session, chosen_since, list(waiting))
+    rows = projects.by_ids(session, list(waiting))
+    free = {owner: _limits(settings, rows.get(owner)).running_jobs - in_flight.get(owner, 0) for owner in waiting}
     rank = {owner: position for position, owner in enumerate(waiting)}  # by each project's oldest waiting job
     chosen: list[str] = []
-    while candidates := [owner for owner, jobs in waiting.items() if jobs and free[owner] > 0]:
+    while candidates := [owner for owner, queued in waiting.items() if queued and free[owner] > 0]:
         owner = min(candidates, key=lambda p: (in_flight.get(p, 0), rank[p]))
         job_id = waiting[owner].popleft()
         in_flight[owner] = in_flight.get(owner, 0) + 1
         free[owner] -= 1
         chosen.append(job_id)
+    if chosen:
+        jobs.mark_dispatch_requested(session, chosen, now)
     for job_id in chosen:
-        session.execute(update(Job).where(Job.id == job_id).values(dispatch_requested_at=now))
         queue_for_training(session, queue, job_id)
     return chosen

@@ -19,17 +19,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.db.models import Job
 from app.db.session import transaction
 from app.dispatch.admission import dispatch_waiting
 from app.dispatch.after_commit import send_after_commit
+from app.repositories import database, jobs
 from app.services import datasets, idempotency
 from app.services.job_state import requeue_expired_leases
-from app.statuses import JobStatus
 from app.webhooks.service import send_due_deliveries
 
 if TYPE_CHECKING:
@@ -45,26 +43,16 @@ def forget_lost_sends(session: Session, *, task_expiry: timedelta, broker_emptie
     """Queued jobs whose task the broker no longer holds, marked not dispatched so that a dispatch pass
     sends them again: tasks past their expiry, and every sent one when the broker came back empty (a Redis
     restart without persistence). A duplicate of a task still held finds the job claimed: a no-op."""
-    lost = Job.dispatched_at < utcnow() - task_expiry
-    if broker_emptied:
-        lost = Job.dispatched_at.is_not(None)
-    query = select(Job.id).where(Job.status == JobStatus.QUEUED, lost).order_by(Job.id)
-    forgotten = list(session.scalars(query))
+    forgotten = jobs.queued_sent(session, before=None if broker_emptied else utcnow() - task_expiry)
     if forgotten:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(forgotten), Job.status == JobStatus.QUEUED)
-            .values(dispatched_at=None, dispatch_requested_at=None)
-        )
+        jobs.forget_sends(session, forgotten)
     return forgotten
 
 
 def database_restarted_within(session: Session, seconds: float) -> bool:
     """PostgreSQL came back from an outage less than ``seconds`` ago: its workers have not had a lease
     period to reconnect and renew yet, so an expired lease says nothing about them (SQLite: never)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return False
-    started = session.scalar(text("SELECT pg_postmaster_start_time()"))
+    started = database.server_started_at(session)
     return started is not None and utcnow() - started < timedelta(seconds=seconds)
 
 

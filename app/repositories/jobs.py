@@ -1,5 +1,6 @@
-"""Job queries: reads scoped to a project, the list with its filters, and the compare-and-set update that
-every state transition is made of (``app.services.job_state`` decides which transitions exist)."""
+"""Job queries: reads scoped to a project, the list with its filters, the compare-and-set update that
+every state transition is made of (``app.services.job_state`` decides which transitions exist), and the
+queued jobs' dispatch columns (``app.dispatch`` decides which job goes to the broker when)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy import ColumnElement, Connection, exists, func, select, text, update
 from sqlalchemy.orm import Session, joinedload
 
 from app.db.models import Job, JobMetadata
@@ -121,3 +122,73 @@ def project_of(session: Session, job_id: str) -> str | None:
 def get_fresh(session: Session, job_id: str) -> Job:
     """The job's row as the database has it now, not as this session last saw it (after an UPDATE statement)."""
     return session.scalars(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one()
+
+
+# --- dispatch: dispatch_requested_at (a pass chose the job) and dispatched_at (the broker took its task) -----
+
+_DISPATCH_LOCK = 0x46540D15  # pg_advisory_xact_lock key: one dispatch pass at a time across API processes
+
+
+def take_dispatch_turn(session: Session) -> None:
+    """Wait for the other dispatch passes' transactions to end, and hold the turn until this one ends
+    (PostgreSQL; SQLite's BEGIN IMMEDIATE already makes every writer wait its turn)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DISPATCH_LOCK})
+
+
+def queued_count(session: Session, project_id: str) -> int:
+    query = select(func.count()).select_from(Job).where(Job.project_id == project_id, Job.status == JobStatus.QUEUED)
+    return int(session.scalar(query) or 0)
+
+
+def _sent_or_being_sent(since: datetime) -> ColumnElement[bool]:
+    """Queued with its task taken by the broker, or chosen by a dispatch pass at ``since`` or later."""
+    return (Job.status == JobStatus.QUEUED) & (Job.dispatched_at.is_not(None) | (Job.dispatch_requested_at >= since))
+
+
+def waiting_for_dispatch(session: Session, chosen_before: datetime, project_id: str | None) -> list[tuple[str, str]]:
+    """``(job id, project id)`` of the queued jobs with no task sent and none being sent (never chosen, or
+    chosen before ``chosen_before``: that pass's send was lost), oldest first."""
+    query = select(Job.id, Job.project_id).where(
+        Job.status == JobStatus.QUEUED,
+        Job.dispatched_at.is_(None),
+        Job.dispatch_requested_at.is_(None) | (Job.dispatch_requested_at < chosen_before),
+    )
+    if project_id is not None:
+        query = query.where(Job.project_id == project_id)
+    return [(job_id, owner) for job_id, owner in session.execute(query.order_by(Job.created_at, Job.id))]
+
+
+def in_flight_by_project(session: Session, chosen_since: datetime, project_ids: Collection[str]) -> dict[str, int]:
+    """Per project, its jobs in flight: owned by a worker, or queued with a task sent or being sent (chosen at
+    ``chosen_since`` or later)."""
+    query = (
+        select(Job.project_id, func.count())
+        .where(Job.status.in_(OWNED_JOB_STATUSES) | _sent_or_being_sent(chosen_since), Job.project_id.in_(project_ids))
+        .group_by(Job.project_id)
+    )
+    return {owner: int(count) for owner, count in session.execute(query)}
+
+
+def mark_dispatch_requested(session: Session, job_ids: Collection[str], now: datetime) -> None:
+    session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(dispatch_requested_at=now))
+
+
+def mark_dispatched(connection: Connection, job_id: str, now: datetime) -> None:
+    """The broker took the job's task (on a connection of its own: after the commit that chose the job)."""
+    connection.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(dispatched_at=now))
+
+
+def queued_sent(session: Session, before: datetime | None) -> list[str]:
+    """Queued jobs whose task the broker took (before ``before``; None: whenever), by id."""
+    sent = Job.dispatched_at.is_not(None) if before is None else Job.dispatched_at < before
+    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED, sent).order_by(Job.id)))
+
+
+def forget_sends(session: Session, job_ids: Collection[str]) -> None:
+    """Mark still-queued jobs as neither sent nor chosen: the next dispatch pass sends them again."""
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED)
+        .values(dispatched_at=None, dispatch_requested_at=None)
+    )

@@ -1,17 +1,41 @@
-"""Projects and API keys."""
+"""Projects (their limits' rows, what they store) and API keys."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
-from app.db.models import ApiKey, Project
+from app.db.models import ApiKey, Artifact, Checkpoint, Dataset, Job, Project
 
 
 def project_by_name(session: Session, name: str) -> Project | None:
     return session.scalar(select(Project).where(Project.name == name))
+
+
+def get(session: Session, project_id: str) -> Project | None:
+    return session.get(Project, project_id)
+
+
+def by_ids(session: Session, project_ids: Collection[str]) -> dict[str, Project]:
+    """The projects among ``project_ids`` that have a row (the default project may have none)."""
+    return {p.id: p for p in session.scalars(select(Project).where(Project.id.in_(list(project_ids))))}
+
+
+def stored_bytes(session: Session, project_id: str) -> int:
+    """Data set archives, checkpoints not yet deleted by retention, and artifacts of the project's jobs."""
+    archives = select(func.coalesce(func.sum(Dataset.bytes), 0)).where(Dataset.project_id == project_id)
+    checkpoints = select(func.coalesce(func.sum(Checkpoint.bytes), 0)).where(
+        Checkpoint.project_id == project_id, Checkpoint.deleted_at.is_(None)
+    )
+    artifacts = (
+        select(func.coalesce(func.sum(Artifact.bytes), 0))
+        .join(Job, Job.id == Artifact.job_id)
+        .where(Job.project_id == project_id)
+    )
+    return sum(int(session.scalar(query) or 0) for query in (archives, checkpoints, artifacts))
 
 
 def active_key_by_hash(session: Session, key_hash: str, now: datetime) -> ApiKey | None:
