@@ -52,6 +52,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def marker_client_name(key_prefix: str) -> str:
+    """The name the sweep's marker connection shows in Redis's CLIENT LIST (no spaces: Redis refuses them)."""
+    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in f"{key_prefix}finetune-broker-marker")
+
+
 class TaskQueue:
     """Sends the worker's tasks. Call its ``send_*`` through ``app.dispatch.after_commit.send_after_commit``."""
 
@@ -59,6 +64,14 @@ class TaskQueue:
         self.settings = settings
         self.celery = Celery("finetune-api", set_as_current=False)
         self.celery.conf.update(celery_config(settings))
+        # The sweep's marker client, kept: its pool keeps one connection for every pass (it connects on first use).
+        self._marker: redis.Redis | None = None
+        if settings.celery_broker_url.startswith(("redis://", "rediss://")):
+            self._marker = redis.Redis.from_url(
+                settings.celery_broker_url,
+                socket_timeout=3,
+                client_name=marker_client_name(settings.broker_key_prefix),
+            )
 
     def _send(self, name: str, object_id: str, queue: str | None = None, **options: Any) -> str:
         result = self.celery.send_task(
@@ -96,11 +109,10 @@ class TaskQueue:
         or flushed): a marker key set when missing is gone with them. Its first setting counts too, which
         re-sends the tasks in flight once (a duplicate is a no-op). False for other transports, and while
         Redis does not answer (the next sweep asks again)."""
-        if not self.settings.celery_broker_url.startswith(("redis://", "rediss://")):
+        if self._marker is None:
             return False
         try:
-            with redis.Redis.from_url(self.settings.celery_broker_url, socket_timeout=3) as client:
-                return bool(client.set(f"{self.settings.broker_key_prefix}finetune:broker-marker", "1", nx=True))
+            return bool(self._marker.set(f"{self.settings.broker_key_prefix}finetune:broker-marker", "1", nx=True))
         except redis.RedisError:
             log.warning("the broker did not answer the sweep", exc_info=True)
             return False
@@ -112,3 +124,5 @@ class TaskQueue:
 
     def close(self) -> None:
         self.celery.close()
+        if self._marker is not None:
+            self._marker.close()

@@ -3,6 +3,7 @@ limits answered with 429, and the order in which waiting jobs of competing proje
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import update
 
 from app.db.models import Job, Project
 from app.db.session import transaction
+from app.dispatch.broker import marker_client_name
 from app.dispatch.names import GPU_QUEUE, TRAIN_JOB
 from app.dispatch.sweep import sweep
 from app.main import create_app
@@ -136,3 +138,28 @@ async def test_a_resumed_job_is_sent_at_once_when_its_project_has_a_free_slot(cl
     assert _sent(app) == [job_id]
     assert (await client.post(f"/v1/jobs/{job_id}/resume")).json()["status"] == "queued"  # a repeat: nothing more
     assert _sent(app) == []
+
+
+def test_the_sweep_keeps_one_connection_for_the_broker_marker(app: FastAPI, limited: Settings) -> None:
+    """Every pass asks the marker over the same Redis connection (it used to connect anew every 5 s); closing
+    the queue lets it go."""
+    services = app.state.runtime
+    if not limited.celery_broker_url.startswith("redis"):
+        pytest.skip("the marker lives in Redis")
+    name = marker_client_name(limited.broker_key_prefix)
+    observer = redis.Redis.from_url(limited.celery_broker_url)
+
+    def marker_connections() -> list[str]:
+        return sorted(str(entry["id"]) for entry in observer.client_list() if entry.get("name") == name)
+
+    seen = []
+    for _ in range(3):
+        sweep(services)
+        seen.append(marker_connections())
+    assert len(seen[0]) == 1 and seen == [seen[0]] * 3, seen
+    services.queue.close()
+    deadline = time.monotonic() + 30
+    while marker_connections() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker_connections() == []
+    observer.close()
