@@ -42,6 +42,7 @@ from app.client.models import (
     Spec,
     Sweep,
     SweepList,
+    SweepStatus,
     WebhookDelivery,
     WebhookDeliveryList,
     WebhookEndpoint,
@@ -55,6 +56,7 @@ M = TypeVar("M", bound=BaseModel)
 Query = list[tuple[str, str]]
 SpecInput = Spec | Mapping[str, Any]
 Statuses = JobStatus | str | Iterable[JobStatus | str]
+SweepStatuses = SweepStatus | str | Iterable[SweepStatus | str]
 Moment = datetime | int
 
 
@@ -175,11 +177,12 @@ def _query(**values: str | int | None) -> Query:
     return [(name, str(value)) for name, value in values.items() if value is not None]
 
 
-def _statuses(status: Statuses | None) -> Query:
+def _statuses(status: Statuses | SweepStatuses | None, vocabulary: type[JobStatus | SweepStatus] = JobStatus) -> Query:
+    """``status`` repeated, once for each of the given statuses (checked against ``vocabulary``)."""
     if status is None:
         return []
     items = [status] if isinstance(status, str) else list(status)
-    return [("status", str(JobStatus(item))) for item in items]
+    return [("status", str(vocabulary(item))) for item in items]
 
 
 def spec_body(spec: SpecInput) -> dict[str, Any]:
@@ -409,8 +412,9 @@ def create_sweep(body: Mapping[str, Any], *, idempotency_key: str | None) -> Cal
     return Call("POST", "/v1/sweeps", model(Sweep), json=sent, headers=headers)
 
 
-def list_sweeps(*, after: str | None, limit: int | None) -> Call[SweepList]:
-    return Call("GET", "/v1/sweeps", model(SweepList), params=_query(after=after, limit=limit))
+def list_sweeps(*, status: SweepStatuses | None, after: str | None, limit: int | None) -> Call[SweepList]:
+    params = _statuses(status, SweepStatus) + _query(after=after, limit=limit)
+    return Call("GET", "/v1/sweeps", model(SweepList), params=params)
 
 
 def get_sweep(sweep_id: str) -> Call[Sweep]:

@@ -26,7 +26,7 @@ from typing import IO, Any, TypeVar
 import httpx
 
 from app.client import calls
-from app.client.calls import Call, Moment, SpecInput, Statuses, UploadProgress
+from app.client.calls import Call, Moment, SpecInput, Statuses, SweepStatuses, UploadProgress
 from app.client.config import (
     DEFAULT_TIMEOUT,
     Retry,
@@ -526,11 +526,14 @@ class SyncSweeps:
     def create(self, body: Mapping[str, Any], *, idempotency_key: str | None = None) -> Sweep:
         return self._client.send(calls.create_sweep(body, idempotency_key=idempotency_key))
 
-    def list(self, *, after: str | None = None, limit: int | None = None) -> SweepList:
-        return self._client.send(calls.list_sweeps(after=after, limit=limit))
+    def list(
+        self, *, status: SweepStatuses | None = None, after: str | None = None, limit: int | None = None
+    ) -> SweepList:
+        """One page, newest first; ``status`` may name several."""
+        return self._client.send(calls.list_sweeps(status=status, after=after, limit=limit))
 
-    def list_all(self, *, page_size: int = 100) -> Iterator[Sweep]:
-        return self._client._pages(lambda after: self.list(after=after, limit=page_size))
+    def list_all(self, *, status: SweepStatuses | None = None, page_size: int = 100) -> Iterator[Sweep]:
+        return self._client._pages(lambda after: self.list(status=status, after=after, limit=page_size))
 
     def get(self, sweep_id: str) -> Sweep:
         return self._client.send(calls.get_sweep(sweep_id))

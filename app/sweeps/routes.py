@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from app.api.deps import CallerDep, IdempotencyKeyHeader, QueueDep, SessionDep, SettingsDep
 from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
 from app.services.idempotency import IdempotencyKey, request_hash
+from app.statuses import SweepStatus
 from app.sweeps import service
 from app.sweeps.schemas import Sweep, SweepCreate, SweepList
 
@@ -40,10 +41,16 @@ def create_sweep(
 
 
 @router.get("", response_model=SweepList, summary="List sweeps", responses=error_responses())
-def list_sweeps(caller: CallerDep, session: SessionDep, after: After = None, limit: Limit = 20) -> SweepList:
-    """Newest first."""
-    rows, has_more = service.list_sweeps(session, caller.project_id, after=after, limit=limit)
-    return list_page(SweepList, rows, has_more, lambda row: service.show(session, row))
+def list_sweeps(
+    caller: CallerDep,
+    session: SessionDep,
+    status: Annotated[list[SweepStatus] | None, Query(max_length=8)] = None,
+    after: After = None,
+    limit: Limit = 20,
+) -> SweepList:
+    """Newest first; `status` (repeatable) keeps the sweeps in those statuses."""
+    views, has_more = service.list_sweeps(session, caller.project_id, statuses=status or (), after=after, limit=limit)
+    return list_page(SweepList, views, has_more, lambda view: view)
 
 
 @router.get("/{sweep_id}", response_model=Sweep, summary="Get a sweep", responses=error_responses(404))
@@ -53,6 +60,7 @@ def get_sweep(sweep_id: SweepId, caller: CallerDep, session: SessionDep) -> Swee
 
 
 @router.post("/{sweep_id}/cancel", response_model=Sweep, summary="Cancel a sweep", responses=error_responses(404, 409))
-def cancel_sweep(sweep_id: SweepId, caller: CallerDep, session: SessionDep) -> Sweep:
-    """No more trials; its queued and running trials are cancelled (a running one stops at its next step)."""
-    return service.show(session, service.cancel_sweep(session, caller.project_id, sweep_id))
+def cancel_sweep(sweep_id: SweepId, caller: CallerDep, session: SessionDep, settings: SettingsDep) -> Sweep:
+    """No more trials; its queued and running trials are cancelled (a running one stops at its next step), and
+    its study's open trials are closed (told FAIL, or how their job ended)."""
+    return service.show(session, service.cancel_sweep(session, settings, caller.project_id, sweep_id))

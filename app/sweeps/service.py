@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session
 from app.clock import utcnow
 from app.db.models import Job, Sweep
 from app.db.session import transaction
+from app.dispatch.after_commit import send_after_commit
 from app.dispatch.broker import TaskQueue
 from app.errors import Conflict, InvalidSpec, NotFound, ServiceError
 from app.ids import new_id
@@ -139,13 +142,19 @@ def get_sweep(session: Session, project_id: str, sweep_id: str) -> Sweep:
     return sweep
 
 
-def list_sweeps(session: Session, project_id: str, *, after: str | None, limit: int) -> tuple[list[Sweep], bool]:
-    return repository.page(session, project_id, after=after, limit=limit)
+def list_sweeps(
+    session: Session, project_id: str, *, statuses: Collection[SweepStatus] = (), after: str | None, limit: int
+) -> tuple[list[SweepView], bool]:
+    """A page of sweeps, shown; the trials of the whole page come in one query, whatever its length."""
+    rows, has_more = repository.page(session, project_id, statuses=statuses, after=after, limit=limit)
+    trials = repository.trials_of(session, [row.id for row in rows])
+    return [_view(row, trials[row.id]) for row in rows], has_more
 
 
-def cancel_sweep(session: Session, project_id: str, sweep_id: str) -> Sweep:
+def cancel_sweep(session: Session, settings: Settings, project_id: str, sweep_id: str) -> Sweep:
     """No more trials; the queued and running ones are cancelled (a running one stops at its next step).
-    Cancelling a cancelled sweep changes nothing; a finished one is a 409."""
+    Cancelling a cancelled sweep changes nothing but closing its study's open trials (see ``_close_study``);
+    a finished one is a 409."""
     sweep = get_sweep(session, project_id, sweep_id)
     sweep = repository.locked(session, sweep.id) or sweep
     if sweep.status == SweepStatus.SUCCEEDED:
@@ -153,16 +162,38 @@ def cancel_sweep(session: Session, project_id: str, sweep_id: str) -> Sweep:
     if sweep.status == SweepStatus.RUNNING:
         now = utcnow()
         sweep.status, sweep.updated_at, sweep.finished_at = SweepStatus.CANCELLED, now, now
+    outcomes: dict[int, TrialOutcome] = {}
     for job in repository.trials(session, sweep.id):
-        if not JobStatus(job.status).is_terminal and job.status != JobStatus.CANCELLING:
-            job_state.request_cancel(session, job.id)
+        status = JobStatus(job.status)
+        if not status.is_terminal and status != JobStatus.CANCELLING:
+            status = job_state.request_cancel(session, job.id)
+        if job.sweep_trial is not None:
+            outcomes[job.sweep_trial] = TrialOutcome(status, trial_objective(job, sweep))
+    name, mode = sweep.id, sweep.objective["mode"]
+    send_after_commit(session, lambda: _close_study(settings, name, mode, outcomes))
     return sweep
+
+
+def _close_study(settings: Settings, name: str, mode: str, outcomes: dict[int, TrialOutcome]) -> None:
+    """Tell the cancelled sweep's study how each of its open trials ended, so that none stays RUNNING: a trial
+    whose job ended as it would have been told by the driver; one still stopping (``cancelling``) FAIL.
+
+    FAIL rather than PRUNED: a cancel is the caller's decision, not the pruner's judgement of the parameters,
+    and Optuna's samplers learn from pruned trials' intermediate values (TPE ranks them) while they skip
+    failed ones; the driver already tells a ``cancelled`` trial FAIL. Run after the cancel commits (a rolled
+    back cancel closes nothing); a study that cannot be reached then keeps its RUNNING trials until the
+    sweep is cancelled again, which nothing else reads (the driver leaves a cancelled sweep alone)."""
+    _settle(study.open_study(settings, name, mode=mode), outcomes, closing=True)
 
 
 def show(session: Session, sweep: Sweep) -> SweepView:
     """The sweep with its trials (parameters, objective, status) and its best trial."""
+    return _view(sweep, repository.trials(session, sweep.id))
+
+
+def _view(sweep: Sweep, jobs: list[Job]) -> SweepView:
     objective = Objective.model_validate(sweep.objective)
-    trials = [(job, _trial(job, sweep)) for job in repository.trials(session, sweep.id)]
+    trials = [(job, _trial(job, sweep)) for job in jobs]
     scored = [pair for pair in trials if pair[1].status == JobStatus.SUCCEEDED and pair[1].objective is not None]
     best = None
     if scored:
@@ -242,7 +273,7 @@ def _fill(session: Session, queue: TaskQueue, settings: Settings, sweep: Sweep, 
     from optuna.trial import TrialState
 
     trials = repository.trials(session, sweep.id)
-    _settle(found, sweep, trials)
+    _settle(found, {job.sweep_trial: _outcome(job, sweep) for job in trials if job.sweep_trial is not None})
     active = sum(not JobStatus(job.status).is_terminal for job in trials)
     # Every trial handed out counts, however it ended (enqueued grid points wait and do not).
     handed_out = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -266,23 +297,35 @@ def _fill(session: Session, queue: TaskQueue, settings: Settings, sweep: Sweep, 
         log.info("sweep %s: all %d trials ended", sweep.id, sweep.max_trials)
 
 
-def _settle(found: optuna.Study, sweep: Sweep, trials: list[Job]) -> None:
-    """Tell the study how each trial that ended did; fail its trials whose job never committed."""
+@dataclass(frozen=True)
+class TrialOutcome:
+    """A trial's job as the study is told of it: its status and the objective it reached."""
+
+    status: JobStatus
+    objective: float | None
+
+
+def _outcome(job: Job, sweep: Sweep) -> TrialOutcome:
+    return TrialOutcome(JobStatus(job.status), trial_objective(job, sweep))
+
+
+def _settle(found: optuna.Study, outcomes: dict[int, TrialOutcome], *, closing: bool = False) -> None:
+    """Tell the study how each trial that ended did; fail its trials whose job never committed, and with
+    ``closing`` (a cancelled sweep) those whose job is still stopping too."""
     from optuna.trial import TrialState
 
-    by_number = {job.sweep_trial: job for job in trials}
     for frozen in found.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        job = by_number.get(frozen.number)
-        if job is None:
+        outcome = outcomes.get(frozen.number)
+        if outcome is None:
             found.tell(frozen.number, state=TrialState.FAIL)  # asked by a pass that rolled back
             continue
-        status = JobStatus(job.status)
-        if not status.is_terminal:
+        if not outcome.status.is_terminal:
+            if closing:
+                found.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
             continue
-        value = trial_objective(job, sweep)
-        if status == JobStatus.SUCCEEDED and value is not None:
-            found.tell(frozen.number, value, skip_if_finished=True)
-        elif status == JobStatus.PRUNED:
+        if outcome.status == JobStatus.SUCCEEDED and outcome.objective is not None:
+            found.tell(frozen.number, outcome.objective, skip_if_finished=True)
+        elif outcome.status == JobStatus.PRUNED:
             found.tell(frozen.number, state=TrialState.PRUNED, skip_if_finished=True)
         else:  # failed, cancelled, or succeeded without the objective's metric
             found.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from app.statuses import SweepStatus
 from cli.options import GlobalOptions, json_option, pass_options
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from app.client.models import Sweep
 
 POLL_SECONDS = 2.0
+SWEEP_STATUSES = [status.value for status in SweepStatus]
 
 
 @click.group()
@@ -61,12 +63,13 @@ def get(options: GlobalOptions, sweep_id: str, follow: bool) -> None:
 
 
 @sweeps.command("list")
+@click.option("--status", type=click.Choice(SWEEP_STATUSES), multiple=True, help="Only these statuses (repeatable).")
 @json_option
 @pass_options
-def list_sweeps(options: GlobalOptions) -> None:
+def list_sweeps(options: GlobalOptions, status: tuple[str, ...]) -> None:
     """The project's sweeps, newest first."""
     with options.client() as client:
-        rows = list(client.sweeps.list_all())
+        rows = list(client.sweeps.list_all(status=status or None))
     options.show(rows, sweep_list_table)
 
 

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.client import AsyncClient, Client
+from app.client.models import SweepStatus
 from cli.main import main
 from tests.app.client import worker_side
 from tests.app.client.server import REPO
@@ -39,6 +40,9 @@ def test_sweeps_commands_submit_show_list_and_cancel(finetune, worker_factory, t
     assert listed.exit_code == 0 and sweep["id"] in listed.stdout
     cancelled = finetune("--json", "sweeps", "cancel", sweep["id"])
     assert cancelled.exit_code == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
+    for status, expected in (("cancelled", [sweep["id"]]), ("running", [])):
+        filtered = finetune("--json", "sweeps", "list", "--status", status)
+        assert filtered.exit_code == 0 and [s["id"] for s in json.loads(filtered.stdout)] == expected, filtered.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({"spec": {}, "space": {"optimizer.momentum": {"choice": [0.5, 2]}}}))
     refused = finetune("sweeps", "submit", str(bad), "--dataset", dataset_id)
@@ -58,6 +62,9 @@ async def test_the_clients_sweep_methods(api_server, api_key, worker_factory):
         sweep = client.sweeps.create(body)
         assert [trial.params for trial in sweep.trials] == [{"optimizer.lr": 0.1}]
         assert client.sweeps.get(sweep.id).max_trials == 2
+        assert [found.id for found in client.sweeps.list(status=["running", "succeeded"]).data] == [sweep.id]
     async with AsyncClient(api_server.url, api_key) as client:
         assert [found.id async for found in client.sweeps.list_all()] == [sweep.id]
         assert (await client.sweeps.cancel(sweep.id)).status == "cancelled"
+        assert [found.id async for found in client.sweeps.list_all(status="running")] == []
+        assert [found.id for found in (await client.sweeps.list(status=SweepStatus.CANCELLED)).data] == [sweep.id]

@@ -5,12 +5,14 @@ cancel, the list, and Optuna's tables kept apart from the service's."""
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
+from app.db.models import Sweep
 from app.db.session import transaction
 from app.dispatch.names import GPU_QUEUE, TRAIN_JOB
 from app.services import job_records, job_state
@@ -201,3 +203,65 @@ def test_the_example_sweep_is_a_valid_sweep():
     body.spec["data"]["dataset"] = "ds_01JAAAAAAAAAAAAAAAAAAAAAAA"  # what `sweeps submit --dataset` sets
     spec = check_space(body.spec, parse_space(body.space), seed=0)
     assert spec.optimizer.name == "sgd" and body.early_stopping is not None
+
+
+async def test_the_list_filters_by_status_and_reads_a_pages_trials_in_one_query(client, app, dataset):
+    made = [await submit(client, sweep_body(dataset["id"], name=f"s{n}")) for n in range(3)]  # 2 trials each
+    assert (await client.post(f"/v1/sweeps/{made[0]['id']}/cancel")).status_code == 200
+
+    async def listed(*statuses: str) -> list[str]:
+        page = await client.get("/v1/sweeps", params=[("status", status) for status in statuses])
+        assert page.status_code == 200, page.text
+        return [sweep["id"] for sweep in page.json()["data"]]
+
+    assert await listed("cancelled") == [made[0]["id"]]
+    assert await listed("running") == [made[2]["id"], made[1]["id"]]
+    assert await listed("running", "cancelled") == await listed() == [s["id"] for s in reversed(made)]
+    assert await listed("succeeded") == []
+    assert (await client.get("/v1/sweeps", params={"status": "sideways"})).status_code == 422
+
+    # The statements of one page, counted where SQLAlchemy sends them: as many for three sweeps as for one.
+    engine, here, statements = app.state.engine, threading.get_ident(), []
+
+    def count(_conn, _cursor, statement, *_args):
+        if threading.get_ident() == here:
+            statements.append(statement)
+
+    with transaction(app.state.session_factory) as session:
+        project_id = session.get(Sweep, made[0]["id"]).project_id
+    counts = {}
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for limit in (1, 3):
+            statements.clear()
+            with transaction(app.state.session_factory) as session:
+                views, _ = service.list_sweeps(session, project_id, after=None, limit=limit)
+                assert len(views) == limit and all(sum(v.trial_counts.values()) == 2 for v in views)
+            counts[limit] = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(counts[3]) == len(counts[1]) == 2, counts  # the page, then every trial of the page
+
+
+async def test_a_cancel_closes_the_studys_open_trials(client, app, dataset):
+    """A cancelled sweep's study keeps no RUNNING trial: one whose job ended is told as the driver would
+    (here a success, with its value), one still stopping is told FAIL."""
+    from optuna.trial import TrialState
+
+    from app.sweeps.study import open_study
+
+    sweep = await submit(client, sweep_body(dataset["id"]))
+    first, second = (trial["job_id"] for trial in sweep["trials"])
+    run_trial(app, first, 0.8)  # ended, and no driver pass has told the study yet
+    with transaction(app.state.session_factory) as session:
+        assert job_state.claim_job(session, second, "w", 60)  # running: the cancel leaves it cancelling
+
+    def states() -> list[tuple[TrialState, float | None]]:
+        return [(t.state, t.value) for t in open_study(app.state.settings, sweep["id"], mode="max").trials]
+
+    assert states() == [(TrialState.RUNNING, None), (TrialState.RUNNING, None)]
+    cancelled = (await client.post(f"/v1/sweeps/{sweep['id']}/cancel")).json()
+    assert [t["status"] for t in cancelled["trials"]] == ["succeeded", "cancelling"]
+    assert states() == [(TrialState.COMPLETE, 0.8), (TrialState.FAIL, None)]
+    assert (await client.post(f"/v1/sweeps/{sweep['id']}/cancel")).status_code == 200  # again: nothing to tell
+    assert states() == [(TrialState.COMPLETE, 0.8), (TrialState.FAIL, None)]
