@@ -105,10 +105,8 @@ class JobCallbacks(Callbacks):
 
     def on_epoch(self, metrics: dict[str, Any]) -> None:
         self.publisher.put(Epoch(metrics))
-        # One round trip to the study per epoch, on the training thread: the run must know before its next step.
-        if self.pruning is not None and self.pruned_at is None and self.pruning.should_prune(metrics):
-            self.pruned_at = int(metrics["epoch"])
-            self.pruned_objective = metrics.get(self.pruning.metric)
+        if self.pruning is not None:
+            self.pruning.report(metrics)  # on the reporter's thread: the next step's should_stop takes the answer
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -128,6 +126,9 @@ class JobCallbacks(Callbacks):
         self.publisher.put(Note(EventType.WARNING, message, {"rollback": info.to_dict()}))
 
     def should_stop(self) -> Stop | None:
+        verdict = self.pruning.answer() if self.pruning is not None else None
+        if verdict is not None and self.pruned_at is None:
+            self.pruned_at, self.pruned_objective = verdict.epoch, verdict.objective
         if self.pruned_at is not None:
             return Stop.CANCEL  # the cancel path: stop now, no checkpoint; the job ends pruned
         if self.preempt.is_set() or self.keeper.stop_reason == "pause":
@@ -244,15 +245,19 @@ class JobRunner:
             if inputs.sweep_trial is not None:
                 callbacks.pruning = TrialReporter.open(self.services.settings, inputs.sweep_trial)
             # training.devices processes: this one, or ranks under torch's elastic launcher (training.distributed)
-            result = fit_on_devices(
-                inputs.spec,
-                self.run_dir,
-                data_path=inputs.data,
-                init_from=inputs.init_from,
-                callbacks=callbacks,
-                settings=self.services.settings.engine,
-                resume_from=inputs.resume_from,
-            )
+            try:
+                result = fit_on_devices(
+                    inputs.spec,
+                    self.run_dir,
+                    data_path=inputs.data,
+                    init_from=inputs.init_from,
+                    callbacks=callbacks,
+                    settings=self.services.settings.engine,
+                    resume_from=inputs.resume_from,
+                )
+            finally:
+                if callbacks.pruning is not None:
+                    callbacks.pruning.close()  # the last epoch's report reaches the study before the job ends
         except RanksLost as error:
             return self._lose_attempt(publisher, keeper, str(error))
         except TrainingError as error:
