@@ -5,6 +5,13 @@ an address-space limit (``RLIMIT_AS``) and a time limit, and that dies with its 
 (``PR_SET_PDEATHSIG``). Whatever the archive does to the child (a header that asks for gigabytes, a
 decoder that loops), the caller gets a ``DatasetError`` it can record: the data set's own problems, or
 ``validation_crashed`` / ``validation_timeout`` naming the limit that was hit.
+
+The memory limit counts what the validation allocates beyond the child's own start-up (its interpreter,
+Pillow and numpy map about 135 MiB of address space before reading a byte, more with every BLAS thread
+and library version): the child sets ``RLIMIT_AS`` to what it has mapped once imported, plus the limit. So
+one setting means the same on every host, and a small one cannot make every validation fail. BLAS runs one
+thread here (image checks do no linear algebra): OpenBLAS maps a buffer per core at import, about 40 MiB
+each, which on a many-core host would take gigabytes of the address space before the first image.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from training.settings import EngineSettings
 
 PR_SET_PDEATHSIG = 1
 _OUT_OF_MEMORY_EXIT = 86
+# Read by numpy's BLAS (and OpenMP) when it is imported: one thread, and one buffer, not one per core.
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> None:
@@ -59,6 +68,7 @@ def validate_in_child(archive: Path, work_dir: Path, settings: EngineSettings, l
             capture_output=True,
             timeout=limits.timeout_seconds,
             check=False,
+            env={**os.environ, **_ONE_THREAD},
         )
     except subprocess.TimeoutExpired:  # run() has killed the child
         raise DatasetError(
@@ -81,10 +91,19 @@ def validate_in_child(archive: Path, work_dir: Path, settings: EngineSettings, l
     raise DatasetError("validation_crashed", [f"{archive.name}: the validator {what}; the archive was refused"])
 
 
+def mapped_bytes() -> int:
+    """The address space this process has mapped (Linux; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def _child_main() -> int:
     request = json.loads(sys.stdin.buffer.read())
     die_with_parent()
-    limit = int(request["memory_bytes"])
+    limit = mapped_bytes() + int(request["memory_bytes"])  # beyond what the imports above mapped
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         report = validate_dataset(

@@ -50,11 +50,13 @@ def large_png(width: int, height: int) -> bytes:
 
 
 async def test_a_validator_over_its_memory_limit_ends_the_data_set_failed(client, app, settings):
-    # 36 MB to decode (under the 40 Mpx image limit), in a validator held to 64 MiB of address space
-    # (its Python and Pillow take about 50): the decoder's allocation fails, and the child with it.
-    files = {**image_tree(), "train/cat/huge.png": large_png(4000, 3000)}
-    dataset_id = await uploaded(client, files)
+    # 108 MB to decode (36 Mpx, under the 40 Mpx image limit), in a validator allowed 64 MiB beyond its start-up:
+    # the decoder's allocation fails, and the child with it. The same limit lets a good set through, one with a
+    # 12 MB image to decode too (under the validator's start-up of about 135 MiB a limit of 64 would fail it).
     settings.validation_memory_mb = 64
+    fine = validate(app, settings, await uploaded(client, {**image_tree(), "train/dog/big.png": large_png(2000, 2000)}))
+    assert (fine["status"], fine["code"]) == (DatasetStatus.READY, None), fine
+    dataset_id = await uploaded(client, {**image_tree(), "train/cat/huge.png": large_png(6000, 6000)})
     shown = validate(app, settings, dataset_id)
     assert shown["status"] == DatasetStatus.FAILED
     assert shown["code"] == "validation_crashed"
