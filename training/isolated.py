@@ -8,10 +8,12 @@ decoder that loops), the caller gets a ``DatasetError`` it can record: the data 
 
 The memory limit counts what the validation allocates beyond the child's own start-up (its interpreter,
 Pillow and numpy map about 135 MiB of address space before reading a byte, more with every BLAS thread
-and library version): the child sets ``RLIMIT_AS`` to what it has mapped once imported, plus the limit. So
-one setting means the same on every host, and a small one cannot make every validation fail. BLAS runs one
-thread here (image checks do no linear algebra): OpenBLAS maps a buffer per core at import, about 40 MiB
-each, which on a many-core host would take gigabytes of the address space before the first image.
+and library version) and its decode threads' stacks: the child sets ``RLIMIT_AS`` to what it has mapped
+once imported, plus those stacks, plus the limit. So one setting means the same on every host, and a small
+one cannot make every validation fail. Address space reserved per thread or core and never used is kept
+out of the budget: BLAS runs one thread here (image checks do no linear algebra; OpenBLAS maps about
+40 MiB per core at import, gigabytes on a many-core host), and malloc one arena (glibc reserves 64 MiB of
+address space for each thread's arena).
 """
 
 from __future__ import annotations
@@ -23,17 +25,22 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.dataset_check import DatasetReport, validate_dataset
+from training.decoding import decode_threads
 from training.errors import DatasetError
 from training.settings import EngineSettings
 
 PR_SET_PDEATHSIG = 1
 _OUT_OF_MEMORY_EXIT = 86
-# Read by numpy's BLAS (and OpenMP) when it is imported: one thread, and one buffer, not one per core.
-_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Read at start-up by numpy's BLAS (and OpenMP): one thread and one buffer, not one per core; by glibc's
+# malloc: one arena for every thread, not a 64 MiB reservation each.
+VALIDATOR_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
+_THREAD_STACK_BYTES = 8 << 20  # each decode thread's stack (glibc's usual default, set explicitly here)
+_GUARD_BYTES = 64 << 10  # the guard page(s) below each stack, with room to spare
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> None:
@@ -68,7 +75,7 @@ def validate_in_child(archive: Path, work_dir: Path, settings: EngineSettings, l
             capture_output=True,
             timeout=limits.timeout_seconds,
             check=False,
-            env={**os.environ, **_ONE_THREAD},
+            env={**os.environ, **VALIDATOR_ENV},
         )
     except subprocess.TimeoutExpired:  # run() has killed the child
         raise DatasetError(
@@ -100,10 +107,17 @@ def mapped_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def address_space_limit(memory_bytes: int) -> int:
+    """What this process has mapped, plus its decode threads' stacks, plus ``memory_bytes``."""
+    threading.stack_size(_THREAD_STACK_BYTES)
+    stacks = decode_threads() * (_THREAD_STACK_BYTES + _GUARD_BYTES)
+    return mapped_bytes() + stacks + memory_bytes
+
+
 def _child_main() -> int:
     request = json.loads(sys.stdin.buffer.read())
     die_with_parent()
-    limit = mapped_bytes() + int(request["memory_bytes"])  # beyond what the imports above mapped
+    limit = address_space_limit(int(request["memory_bytes"]))  # beyond what the imports above mapped
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         report = validate_dataset(
