@@ -1,7 +1,8 @@
 """Hostile requests against a real uvicorn server: a 64 MiB body is refused as it streams, with the
 server's memory flat, and a flood of them leaves /healthz fast; two dozen dry runs of a billion epochs
-answer in bounded time while /healthz stays fast and the server's memory bounded; concurrent creates with one Idempotency-Key make one job, as many with distinct keys make as many
-jobs, each sent to the broker once."""
+answer in bounded time while /healthz stays fast and the server's memory bounded; concurrent creates with
+one Idempotency-Key make one job, as many with distinct keys make as many jobs, each sent to the broker
+once."""
 
 from __future__ import annotations
 
