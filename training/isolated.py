@@ -35,11 +35,13 @@ from training.errors import DatasetError
 from training.settings import EngineSettings
 
 PR_SET_PDEATHSIG = 1
-_OUT_OF_MEMORY_EXIT = 86
+OUT_OF_MEMORY_EXIT = 86
 # Read at start-up by numpy's BLAS (and OpenMP): one thread and one buffer, not one per core; by glibc's
 # malloc: one arena for every thread, not a 64 MiB reservation each.
 VALIDATOR_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
-_THREAD_STACK_BYTES = 8 << 20  # each decode thread's stack (glibc's usual default, set explicitly here)
+# Each decode thread's stack: image decoders need little (macOS gives a thread 512 KiB). glibc's 8 MiB would
+# put up to 64 MiB of the budget in stacks that are reserved, not used, and an image could take that too.
+_THREAD_STACK_BYTES = 2 << 20
 _GUARD_BYTES = 64 << 10  # the guard page(s) below each stack, with room to spare
 
 
@@ -90,7 +92,7 @@ def validate_in_child(archive: Path, work_dir: Path, settings: EngineSettings, l
         if "error" in answer:
             raise DatasetError(answer["error"]["code"], answer["error"]["problems"])
         return DatasetReport(**answer["report"])
-    if done.returncode == _OUT_OF_MEMORY_EXIT or done.returncode == -signal.SIGKILL:
+    if done.returncode == OUT_OF_MEMORY_EXIT or done.returncode == -signal.SIGKILL:
         what = f"ran out of its memory limit of {limits.memory_mb} MiB (FT_VALIDATION_MEMORY_MB)"
     else:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
@@ -127,7 +129,7 @@ def _child_main() -> int:
     except DatasetError as error:
         answer = {"error": {"code": error.code, "problems": error.problems}}
     except MemoryError:
-        os._exit(_OUT_OF_MEMORY_EXIT)  # nothing more can be allocated: not even a message
+        os._exit(OUT_OF_MEMORY_EXIT)  # nothing more can be allocated: not even a message
     sys.stdout.write(json.dumps(answer))
     return 0
 

@@ -301,13 +301,14 @@ def overlapping_entries(folder: Path) -> Path:
 
 
 def image_past_the_validators_memory(folder: Path) -> Path:
-    """A one-colour PNG of 6000 x 6000 (36 Mpx, under FT_IMAGE_MAX_PIXELS): a few KB that decode to 108 MB."""
+    """A one-colour RGBA PNG of 6000 x 6000 (36 Mpx, under FT_IMAGE_MAX_PIXELS): a few KB that decode to 144 MB,
+    past the validator's 64 MiB however many decode threads' stacks (2 MiB each, at most 8) it counts too."""
     import io
 
     from PIL import Image
 
     out = io.BytesIO()
-    Image.new("RGB", (6000, 6000), (10, 200, 30)).save(out, format="PNG")
+    Image.new("RGBA", (6000, 6000), (10, 200, 30, 255)).save(out, format="PNG")
     path = folder / "huge.zip"
     path.write_bytes(zip_bytes({**image_tree(), "train/cat/huge.png": out.getvalue()}))
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.isolated import VALIDATOR_ENV
+from training.isolated import OUT_OF_MEMORY_EXIT, VALIDATOR_ENV
 from training.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,15 +39,14 @@ def image_set(root: Path, per_class: int) -> Path:
     return root
 
 
-def test_a_small_limit_lets_a_good_set_through_on_a_many_core_host(tmp_path):
-    folder = image_set(tmp_path / "set", per_class=300)
+def validate_on_16_cores(folder: Path, work_dir: Path) -> subprocess.CompletedProcess[bytes]:
     request = {
         "archive": str(folder),
-        "work_dir": str(tmp_path / "work"),
+        "work_dir": str(work_dir),
         "settings": EngineSettings().model_dump(mode="json"),
         "memory_bytes": 64 << 20,  # the smallest FT_VALIDATION_MEMORY_MB
     }
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", ON_16_CORES],
         input=json.dumps(request).encode(),
         capture_output=True,
@@ -56,8 +55,20 @@ def test_a_small_limit_lets_a_good_set_through_on_a_many_core_host(tmp_path):
         timeout=300,
         check=False,
     )
+
+
+def test_a_small_limit_lets_a_good_set_through_on_a_many_core_host(tmp_path):
+    done = validate_on_16_cores(image_set(tmp_path / "set", per_class=300), tmp_path / "work")
     stderr = done.stderr.decode()
     assert done.returncode == 0, stderr[-2000:]
     answer = json.loads(done.stdout)
     assert answer["report"]["counts"]["train"] == {"cat": 300, "dog": 300}, answer
     assert "decode threads: 8" in stderr, stderr[-2000:]
+
+
+def test_an_image_past_the_limit_is_still_refused_on_a_many_core_host(tmp_path):
+    """The threads' stacks the budget adds are small: 144 MB to decode stays past 64 MiB with 8 threads."""
+    folder = image_set(tmp_path / "set", per_class=3)
+    Image.new("RGBA", (6000, 6000), (10, 200, 30, 255)).save(folder / "train" / "cat" / "huge.png")
+    done = validate_on_16_cores(folder, tmp_path / "work")
+    assert done.returncode == OUT_OF_MEMORY_EXIT, done.stderr.decode()[-2000:]
