@@ -200,7 +200,11 @@ class Settings(BaseSettings):
         20.0, gt=0, description="A dry run not planned within this time is answered 503 dry_run_timeout."
     )
     validation_memory_mb: int = Field(
-        2048, ge=64, description="Address-space limit of the child process that extracts and checks an upload."
+        2048,
+        ge=64,
+        description="Memory (address space) the child process that extracts and checks an upload may take "
+        "beyond its own start-up (about 135 MiB) and its decode threads' stacks; past it the data set ends "
+        "failed, validation_crashed.",
     )
     validation_timeout_seconds: float = Field(
         1800.0, gt=0, description="Time limit of the child process that extracts and checks an upload."

@@ -69,7 +69,7 @@ def in_chunks(count: int, work: Callable[[range], None], num_threads: int | None
     contend: with ``num_threads`` None the first chunk is timed and the rest stays on this thread when
     an image takes under ``_THREADED_MIN_SECONDS``.
     """
-    threads = num_threads if num_threads is not None else _default_threads()
+    threads = num_threads if num_threads is not None else decode_threads()
     chunks = [range(start, min(start + _DECODE_CHUNK, count)) for start in range(0, count, _DECODE_CHUNK)]
     if num_threads is None and threads > 1 and len(chunks) > 1:
         started = time.perf_counter()
@@ -85,7 +85,8 @@ def in_chunks(count: int, work: Callable[[range], None], num_threads: int | None
         list(pool.map(work, chunks))
 
 
-def _default_threads() -> int:
+def decode_threads() -> int:
+    """Threads that decode images when the caller does not say (``in_chunks``)."""
     return max(1, min(8, available_cpus()))
 
 

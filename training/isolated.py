@@ -5,6 +5,15 @@ an address-space limit (``RLIMIT_AS``) and a time limit, and that dies with its 
 (``PR_SET_PDEATHSIG``). Whatever the archive does to the child (a header that asks for gigabytes, a
 decoder that loops), the caller gets a ``DatasetError`` it can record: the data set's own problems, or
 ``validation_crashed`` / ``validation_timeout`` naming the limit that was hit.
+
+The memory limit counts what the validation allocates beyond the child's own start-up (its interpreter,
+Pillow and numpy map about 135 MiB of address space before reading a byte, more with every BLAS thread
+and library version) and its decode threads' stacks: the child sets ``RLIMIT_AS`` to what it has mapped
+once imported, plus those stacks, plus the limit. So one setting means the same on every host, and a small
+one cannot make every validation fail. Address space reserved per thread or core and never used is kept
+out of the budget: BLAS runs one thread here (image checks do no linear algebra; OpenBLAS maps about
+40 MiB per core at import, gigabytes on a many-core host), and malloc one arena (glibc reserves 64 MiB of
+address space for each thread's arena).
 """
 
 from __future__ import annotations
@@ -16,15 +25,24 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.dataset_check import DatasetReport, validate_dataset
+from training.decoding import decode_threads
 from training.errors import DatasetError
 from training.settings import EngineSettings
 
 PR_SET_PDEATHSIG = 1
-_OUT_OF_MEMORY_EXIT = 86
+OUT_OF_MEMORY_EXIT = 86
+# Read at start-up by numpy's BLAS (and OpenMP): one thread and one buffer, not one per core; by glibc's
+# malloc: one arena for every thread, not a 64 MiB reservation each.
+VALIDATOR_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
+# Each decode thread's stack: image decoders need little (macOS gives a thread 512 KiB). glibc's 8 MiB would
+# put up to 64 MiB of the budget in stacks that are reserved, not used, and an image could take that too.
+_THREAD_STACK_BYTES = 2 << 20
+_GUARD_BYTES = 64 << 10  # the guard page(s) below each stack, with room to spare
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> None:
@@ -59,6 +77,7 @@ def validate_in_child(archive: Path, work_dir: Path, settings: EngineSettings, l
             capture_output=True,
             timeout=limits.timeout_seconds,
             check=False,
+            env={**os.environ, **VALIDATOR_ENV},
         )
     except subprocess.TimeoutExpired:  # run() has killed the child
         raise DatasetError(
@@ -73,7 +92,7 @@ def validate_in_child(archive: Path, work_dir: Path, settings: EngineSettings, l
         if "error" in answer:
             raise DatasetError(answer["error"]["code"], answer["error"]["problems"])
         return DatasetReport(**answer["report"])
-    if done.returncode == _OUT_OF_MEMORY_EXIT or done.returncode == -signal.SIGKILL:
+    if done.returncode == OUT_OF_MEMORY_EXIT or done.returncode == -signal.SIGKILL:
         what = f"ran out of its memory limit of {limits.memory_mb} MiB (FT_VALIDATION_MEMORY_MB)"
     else:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
@@ -81,10 +100,26 @@ def validate_in_child(archive: Path, work_dir: Path, settings: EngineSettings, l
     raise DatasetError("validation_crashed", [f"{archive.name}: the validator {what}; the archive was refused"])
 
 
+def mapped_bytes() -> int:
+    """The address space this process has mapped (Linux; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def address_space_limit(memory_bytes: int) -> int:
+    """What this process has mapped, plus its decode threads' stacks, plus ``memory_bytes``."""
+    threading.stack_size(_THREAD_STACK_BYTES)
+    stacks = decode_threads() * (_THREAD_STACK_BYTES + _GUARD_BYTES)
+    return mapped_bytes() + stacks + memory_bytes
+
+
 def _child_main() -> int:
     request = json.loads(sys.stdin.buffer.read())
     die_with_parent()
-    limit = int(request["memory_bytes"])
+    limit = address_space_limit(int(request["memory_bytes"]))  # beyond what the imports above mapped
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         report = validate_dataset(
@@ -94,7 +129,7 @@ def _child_main() -> int:
     except DatasetError as error:
         answer = {"error": {"code": error.code, "problems": error.problems}}
     except MemoryError:
-        os._exit(_OUT_OF_MEMORY_EXIT)  # nothing more can be allocated: not even a message
+        os._exit(OUT_OF_MEMORY_EXIT)  # nothing more can be allocated: not even a message
     sys.stdout.write(json.dumps(answer))
     return 0
 

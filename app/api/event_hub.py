@@ -7,7 +7,8 @@ cost one Redis connection and one reader, not a poll each. A client whose queue 
 sees a gap in ``seq``, which it fills from the database, as it does at connect.
 
 Caps: at most ``max_streams_per_process`` clients in this process and ``max_streams_per_project`` per
-project; past them a new stream is a 429 that names the setting.
+project; past them a new stream is a 429 that names the setting. A stream holds a ``StreamPlace`` from
+before its response starts (the 429 must come before a 200) until its response ends, however it ends.
 """
 
 from __future__ import annotations
@@ -74,13 +75,15 @@ class EventHub:
                 code="too_many_streams",
             )
 
-    def reserve(self, project_id: str) -> None:
-        """Count a stream before its response starts (a 429 must come before the 200)."""
+    def reserve(self, project_id: str) -> StreamPlace:
+        """Count a stream before its response starts (a 429 must come before the 200); the caller gives the
+        place back with ``StreamPlace.release`` when the response ends."""
         self._admit(project_id)
         self.total += 1
         self.per_project[project_id] += 1
+        return StreamPlace(self, project_id)
 
-    def release(self, project_id: str) -> None:
+    def _release(self, project_id: str) -> None:
         self.total -= 1
         self.per_project[project_id] -= 1
         if self.per_project[project_id] <= 0:
@@ -198,6 +201,20 @@ class EventHub:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+
+
+class StreamPlace:
+    """One stream's place under the caps, given back once: a second ``release`` does nothing, so every
+    path that may end a stream (its generator, its response, an error before either) can call it."""
+
+    def __init__(self, hub: EventHub, project_id: str) -> None:
+        self._hub: EventHub | None = hub
+        self.project_id = project_id
+
+    def release(self) -> None:
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            hub._release(self.project_id)
 
 
 def _decode(raw: bytes) -> dict[str, Any]:

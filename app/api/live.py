@@ -5,7 +5,8 @@ gets every event after that one: the database is read first (it holds them all),
 from the process's one reader (``app.api.event_hub``: the jobs' Redis streams, or without Redis the
 database); an event is committed to the database before it reaches the stream, so a gap seen live is
 filled from the database. The stream ends after the job's terminal status event. Streams are capped per
-process and per project (429).
+process and per project (429); a stream's place is given back when its response ends, however it ends
+(``CountedEventStream``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from app.api.deps import SessionFactoryDep, StreamingCallerDep
 from app.api.errors import error_responses
-from app.api.event_hub import EventHub
+from app.api.event_hub import EventHub, StreamPlace
 from app.db.session import transaction
 from app.errors import Unprocessable
 from app.events import event_payload
@@ -85,6 +87,24 @@ async def follow(
                     return
 
 
+class CountedEventStream(EventSourceResponse):
+    """An event stream that gives its place under the caps back when the response ends, however it ends.
+
+    The generator's own ``finally`` is not enough: a client that leaves while the response's first bytes
+    are still being sent (a full socket) cancels the response before the generator has started, and a
+    generator that never started runs no ``finally``, not even when it is collected."""
+
+    def __init__(self, content: AsyncIterator[dict[str, str]], place: StreamPlace, ping: int) -> None:
+        super().__init__(content, ping=ping)
+        self.place = place
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.place.release()
+
+
 @router.get(
     "/{job_id}/events/stream",
     summary="Follow a job's events (server-sent events)",
@@ -114,17 +134,9 @@ async def stream_events(
             raise Unprocessable("Last-Event-ID must be an event seq (an integer)", param="Last-Event-ID")
         start = max(start, int(last_event_id))
     hub: EventHub = request.app.state.event_hub
-    hub.reserve(caller.project_id)  # 429 past the caps, before the response starts
-
-    async def counted() -> AsyncIterator[dict[str, str]]:
-        try:
-            async for message in follow(factory, hub, job_id, start, request):
-                yield message
-        finally:
-            hub.release(caller.project_id)
-
+    place = hub.reserve(caller.project_id)  # 429 past the caps, before the response starts
     try:
-        return EventSourceResponse(counted(), ping=PING_SECONDS)
+        return CountedEventStream(follow(factory, hub, job_id, start, request), place, ping=PING_SECONDS)
     except BaseException:
-        hub.release(caller.project_id)
+        place.release()
         raise

@@ -3,42 +3,19 @@ fill the memory or the disk, and nothing half-extracted is left behind."""
 
 from __future__ import annotations
 
-import gzip
 import io
-import struct
 import tarfile
 import zipfile
-from pathlib import Path
 
 import pytest
 
+from tests.hostile_archives import MIB, gzip_of_zeros, header_member, overlapping_zip, tar_gz_of_zeros
 from tests.training.images import left_in, png_bytes
 from training.archives import MAX_HEADER_MEMBER_BYTES, safe_extract
 from training.errors import DatasetError
 from training.settings import EngineSettings
 
-MIB = 1 << 20
 SETTINGS = EngineSettings()
-
-
-def header_member(kind: bytes, size: int) -> bytes:
-    """A tar header block of ``kind`` (pax 'x', GNU long name 'L') that announces ``size`` bytes."""
-    info = tarfile.TarInfo("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink")
-    info.type = kind
-    info.size = size
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
-
-
-def gzip_of_zeros(path: Path, head: bytes, zeros: int, tail: bytes = b"") -> Path:
-    """``head``, then ``zeros`` zero bytes streamed through gzip (never all in memory), then ``tail``."""
-    with gzip.open(path, "wb", compresslevel=9) as out:
-        out.write(head)
-        block = bytes(MIB)
-        for _ in range(zeros // MIB):
-            out.write(block)
-        out.write(bytes(zeros % MIB))
-        out.write(tail)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -79,10 +56,7 @@ def test_a_header_member_at_the_limit_is_read(tmp_path):
 
 def test_a_tar_of_zeros_stops_at_the_whole_archive_ratio(tmp_path):
     """64 MiB of zeros in a 64 KiB .tar.gz: refused once R times the archive is written, not after 64 MiB."""
-    info = tarfile.TarInfo("train/cat/zeros.bmp")
-    info.size = 64 * MIB
-    padding = b"\0" * (-info.size % 512) + b"\0" * 1024
-    archive = gzip_of_zeros(tmp_path / "zeros.tar.gz", info.tobuf(format=tarfile.USTAR_FORMAT), info.size, padding)
+    archive = tar_gz_of_zeros(tmp_path / "zeros.tar.gz", 64 * MIB)
     ratio = 20
     limit = max(ratio * archive.stat().st_size, MIB)
 
@@ -95,26 +69,6 @@ def test_a_tar_of_zeros_stops_at_the_whole_archive_ratio(tmp_path):
     written = int(message.split("over ")[1].split(" bytes")[0])
     assert limit < written <= limit + MIB  # stopped within one copy chunk of the limit
     assert left_in(tmp_path, archive) == []
-
-
-def overlapping_zip(path: Path, copies: int) -> Path:
-    """One deflated entry of zeros, named ``copies`` times by the central directory (Fifield's overlap)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("train/cat/000.bmp", bytes(4 * MIB))
-    raw = buffer.getvalue()
-    end = raw.rindex(b"PK\x05\x06")
-    central_at = struct.unpack("<I", raw[end + 16 : end + 20])[0]
-    record = raw[central_at:end]
-    name_at = 46
-    records = b"".join(
-        record[:name_at] + f"train/cat/{i:03d}.bmp".encode() + record[name_at + len("train/cat/000.bmp") :]
-        for i in range(copies)
-    )
-    eocd = bytearray(raw[end:])
-    struct.pack_into("<HHII", eocd, 8, copies, copies, len(records), central_at)
-    path.write_bytes(raw[:central_at] + records + bytes(eocd))
-    return path
 
 
 def test_overlapping_zip_entries_are_refused(tmp_path):

@@ -73,6 +73,7 @@ def test_many_streams_share_one_reader_and_the_cap_is_a_429(server, writer, sett
             received[index] = [event["event"] for event in sse_events(response)]
 
     before = redis_clients(settings)
+    baseline = server.reset_peak_memory()
     readers = [threading.Thread(target=follow, args=(i,)) for i in range(STREAMS)]
     for thread in readers:
         thread.start()
@@ -85,6 +86,7 @@ def test_many_streams_share_one_reader_and_the_cap_is_a_429(server, writer, sett
     run_job_story(writer, job_id)
     for thread in readers:
         thread.join(60)
+    growth_mib = (server.peak_memory() - baseline) / 1024
 
     assert refused.status_code == 429
     error = refused.json()["error"]
@@ -92,6 +94,8 @@ def test_many_streams_share_one_reader_and_the_cap_is_a_429(server, writer, sett
     expected = ["status", "step", "epoch", "step", "epoch", "step", "epoch", "status"]
     assert all(events[-len(expected) :] == expected for events in received), received
     assert health_seconds < 0.1, f"/healthz took {health_seconds * 1000:.0f} ms with {STREAMS} streams open"
+    assert growth_mib < 32, f"the server grew {growth_mib:.1f} MiB for {STREAMS} streams"
+    print(f"\n{STREAMS} streams: /healthz {health_seconds * 1000:.0f} ms (median), server peak +{growth_mib:.1f} MiB")
     if before is not None and during is not None:
         assert during - before <= 2, f"Redis clients went from {before} to {during} for {STREAMS} streams"
     # The streams ended and gave their places back: a new one is admitted.

@@ -38,23 +38,26 @@ def validate(app, settings, dataset_id: str) -> dict:
         }
 
 
-def large_png(width: int, height: int) -> bytes:
-    """A PNG of one colour: a few KB that decode to width x height x 3 bytes."""
+def large_png(width: int, height: int, mode: str = "RGB") -> bytes:
+    """A PNG of one colour: a few KB that decode to width x height x 3 bytes (4 for RGBA)."""
     import io
 
     from PIL import Image
 
     out = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 200, 30)).save(out, format="PNG")
+    Image.new(mode, (width, height), (10, 200, 30, 255)[: len(mode)]).save(out, format="PNG")
     return out.getvalue()
 
 
 async def test_a_validator_over_its_memory_limit_ends_the_data_set_failed(client, app, settings):
-    # 36 MB to decode (under the 40 Mpx image limit), in a validator held to 64 MiB of address space
-    # (its Python and Pillow take about 50): the decoder's allocation fails, and the child with it.
-    files = {**image_tree(), "train/cat/huge.png": large_png(4000, 3000)}
-    dataset_id = await uploaded(client, files)
+    # 144 MB to decode (36 Mpx of RGBA, under the 40 Mpx image limit), in a validator allowed 64 MiB beyond its
+    # start-up and its decode threads' stacks (16 MiB at most):
+    # the decoder's allocation fails, and the child with it. The same limit lets a good set through, one with a
+    # 12 MB image to decode too (under the validator's start-up of about 135 MiB a limit of 64 would fail it).
     settings.validation_memory_mb = 64
+    fine = validate(app, settings, await uploaded(client, {**image_tree(), "train/dog/big.png": large_png(2000, 2000)}))
+    assert (fine["status"], fine["code"]) == (DatasetStatus.READY, None), fine
+    dataset_id = await uploaded(client, {**image_tree(), "train/cat/huge.png": large_png(6000, 6000, "RGBA")})
     shown = validate(app, settings, dataset_id)
     assert shown["status"] == DatasetStatus.FAILED
     assert shown["code"] == "validation_crashed"
