@@ -190,9 +190,21 @@ class S3ArtifactStore:
                     future.cancel()
 
     def _get_range(self, key: str, start: int, length: int) -> bytes:
-        return b"".join(self._stream_range(key, start, length))
+        """A part, read whole in one call (into one buffer: no chunks to join)."""
+        body = self._ranged_body(key, start, length)
+        try:
+            return cast(bytes, body.read())
+        finally:
+            body.close()
 
     def _stream_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
+        body = self._ranged_body(key, start, length)
+        try:
+            yield from body.iter_chunks(CHUNK_BYTES)
+        finally:
+            body.close()
+
+    def _ranged_body(self, key: str, start: int, length: int) -> Any:
         try:
             answer = self.client.get_object(
                 Bucket=self.bucket, Key=self.object_name(key), Range=f"bytes={start}-{start + length - 1}"
@@ -201,11 +213,7 @@ class S3ArtifactStore:
             if _missing(error):
                 raise ObjectMissing(key) from None
             raise
-        body = answer["Body"]
-        try:
-            yield from body.iter_chunks(CHUNK_BYTES)
-        finally:
-            body.close()
+        return answer["Body"]
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
