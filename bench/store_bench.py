@@ -8,11 +8,16 @@ embedded database, ``FT_STORE_URL=s3://...``) on this machine:
 - download: the same 1 GiB object as a job artifact, GET /v1/jobs/{id}/weights streamed through the API,
   against boto3's ``download_fileobj`` (ranged GETs from 10 threads);
 - obstore's put and get of the same file, for the choice between the two clients;
-- the API process's peak RSS during each transfer (VmHWM, reset before each), against its RSS before.
+- the API process's peak RSS during each transfer (VmHWM, reset before each), against its RSS before;
+- the CPU seconds (user, system) the API, the gateway and the client (this process) spend on each transfer:
+  where the time goes when they share a few cores.
 
 Goal: through the API at least 80% of direct throughput both ways, the API's memory flat.
 
-    .venv/bin/python bench/store_bench.py [--mib 1024] [--repeat 2]
+    .venv/bin/python bench/store_bench.py [--mib 1024] [--repeat 2] [--only download] [--py-spy api.svg]
+
+``--only`` measures one direction (boto3 and the API, no obstore); ``--py-spy`` records the API process during
+the first download (``pip install py-spy``; a name not ending in .svg gets collapsed stacks, one a line).
 """
 
 from __future__ import annotations
