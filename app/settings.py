@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         ge=5 << 20,
         description="Size of the parts of S3 multipart uploads and ranged downloads (at most 5 in memory a transfer).",
     )
+    abandoned_write_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Writes to the store left unfinished this long by a process killed mid-write are undone "
+        "(S3: its multipart uploads under the store's prefix, open since, aborted; a folder: the temporary "
+        "files not written to since, removed); the API checks once an hour.",
+    )
     download_redirect: bool = Field(
         False,
         description="Downloads answer 302 to a short-lived presigned URL of the object store instead of "

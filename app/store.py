@@ -15,13 +15,16 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
 CHUNK_BYTES = 1 << 20
+PARTIAL = ".partial"  # the local store's file being written: .{name}.{random}.partial beside its target
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -71,6 +74,7 @@ class ArtifactStore(Protocol):
     def local_path(self, key: str) -> Path | None: ...
     def presigned_url(self, key: str, *, filename: str, expires_seconds: int) -> str | None: ...
     def check(self) -> None: ...
+    def abort_abandoned_writes(self, older_than: timedelta) -> list[str]: ...
 
 
 def validate_key(key: str) -> list[str]:
@@ -106,7 +110,7 @@ class _LocalWriter:
         target.parent.mkdir(parents=True, exist_ok=True)
         self._target = target
         self._key = key
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PARTIAL, dir=target.parent)
         self._temp = Path(temp)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
@@ -230,6 +234,23 @@ class LocalArtifactStore:
 
     def presigned_url(self, key: str, *, filename: str, expires_seconds: int) -> None:
         return None  # a folder has no URL of its own: the API streams the file
+
+    def abort_abandoned_writes(self, older_than: timedelta) -> list[str]:
+        """Remove the temporary files of writes that a process killed mid-write left behind: those not
+        written to for ``older_than`` (a write in progress keeps its file's time fresh). The keys they were
+        to become."""
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - older_than.total_seconds()
+        removed = []
+        for path in self.root.rglob(f".*{PARTIAL}"):
+            with contextlib.suppress(FileNotFoundError):  # a write that ended meanwhile
+                if not path.is_file() or path.is_symlink() or path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+                target = path.name[1:].removesuffix(PARTIAL).rsplit(".", 1)[0]  # mkstemp's random part has no dot
+                removed.append(path.parent.joinpath(target).relative_to(self.root).as_posix())
+        return sorted(removed)
 
     def check(self) -> None:
         """Raise OSError unless the store is writable (readiness)."""

@@ -8,11 +8,16 @@ embedded database, ``FT_STORE_URL=s3://...``) on this machine:
 - download: the same 1 GiB object as a job artifact, GET /v1/jobs/{id}/weights streamed through the API,
   against boto3's ``download_fileobj`` (ranged GETs from 10 threads);
 - obstore's put and get of the same file, for the choice between the two clients;
-- the API process's peak RSS during each transfer (VmHWM, reset before each), against its RSS before.
+- the API process's peak RSS during each transfer (VmHWM, reset before each), against its RSS before;
+- the CPU seconds (user, system) the API, the gateway and the client (this process) spend on each transfer:
+  where the time goes when they share a few cores.
 
 Goal: through the API at least 80% of direct throughput both ways, the API's memory flat.
 
-    .venv/bin/python bench/store_bench.py [--mib 1024] [--repeat 2]
+    .venv/bin/python bench/store_bench.py [--mib 1024] [--repeat 2] [--only download] [--py-spy api.svg]
+
+``--only`` measures one direction (boto3 and the API, no obstore); ``--py-spy`` records the API process during
+the first download (``pip install py-spy``; a name not ending in .svg gets collapsed stacks, one a line).
 """
 
 from __future__ import annotations
@@ -53,6 +58,50 @@ def make_file(path: Path, mib: int) -> str:
     return digest.hexdigest()
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system (kernel: socket copies...) CPU time of a process, all its threads, so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def gateway_pid() -> int:
+    """The ``weed`` process this one started."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text.split("(", 1)[1].rsplit(")", 1)
+        if name == "weed" and int(rest.split()[1]) == os.getpid():
+            return int(stat.parent.name)
+    raise RuntimeError("no weed process")
+
+
+class CpuMeter:
+    """CPU seconds (user, system) the API, the gateway and this process (the client) spend on each transfer:
+    on a machine with few cores, where a transfer's time goes. The fastest run of each transfer is kept."""
+
+    def __init__(self, api_pid: int) -> None:
+        self.pids = {"api": api_pid, "gateway": gateway_pid(), "client": os.getpid()}
+        self.spent: dict[str, dict[str, Any]] = {}
+        self.fastest: dict[str, float] = {}
+
+    def timed(self, label: str, action: Callable[[], Any]) -> tuple[float, Any]:
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        start = time.perf_counter()
+        result = action()
+        seconds = time.perf_counter() - start
+        if seconds < self.fastest.get(label, float("inf")):
+            self.fastest[label] = seconds
+            self.spent[label] = {
+                name: [round(now - then, 2) for now, then in zip(cpu_seconds(pid), before[name], strict=True)]
+                for name, pid in self.pids.items()
+            }
+            self.spent[label]["wall"] = round(seconds, 2)
+        return seconds, result
+
+
 class Api:
     def __init__(self, home: Path, gateway: Gateway) -> None:
         self.env = {**os.environ, **gateway.env("bench"), "FT_HOME": str(home), "FT_MAX_UPLOAD_BYTES": str(8 << 30)}
@@ -72,13 +121,11 @@ class Api:
                 time.sleep(0.2)
         raise RuntimeError("the API did not come up")
 
-    def measure(self, action: Callable[[], Any]) -> tuple[float, Any, int, int]:
+    def measure(self, meter: CpuMeter, label: str, action: Callable[[], Any]) -> tuple[float, Any, int, int]:
         """(seconds, result, RSS before in KiB, peak RSS during in KiB)."""
         Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := current RSS
         before = memory_kb(self.process.pid, "VmRSS")
-        start = time.perf_counter()
-        result = action()
-        seconds = time.perf_counter() - start
+        seconds, result = meter.timed(label, action)
         return seconds, result, before, memory_kb(self.process.pid, "VmHWM")
 
     def stop(self) -> None:
@@ -133,15 +180,11 @@ def register_weights(api: Api, key: str, size: int, sha256: str) -> str:
         services.close()
 
 
-def boto3_direct(gateway: Gateway, path: Path) -> dict[str, float]:
+def boto3_direct(gateway: Gateway, path: Path, meter: CpuMeter) -> dict[str, float]:
     client = s3_client(gateway)
-    start = time.perf_counter()
-    client.upload_file(str(path), gateway.bucket, "direct/boto3")
-    put = time.perf_counter() - start
+    put, _ = meter.timed("boto3_put", lambda: client.upload_file(str(path), gateway.bucket, "direct/boto3"))
     with Path(os.devnull).open("wb") as sink:
-        start = time.perf_counter()
-        client.download_fileobj(gateway.bucket, "direct/boto3", sink)
-        get = time.perf_counter() - start
+        get, _ = meter.timed("boto3_get", lambda: client.download_fileobj(gateway.bucket, "direct/boto3", sink))
     client.delete_object(Bucket=gateway.bucket, Key="direct/boto3")
     return {"put": put, "get": get}
 
@@ -178,6 +221,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=1024, help="the archive's size, in MiB (a multiple of 16)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each transfer; the best counts")
+    parser.add_argument(
+        "--only", choices=["upload", "download"], help="measure one direction (boto3 direct and the API; no obstore)"
+    )
+    parser.add_argument("--py-spy", type=Path, metavar="SVG", help="profile the API's first download with py-spy")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="store-bench-") as folder:
         root = Path(folder)
@@ -187,7 +234,7 @@ def main() -> None:
         with running_gateway(root / "weed") as gateway:
             api = Api(root / "home", gateway)
             try:
-                figures = run(api, gateway, path, size, sha, args.repeat)
+                figures = run(api, gateway, path, size, sha, args)
             finally:
                 api.stop()
     mibs = size / MIB
@@ -196,41 +243,72 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "size_mib": mibs,
         **{name: round(mibs / seconds, 1) for name, seconds in figures["seconds"].items()},
-        "api_vs_boto3_upload": round(figures["seconds"]["boto3_put"] / figures["seconds"]["api_upload"], 3),
-        "api_vs_boto3_download": round(figures["seconds"]["boto3_get"] / figures["seconds"]["api_download"], 3),
+        **{
+            f"api_vs_boto3_{direction}": round(figures["seconds"][direct] / figures["seconds"][api], 3)
+            for direction, direct, api in [
+                ("upload", "boto3_put", "api_upload"),
+                ("download", "boto3_get", "api_download"),
+            ]
+            if api in figures["seconds"]
+        },
         "api_rss_mib": figures["rss"],
+        "cpu_seconds": figures["cpu"],
     }
     print(json.dumps(report, indent=2))
 
 
-def run(api: Api, gateway: Gateway, path: Path, size: int, sha: str, repeat: int) -> dict[str, Any]:
-    boto3_runs = [boto3_direct(gateway, path) for _ in range(repeat)]
-    obstore_runs = [obstore_direct(gateway, path) for _ in range(repeat)]
-    uploads, rss, first = [], {}, None
-    for _ in range(repeat):
-        seconds, shown, before, peak = api.measure(lambda: api_upload(api, path))
-        assert shown["sha256"] == sha and shown["bytes"] == size, shown
-        first = first or shown["id"]  # the bytes stay stored once, under the first upload's key
-        uploads.append(seconds)
-        rss["before_upload"], rss["peak_upload"] = round(before / 1024, 1), round(peak / 1024, 1)
-    job_id = register_weights(api, f"datasets/{first}/archive.tar", size, sha)
-    downloads = []
-    for _ in range(repeat):
-        seconds, got, before, peak = api.measure(lambda: api_download(api, job_id, follow=False))
-        assert got == size
-        downloads.append(seconds)
-        rss["before_download"], rss["peak_download"] = round(before / 1024, 1), round(peak / 1024, 1)
-    return {
-        "seconds": {
-            "boto3_put": best(boto3_runs)["put"],
-            "boto3_get": best(boto3_runs)["get"],
-            "obstore_put": best(obstore_runs)["put"],
-            "obstore_get": best(obstore_runs)["get"],
-            "api_upload": min(uploads),
-            "api_download": min(downloads),
-        },
-        "rss": rss,
-    }
+def run(api: Api, gateway: Gateway, path: Path, size: int, sha: str, args: argparse.Namespace) -> dict[str, Any]:
+    seconds: dict[str, float] = {}
+    rss: dict[str, float] = {}
+    meter = CpuMeter(api.process.pid)
+    boto3_runs = [boto3_direct(gateway, path, meter) for _ in range(args.repeat)]
+    if args.only != "download":
+        seconds["boto3_put"] = best(boto3_runs)["put"]
+    if args.only != "upload":
+        seconds["boto3_get"] = best(boto3_runs)["get"]
+    if args.only is None:
+        obstore_runs = [obstore_direct(gateway, path) for _ in range(args.repeat)]
+        seconds["obstore_put"], seconds["obstore_get"] = best(obstore_runs)["put"], best(obstore_runs)["get"]
+    if args.only == "download":  # the object straight into the API's store, where an upload would put it
+        key = "bench/archive.tar"
+        s3_client(gateway).upload_file(str(path), gateway.bucket, f"bench/{key}")
+    else:
+        uploads, first = [], None
+        for _ in range(args.repeat):
+            took, shown, before, peak = api.measure(meter, "api_upload", lambda: api_upload(api, path))
+            assert shown["sha256"] == sha and shown["bytes"] == size, shown
+            first = first or shown["id"]  # the bytes stay stored once, under the first upload's key
+            uploads.append(took)
+            rss["before_upload"], rss["peak_upload"] = round(before / 1024, 1), round(peak / 1024, 1)
+        seconds["api_upload"] = min(uploads)
+        key = f"datasets/{first}/archive.tar"
+    if args.only != "upload":
+        job_id = register_weights(api, key, size, sha)
+        downloads = []
+        for attempt in range(args.repeat):
+            spy = profiler(api, args.py_spy) if attempt == 0 and args.py_spy else None
+            took, got, before, peak = api.measure(
+                meter, "api_download", lambda: api_download(api, job_id, follow=False)
+            )
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(120)
+            assert got == size
+            downloads.append(took)
+            rss["before_download"], rss["peak_download"] = round(before / 1024, 1), round(peak / 1024, 1)
+        seconds["api_download"] = min(downloads)
+    return {"seconds": seconds, "rss": rss, "cpu": meter.spent}
+
+
+def profiler(api: Api, svg: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording the API process (its busy threads) into a flame graph (``.svg``) or collapsed
+    stacks (any other name: one line a stack with its sample count, for grep)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    command = [str(spy), "record", "--pid", str(api.process.pid), "--output", str(svg), "--rate", "200"]
+    command += [] if svg.suffix == ".svg" else ["--format", "raw"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)  # py-spy attached before the download starts
+    return process
 
 
 if __name__ == "__main__":

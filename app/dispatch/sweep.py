@@ -28,6 +28,7 @@ from app.dispatch.after_commit import send_after_commit
 from app.repositories import database, jobs
 from app.services import datasets, idempotency
 from app.services.job_state import requeue_expired_leases
+from app.stores import abort_abandoned_writes_when_due
 from app.webhooks.service import send_due_deliveries
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def sweep(services: Runtime) -> SweepReport:
     from app.sweeps.service import advance_running  # it creates jobs: app.services.jobs imports this package
 
     report.sweeps_stuck = advance_running(services)  # trials that ended without their worker advancing them
+    abort_abandoned_writes_when_due(services.store, settings)  # the store's housekeeping: hourly, in a thread
     if report.requeued or report.resent or report.redispatched or report.revalidated or report.webhooks:
         log.info("sweep: %s", report)
     return report

@@ -7,8 +7,10 @@ second to import, and the embedded mode (a folder store) and the CLI never need 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -17,7 +19,12 @@ from app.settings import Settings
 from app.store import ArtifactStore, LocalArtifactStore
 from app.stores.cache import FetchCache
 
+log = logging.getLogger(__name__)
+
 _SESSION_LOCK = threading.Lock()
+ABANDONED_CHECK_SECONDS = 3600.0  # how often a process looks for abandoned writes
+_abandoned_checked: dict[str, float] = {}  # store URL -> time.monotonic() of this process's last look
+_ABANDONED_LOCK = threading.Lock()
 
 
 class StoreUrlError(ValueError):
@@ -109,3 +116,33 @@ def create_bucket(settings: Settings, *, wait_seconds: float = 60.0) -> bool:
             if time.monotonic() >= deadline:
                 raise OSError(f"{found.url}: cannot create the bucket: {error}") from error
             time.sleep(1.0)
+
+
+def abort_abandoned_writes_when_due(store: ArtifactStore, settings: Settings) -> threading.Thread | None:
+    """Undo the store's writes that a killed process left unfinished for ``FT_ABANDONED_WRITE_HOURS`` (open
+    multipart uploads on S3, temporary files in a folder), at most once an hour per process (the periodic
+    sweep calls this every few seconds), in a thread of its own: a slow or absent store never holds up the
+    sweep. Any number of processes may do it at once (an upload aborted twice is no harm). The thread
+    started, None when it is not time yet."""
+    now = time.monotonic()
+    with _ABANDONED_LOCK:
+        last = _abandoned_checked.get(store.url)
+        if last is not None and now - last < ABANDONED_CHECK_SECONDS:
+            return None
+        _abandoned_checked[store.url] = now
+    older_than = timedelta(hours=settings.abandoned_write_hours)
+    thread = threading.Thread(
+        target=_abort_abandoned, args=(store, older_than), name="store-abandoned-writes", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _abort_abandoned(store: ArtifactStore, older_than: timedelta) -> None:
+    try:
+        undone = store.abort_abandoned_writes(older_than)
+    except Exception:  # housekeeping: logged, and tried again in an hour
+        log.warning("%s: could not look for abandoned writes (next look in an hour)", store.url, exc_info=True)
+        return
+    if undone:
+        log.info("%s: undid %d write(s) abandoned for over %s: %s", store.url, len(undone), older_than, undone)

@@ -14,6 +14,8 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote
 
@@ -30,6 +32,16 @@ def _missing(error: Exception) -> bool:
         return False
     code = str(error.response.get("Error", {}).get("Code", ""))
     return code in {"404", "NoSuchKey", "NotFound"}
+
+
+def _store_time(answer: dict[str, Any]) -> datetime:
+    """The time an answer of the store was sent (its Date header), else this host's."""
+    sent = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        when = parsedate_to_datetime(sent)
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 class _S3Writer:
@@ -190,9 +202,21 @@ class S3ArtifactStore:
                     future.cancel()
 
     def _get_range(self, key: str, start: int, length: int) -> bytes:
-        return b"".join(self._stream_range(key, start, length))
+        """A part, read whole in one call (into one buffer: no chunks to join)."""
+        body = self._ranged_body(key, start, length)
+        try:
+            return cast(bytes, body.read())
+        finally:
+            body.close()
 
     def _stream_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
+        body = self._ranged_body(key, start, length)
+        try:
+            yield from body.iter_chunks(CHUNK_BYTES)
+        finally:
+            body.close()
+
+    def _ranged_body(self, key: str, start: int, length: int) -> Any:
         try:
             answer = self.client.get_object(
                 Bucket=self.bucket, Key=self.object_name(key), Range=f"bytes={start}-{start + length - 1}"
@@ -201,11 +225,7 @@ class S3ArtifactStore:
             if _missing(error):
                 raise ObjectMissing(key) from None
             raise
-        body = answer["Body"]
-        try:
-            yield from body.iter_chunks(CHUNK_BYTES)
-        finally:
-            body.close()
+        return answer["Body"]
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -257,6 +277,29 @@ class S3ArtifactStore:
             "ResponseContentDisposition": f"attachment; filename*=UTF-8''{quote(filename)}",
         }
         return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds))
+
+    def abort_abandoned_writes(self, older_than: timedelta) -> list[str]:
+        """Abort the multipart uploads under the store's prefix (the whole bucket without one) begun more
+        than ``older_than`` ago: a process killed mid-upload leaves its upload open, its parts invisible to
+        every listing but stored, and billed, until it is aborted. The keys they were to become. The age is
+        reckoned by the store's own clock (its answer's Date) against the upload's start."""
+        folder = f"{self.prefix}/" if self.prefix else ""
+        aborted = []
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=folder)
+        for page in pages:
+            cutoff = _store_time(page) - older_than
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] > cutoff:
+                    continue
+                try:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                except ClientError as error:  # another process aborted (or completed) it meanwhile
+                    if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                        raise
+                aborted.append(str(upload["Key"]).removeprefix(folder))
+        return sorted(aborted)
 
     def check(self) -> None:
         """Raise unless the bucket answers (readiness)."""

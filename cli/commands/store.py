@@ -1,4 +1,4 @@
-"""``finetune store create-bucket``: the artifact store."""
+"""``finetune store create-bucket`` and ``finetune store gc``: the artifact store."""
 
 from __future__ import annotations
 
@@ -24,3 +24,31 @@ def store_create_bucket(wait: float) -> None:
     except (OSError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{settings.store_location}: {'created' if created else 'already there'}")
+
+
+@store.command("gc")
+@click.option(
+    "--older-than-hours",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Undo the writes left unfinished this long (0: every one now; default: FT_ABANDONED_WRITE_HOURS).",
+)
+def store_gc(older_than_hours: float | None) -> None:
+    """Undo the writes to the store that processes killed mid-write left unfinished: S3 multipart uploads
+    under the store's prefix still open (invisible, yet stored and billed) are aborted, a folder's temporary
+    files removed. The API does it once an hour by itself; this does it now. Prints the keys concerned.
+    With 0, uploads in progress now are cut off too."""
+    from datetime import timedelta
+
+    from app.settings import Settings
+    from app.stores import store_for
+
+    settings = Settings()
+    hours = settings.abandoned_write_hours if older_than_hours is None else older_than_hours
+    try:
+        undone = store_for(settings).abort_abandoned_writes(timedelta(hours=hours))
+    except Exception as error:  # a folder's OSError, boto3's errors (no bucket, refused, unreachable)
+        raise click.ClickException(f"{settings.store_location}: {error}") from None
+    for key in undone:
+        click.echo(key)
+    click.echo(f"{settings.store_location}: {len(undone)} write(s) unfinished for over {hours:g}h undone", err=True)

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import os
+import time
 import uuid
+from datetime import timedelta
 
 import httpx
 import pytest
 
+from app import stores
 from app.settings import Settings
 from app.store import InvalidKey, LocalArtifactStore, ObjectMissing
-from app.stores import StoreUrlError, store_for
+from app.stores import StoreUrlError, abort_abandoned_writes_when_due, store_for
 from app.stores.s3 import S3ArtifactStore
 from tests.s3 import s3_client
 from tests.s3 import store_listing as listed
@@ -224,3 +229,120 @@ def test_the_create_bucket_command_creates_it_once(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("FT_S3_SECRET_ACCESS_KEY", "wrong")
     refused = CliRunner().invoke(main, ["store", "create-bucket", "--wait", "1"])
     assert refused.exit_code == 1 and "cannot create the bucket" in refused.output
+
+
+def leave_unfinished(store, key: str) -> None:
+    """What a process killed mid-write leaves: on S3 a multipart upload begun with a part sent, never
+    completed nor aborted; in a folder the temporary file beside the target."""
+    if isinstance(store, S3ArtifactStore):
+        name = store.object_name(key)
+        upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=name)["UploadId"]
+        store.client.upload_part(Bucket=store.bucket, Key=name, UploadId=upload, PartNumber=1, Body=b"p" * 5 * MIB)
+    else:
+        store.writer(key).write(b"p" * MIB)  # the writer dropped as it is: its file stays
+
+
+def test_writes_abandoned_by_a_killed_process_are_undone_and_recent_ones_kept(store):
+    store.put("jobs/ftjob_1/model.safetensors", [b"finished"])
+    leave_unfinished(store, "jobs/ftjob_1/epoch-3.pt")
+    assert len(listed(store)) == 2  # an open upload (S3), a temporary file (folder)
+    assert store.abort_abandoned_writes(timedelta(hours=1)) == []  # begun just now: kept
+    assert len(listed(store)) == 2
+    assert store.abort_abandoned_writes(timedelta(0)) == ["jobs/ftjob_1/epoch-3.pt"]
+    assert listed(store) == ["jobs/ftjob_1/model.safetensors"]
+    if isinstance(store, S3ArtifactStore):
+        assert store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix).get("Uploads", []) == []
+    assert store.abort_abandoned_writes(timedelta(0)) == []
+
+
+def test_only_the_stores_own_uploads_are_aborted(s3):
+    """Another prefix of the same bucket (another deployment, another application) is left alone."""
+    gateway, client = s3
+    ours = S3ArtifactStore(client, gateway.bucket, f"t-{uuid.uuid4().hex[:10]}", part_bytes=5 * MIB)
+    theirs = S3ArtifactStore(client, gateway.bucket, f"t-{uuid.uuid4().hex[:10]}", part_bytes=5 * MIB)
+    leave_unfinished(ours, "a/b")
+    leave_unfinished(theirs, "a/b")
+    assert ours.abort_abandoned_writes(timedelta(0)) == ["a/b"]
+    assert listed(ours) == [] and listed(theirs) == [f"(open upload) {theirs.prefix}/a/b"]
+    assert theirs.abort_abandoned_writes(timedelta(0)) == ["a/b"]
+
+
+def test_a_temporary_file_written_to_recently_is_kept_an_old_one_removed(tmp_path):
+    """In a folder the age is the time of the last write: a long write in progress is never cut off."""
+    store = LocalArtifactStore(tmp_path / "store")
+    leave_unfinished(store, "jobs/ftjob_1/epoch-1.pt")
+    leave_unfinished(store, "jobs/ftjob_1/epoch-2.pt")
+    (old,) = (store.root / "jobs" / "ftjob_1").glob(".epoch-1.pt.*.partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert store.abort_abandoned_writes(timedelta(hours=24)) == ["jobs/ftjob_1/epoch-1.pt"]
+    assert [path.name.startswith(".epoch-2.pt.") for path in (store.root / "jobs" / "ftjob_1").iterdir()] == [True]
+
+
+def test_the_periodic_look_runs_once_an_hour_in_a_thread(store, monkeypatch):
+    # 0 (model_copy does not validate; the setting takes more than 0): whatever is there now; S3 dates an
+    # upload to the second, so the smallest valid setting would keep one begun in the second of the look
+    settings = Settings().model_copy(update={"abandoned_write_hours": 0.0})
+    leave_unfinished(store, "datasets/ds_1/archive.tar")
+    first = abort_abandoned_writes_when_due(store, settings)
+    assert first is not None
+    first.join(60)
+    assert listed(store) == []
+    leave_unfinished(store, "datasets/ds_2/archive.tar")
+    assert abort_abandoned_writes_when_due(store, settings) is None  # looked less than an hour ago
+    assert len(listed(store)) == 1
+    monkeypatch.setitem(stores._abandoned_checked, store.url, time.monotonic() - stores.ABANDONED_CHECK_SECONDS)
+    again = abort_abandoned_writes_when_due(store, settings)  # an hour later
+    assert again is not None
+    again.join(60)
+    assert listed(store) == []
+
+
+def test_a_store_that_fails_the_look_is_logged_not_raised(s3, caplog):
+    _, client = s3
+    missing = S3ArtifactStore(client, f"no-such-bucket-{uuid.uuid4().hex[:8]}")
+    with caplog.at_level(logging.WARNING, logger="app.stores"):
+        thread = abort_abandoned_writes_when_due(missing, Settings())
+        assert thread is not None
+        thread.join(60)
+    assert "could not look for abandoned writes" in caplog.text
+
+
+def test_the_gc_command_aborts_the_abandoned_uploads(s3, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    gateway, client = s3
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    for name, value in gateway.env(prefix).items():
+        monkeypatch.setenv(name, value)
+    store = S3ArtifactStore(client, gateway.bucket, prefix)
+    leave_unfinished(store, "jobs/ftjob_9/epoch-2.pt")
+    kept = CliRunner().invoke(main, ["store", "gc"])  # FT_ABANDONED_WRITE_HOURS: 24 by default
+    assert kept.exit_code == 0, kept.output
+    assert len(listed(store)) == 1
+    now = CliRunner().invoke(main, ["store", "gc", "--older-than-hours", "0"])
+    assert now.exit_code == 0, now.output
+    assert now.stdout.strip() == "jobs/ftjob_9/epoch-2.pt"
+    assert listed(store) == []
+
+
+def test_the_periodic_sweep_undoes_the_stores_abandoned_writes(settings):
+    from app.context import Runtime
+    from app.dispatch.sweep import sweep
+
+    runtime = Runtime.from_settings(settings)
+    try:
+        store = runtime.store
+        leave_unfinished(store, "jobs/ftjob_1/epoch-1.pt")
+        (partial,) = store.root.rglob(".*.partial")
+        two_days_ago = time.time() - 2 * 24 * 3600  # past FT_ABANDONED_WRITE_HOURS, 24 by default
+        os.utime(partial, (two_days_ago, two_days_ago))
+        sweep(runtime)
+        deadline = time.monotonic() + 60  # the look runs in a thread of its own
+        while listed(store) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listed(store) == []
+    finally:
+        runtime.close()

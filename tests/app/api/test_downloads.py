@@ -17,7 +17,8 @@ from tests.s3 import s3_settings
 
 pytestmark = pytest.mark.anyio
 
-BODY = os.urandom(3 * (1 << 20) + 12345)  # three chunks and a bit
+MIB = 1 << 20
+BODY = os.urandom(3 * MIB + 12345)  # three chunks and a bit
 SHA = hashlib.sha256(BODY).hexdigest()
 
 
@@ -66,6 +67,23 @@ async def test_a_range_answers_206_with_that_part(client, artifact_job, header, 
     assert response.content == BODY[start : end + 1]
     assert response.headers["content-range"] == f"bytes {start}-{end}/{len(BODY)}"
     assert response.headers["content-length"] == str(end - start + 1)
+
+
+async def test_an_object_of_several_parts_streams_whole_and_in_ranges_across_them(app, client):
+    """Past one part (5 MiB in the tests) S3 is read in ranged GETs fetched ahead of the one being sent,
+    each sent in slices: the bytes come back whole and in order, a range across parts too."""
+    body = os.urandom(11 * MIB + 7)  # three parts on S3, the last one of a MiB and 7 bytes
+    with transaction(app.state.session_factory) as session:
+        job = make_job(session)
+        register_artifact(session, job.id, "model.safetensors", app.state.store.put(f"jobs/{job.id}/m", [body]))
+        url = f"/v1/jobs/{job.id}/weights"
+    whole = await client.get(url)
+    assert whole.status_code == 200 and whole.headers["content-length"] == str(len(body))
+    assert hashlib.sha256(whole.content).digest() == hashlib.sha256(body).digest()
+    for start, end in [(5 * MIB - 3, 10 * MIB + 2), (MIB + 1, 6 * MIB), (10 * MIB, len(body) - 1)]:
+        part = await client.get(url, headers={"Range": f"bytes={start}-{end}"})
+        assert part.status_code == 206 and part.headers["content-range"] == f"bytes {start}-{end}/{len(body)}"
+        assert part.content == body[start : end + 1]
 
 
 async def test_a_broken_download_resumes_to_the_same_bytes(client, artifact_job):
