@@ -397,7 +397,8 @@ def launch(
     watchdog.start()
     try:
         try:
-            results = elastic_launch(config, run_rank)(job, events, acks, stop_code)
+            with _may_have_children():
+                results = elastic_launch(config, run_rank)(job, events, acks, stop_code)
         finally:
             watchdog.finish()  # no signal from it once this returns
     except ChildFailedError as failure:
@@ -417,6 +418,26 @@ def launch(
     finally:
         relay.finish()
     return results[0]
+
+
+@contextlib.contextmanager
+def _may_have_children() -> Any:
+    """Lets a Celery pool child start the ranks. Billiard makes its pool child ``multiprocessing``'s current
+    process, daemonic (``multiprocessing`` refuses to start a daemonic process's children) and with billiard's
+    authkey, which the stdlib's spawn cannot pickle. While the launcher runs, the flag is lifted (it only guards
+    that assertion here: billiard's parent keeps its own record) and the key is the stdlib's kind, same bytes."""
+    from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]
+
+    current = multiprocessing.current_process()
+    config = current._config  # type: ignore[attr-defined]
+    saved = dict(config)
+    config["daemon"] = False
+    config["authkey"] = AuthenticationString(bytes(current.authkey))
+    try:
+        yield
+    finally:
+        config.clear()
+        config.update(saved)
 
 
 def _exited(pid: int) -> bool:
