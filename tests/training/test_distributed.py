@@ -205,6 +205,7 @@ def test_a_bad_spec_on_every_rank_is_the_run_error_not_a_lost_rank(cifar: Path, 
     assert error.value.code == "invalid_spec"
 
 
+@pytest.mark.slow  # 1.5 min on the loaded 2-core machine
 def test_a_rank_killed_right_after_it_returned_does_not_hang_the_launcher(
     cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
