@@ -180,6 +180,13 @@ class Settings(BaseSettings):
         description="Log lines: json (one object per line, for a log pipeline) or text (for a terminal). "
         "Default: json when FT_DATABASE_URL is set (production), text in embedded mode.",
     )
+    worker_devices: int | None = Field(
+        None,
+        ge=1,
+        description="Devices a worker on a host without GPUs advertises (`finetune worker`): training processes "
+        "the host runs at once across its jobs (device slots). Unset: not counted on such a host. GPU hosts "
+        "advertise their GPUs.",
+    )
     worker_heartbeat_seconds: float = Field(
         10.0, gt=0, description="How often a worker records its heartbeat; three missed beats count it as down."
     )

@@ -1,10 +1,13 @@
 """The CUDA paths on a GPU machine, in one run: ResNet-50's step rate at 224 px in bf16 with channels_last
 (images/s against NVIDIA's published A100 figure), precision (bf16 autocast, fp16 with a grad scaler),
 channels_last, an exact resume, throughput against the seed article's loop, a job run by a real
-worker of the embedded service on the GPU, and one job on several GPUs (DDP over NCCL, one rank per GPU).
+worker of the embedded service on the GPU, one job on several GPUs (DDP over NCCL, one rank per GPU), the
+device slots' CUDA_VISIBLE_DEVICES (a pool child that imported the engine still sees only its claimed GPU),
+and the GPU-trained weights exported to ONNX and TorchScript with their parity check.
 Prints a JSON report (and writes it to --report).
 
     python bench/device_check.py --archive .devdata/cifar10-jpg.tar.gz --report out.json
+    python bench/device_check.py --archive ... --dry-run   # on a CPU: every check's CPU side, in minutes
 """
 
 from __future__ import annotations
@@ -182,6 +185,42 @@ def distributed(root: Path, work: Path) -> dict[str, Any]:
     return found
 
 
+def slot_visibility() -> dict[str, Any]:
+    """What ``worker.tasks.device_slots_for`` relies on: a pool child has imported torch and the engine (its
+    warm-up) before its job claims GPUs and sets ``CUDA_VISIBLE_DEVICES``; CUDA must not have started by then,
+    or the job would see every GPU. A fresh process per GPU id, as a pool child is."""
+    gpus = torch.cuda.device_count()
+    probe = (
+        "import os, sys, worker.runner, training.distributed\n"
+        "os.environ['CUDA_VISIBLE_DEVICES'] = sys.argv[1]\n"
+        "import torch\n"
+        "print(torch.cuda.device_count(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')\n"
+    )
+    found: dict[str, Any] = {"gpus": gpus}
+    for gpu in [str(i) for i in range(gpus)] or ["-1"]:
+        done = subprocess.run([sys.executable, "-c", probe, gpu], cwd=REPO, capture_output=True, text=True)
+        found[gpu] = done.stdout.strip() or done.stderr[-500:]
+    found["ok"] = all(str(found[g]).startswith("1 ") for g in map(str, range(gpus))) if gpus else "no GPU"
+    return found
+
+
+def exports(root: Path, work: Path, epochs: int = 2) -> dict[str, Any]:
+    """A run trained on this device (bf16 autocast on a GPU), its weights exported to ONNX and TorchScript: the
+    parity check (fp32, the PyTorch model against onnxruntime / the TorchScript module on 32 validation images)
+    on weights that came from the GPU."""
+    from training.exports import ExportRequest, export_run
+
+    run_dir = work / "export-run"
+    run_spec = spec(root, epochs=epochs)
+    Trainer(run_spec, run_dir).fit()
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    found: dict[str, Any] = {"trained_on": str(resolve_runtime(run_spec).device)}
+    for name in ("onnx", "torchscript"):
+        entry = export_run(run_dir, ExportRequest(format=name), images)  # type: ignore[arg-type]
+        found[name] = {key: entry[key] for key in entry if key in ("max_abs_diff", "parity", "opset", "input_shape")}
+    return found
+
+
 NVIDIA_A100_RESNET50_AMP = 2470  # images/s, one A100, mixed precision: NVIDIA's published training figure
 
 
@@ -249,7 +288,16 @@ def main() -> None:
     parser.add_argument("--report", type=Path)
     parser.add_argument("--skip", default="", help="comma-separated checks to skip")
     parser.add_argument("--per-class", type=int, default=500, help="train images per class of the small checks")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the CPU side only: a tiny subset, the GPU checks report themselves skipped, the slot probe and the "
+        "exports run on the CPU (the heavy checks are left out)",
+    )
     args = parser.parse_args()
+    if args.dry_run:
+        args.per_class = min(args.per_class, 8)
+        args.skip = ",".join([args.skip, "precision", "service_worker", "throughput", "resume"])
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -265,6 +313,8 @@ def main() -> None:
             "throughput": lambda: throughput(args.archive, work),
             "resume": lambda: exact_resume(root, work),
             "distributed": lambda: distributed(root, work),
+            "slot_visibility": slot_visibility,
+            "exports": lambda: exports(root, work),
         }
         for name, check in checks.items():
             if name not in skip:

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import queue
+import signal
 import socket
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.api import SignalException, _terminate_process_handler
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
@@ -45,9 +49,15 @@ from training.errors import DeviceUnavailable, TrainingError
 from training.settings import EngineSettings, engine_settings
 from training.spec import Spec
 
+log = logging.getLogger(__name__)
+
 _STOP_CODES: dict[Stop | None, int] = {None: 0, Stop.CANCEL: 1, Stop.PREEMPT: 2}
 _STOPS = {code: stop for stop, code in _STOP_CODES.items()}
 CHECKPOINT_ACK_SECONDS = 600.0  # the caller copies a checkpoint aside before rank 0 may delete it
+# How long the launcher may take to return once a rank is dead or every rank has finished, before the watchdog
+# takes it for stuck (``_Watchdog``). Torch's agent notices a dead rank within its monitor interval and gives
+# the others up to its shutdown timeout (30 s) to end.
+STUCK_GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -323,20 +333,49 @@ def run_rank(job: RankJob, events: Any, acks: Any, stop_code: Any) -> Any:
         raise
     finally:
         cluster.close()
+    if cluster.is_main:
+        events.put(("result", result))  # the caller has it even if the launcher never returns it (_Watchdog)
+    _done_file(job.out_dir, cluster.rank).write_text("")  # this rank's work is over: only its exit is left
+    _test_kill_after_return(cluster.rank)
     return result if cluster.is_main else None
 
 
-def launch(job: RankJob, devices: int, callbacks: Callbacks, *, poll_seconds: float = 0.05) -> Any:
+def _done_file(out_dir: Path, rank: int) -> Path:
+    return out_dir / "ranks" / f"{rank}.done"
+
+
+def _test_kill_after_return(rank: int) -> None:
+    """FOR TESTS ONLY (``FT_TEST_KILL_RANK_AFTER_RETURN=<rank>``; production never sets it): that rank is
+    SIGKILLed right after it returned, at the moment the launcher wakes it to exit, before it acknowledges the
+    wake-up. Torch's agent then waits for the acknowledgement forever (``multiprocessing`` ``Event.set`` ->
+    ``Condition.notify`` waits on every sleeper it woke): the deadlock ``_Watchdog`` ends. Deterministic, where
+    a kill from outside lands in that window only by chance."""
+    if os.environ.get("FT_TEST_KILL_RANK_AFTER_RETURN") != str(rank):
+        return
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != "_wrap":  # torch's rank wrapper, which calls run_rank
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        raise RuntimeError("FT_TEST_KILL_RANK_AFTER_RETURN: not under torch's elastic _wrap")
+    finished = frame.f_locals["queue_finished_reading_event"]  # the Event the rank waits on once it returned
+    finished._cond._woken_count.release = lambda: os.kill(os.getpid(), signal.SIGKILL)
+
+
+def launch(
+    job: RankJob, devices: int, callbacks: Callbacks, *, poll_seconds: float = 0.05, grace: float | None = None
+) -> Any:
     """Run ``job`` as ``devices`` processes and return rank 0's ``FitResult``. Rank 0's events reach
-    ``callbacks`` on a thread of this process, which also answers the ranks' stop probe.
+    ``callbacks`` on a thread of this process, which also answers the ranks' stop probe; another thread
+    (``_Watchdog``) ends a launcher that hangs once a rank is dead or every rank has finished.
 
     Raises the ``TrainingError`` a rank reported, or ``RanksLost`` when a rank died without one."""
     context = multiprocessing.get_context("spawn")
     events, acks = context.Queue(), context.Queue()
     stop_code = context.Value("i", 0)
-    errors = job.out_dir / "ranks"
-    for stale in errors.glob("error-*.json") if errors.is_dir() else []:
-        stale.unlink()
+    ranks = job.out_dir / "ranks"
+    for pattern in ("error-*.json", "*.pid", "*.done"):  # an earlier launch's, in the same folder
+        for stale in ranks.glob(pattern) if ranks.is_dir() else []:
+            stale.unlink()
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -354,15 +393,131 @@ def launch(job: RankJob, devices: int, callbacks: Callbacks, *, poll_seconds: fl
     )
     relay = _Relay(events, acks, stop_code, callbacks, poll_seconds)
     relay.start()
+    watchdog = _Watchdog(ranks, devices, STUCK_GRACE_SECONDS if grace is None else grace)
+    watchdog.start()
     try:
-        results = elastic_launch(config, run_rank)(job, events, acks, stop_code)
+        try:
+            with _may_have_children():
+                results = elastic_launch(config, run_rank)(job, events, acks, stop_code)
+        finally:
+            watchdog.finish()  # no signal from it once this returns
     except ChildFailedError as failure:
+        relay.finish()
+        if watchdog.all_finished() and relay.result is not None:
+            # Every rank had finished (rank 0's artifacts written) when one died on its way out: the run is done.
+            log.warning("a rank died after the run finished (%s); its result stands", failure)
+            return relay.result
         raise _rank_error(job.out_dir, failure) from None
-    except SignalException as signalled:  # the launcher's own handler: this process was told to stop
-        raise RanksLost(f"the launcher got {signalled.sigval.name}: its ranks were stopped") from None
+    except SignalException as signalled:  # the launcher's own handler: this process, or the watchdog, stopped it
+        relay.finish()
+        if watchdog.fired is None:
+            raise RanksLost(f"the launcher got {signalled.sigval.name}: its ranks were stopped") from None
+        if watchdog.all_finished() and relay.result is not None:
+            return relay.result  # stuck after every rank had finished: the run itself is complete
+        raise RanksLost(f"{watchdog.fired}; the launcher was stopped") from None
     finally:
         relay.finish()
     return results[0]
+
+
+@contextlib.contextmanager
+def _may_have_children() -> Any:
+    """Lets a Celery pool child start the ranks. Billiard makes its pool child ``multiprocessing``'s current
+    process, daemonic (``multiprocessing`` refuses to start a daemonic process's children) and with billiard's
+    authkey, which the stdlib's spawn cannot pickle. While the launcher runs, the flag is lifted (it only guards
+    that assertion here: billiard's parent keeps its own record) and the key is the stdlib's kind, same bytes."""
+    from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]
+
+    current = multiprocessing.current_process()
+    config = current._config  # type: ignore[attr-defined]
+    saved = dict(config)
+    config["daemon"] = False
+    config["authkey"] = AuthenticationString(bytes(current.authkey))
+    try:
+        yield
+    finally:
+        config.clear()
+        config.update(saved)
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid``, a child of this process (the launcher's rank), has ended; a zombie counts, and stays
+    for the launcher to reap (WNOWAIT). A process that is not a child (already reaped) is not looked at."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False
+
+
+class _Watchdog(threading.Thread):
+    """Ends a launcher that hangs. Torch's elastic agent (in this process, under ``elastic_launch``) can block
+    forever: a rank SIGKILLed right after it returned its result, between being woken to exit and saying so,
+    leaves the agent in ``Event.set`` -> ``Condition.notify`` waiting on a dead process (py-spy shows it), and
+    the job's lease would be renewed forever. Every ``poll`` seconds this looks at the ranks (their pid files;
+    ``waitid`` on this process's children) and their ``<rank>.done`` files; once a rank is dead or every rank has
+    finished and the launcher has not returned within ``grace``, it signals the launching thread with SIGTERM,
+    which the agent's own handler turns into ``SignalException``: the agent stops its ranks and ``launch``
+    returns rank 0's result (every rank finished) or raises ``RanksLost`` (the job resumes from its checkpoint).
+
+    The agent installs that handler only in the main thread (``python -m training run``, a worker's pool child
+    and pytest all launch there); launched from another thread, the watchdog SIGKILLs the ranks and logs, and
+    the launcher may stay stuck."""
+
+    def __init__(self, ranks: Path, devices: int, grace: float, poll: float = 0.5) -> None:
+        super().__init__(name="launcher-watchdog", daemon=True)
+        self.ranks, self.devices, self.grace, self.poll = ranks, devices, grace, poll
+        self.launcher = threading.get_ident()
+        self.fired: str | None = None  # why it stopped the launcher
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        since: float | None = None
+        while not self._done.wait(self.poll):
+            reason = self._trouble()
+            if reason is None or self.fired is not None:
+                since = None if reason is None else since
+                continue
+            since = since if since is not None else time.monotonic()
+            if time.monotonic() - since >= self.grace:
+                self._fire(f"{reason}, and the launcher had not returned {self.grace:.0f} s later")
+
+    def _pids(self) -> dict[int, int]:
+        pids = {}
+        for rank in range(self.devices):
+            with contextlib.suppress(OSError, ValueError):
+                pids[rank] = int((self.ranks / f"{rank}.pid").read_text())
+        return pids
+
+    def all_finished(self) -> bool:
+        return all(_done_file(self.ranks.parent, rank).exists() for rank in range(self.devices))
+
+    def _trouble(self) -> str | None:
+        dead = [rank for rank, pid in self._pids().items() if _exited(pid)]
+        if dead:
+            return f"rank {dead[0]} ended" + (" after the run finished" if self.all_finished() else "")
+        if self.all_finished():
+            return "every rank finished"
+        return None
+
+    def _fire(self, reason: str) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return  # the launcher returned meanwhile
+            self.fired = reason
+            log.error("the launcher of the ranks is stuck (%s): stopping it", reason)
+            handled = signal.getsignal(signal.SIGTERM) is _terminate_process_handler
+            if self.launcher == threading.main_thread().ident and handled:
+                signal.pthread_kill(self.launcher, signal.SIGTERM)
+                return
+        log.error("the launcher runs outside the main thread and cannot be interrupted: killing its ranks")
+        for pid in self._pids().values():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done.set()
 
 
 def _rank_error(out_dir: Path, failure: Any) -> Exception:
@@ -386,6 +541,7 @@ class _Relay(threading.Thread):
         self.callbacks = callbacks
         self.poll_seconds = poll_seconds
         self.done = threading.Event()
+        self.result: Any = None  # rank 0's FitResult, relayed as it returns
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -401,6 +557,9 @@ class _Relay(threading.Thread):
         self.stop_code.value = _STOP_CODES[self.callbacks.should_stop()]
 
     def _deliver(self, name: str, payload: Any) -> None:
+        if name == "result":
+            self.result = payload
+            return
         try:
             getattr(self.callbacks, name)(payload)
         finally:
@@ -417,4 +576,5 @@ class _Relay(threading.Thread):
 
     def finish(self) -> None:
         self.done.set()
-        self.join()
+        if self.is_alive():
+            self.join()

@@ -1,9 +1,10 @@
 """The Celery app of a worker process, and its reliability settings: each says what failure it prevents.
 
 The broker configuration is the API's (``app.dispatch.broker.celery_config``), so both ends agree on the
-transport. A worker process serves one GPU (``CUDA_VISIBLE_DEVICES`` set by ``finetune worker``) with
-a prefork pool of one child: the parent never imports torch or touches CUDA, and each training job
-runs in a fresh child (``worker_max_tasks_per_child``), which gives all GPU memory back when it ends.
+transport. A worker process runs one job at a time with a prefork pool of one child: the parent never
+imports torch or touches CUDA, and each training job runs in a fresh child (``worker_max_tasks_per_child``),
+which gives all GPU memory back when it ends. The GPUs a job uses are the ones its child claims in the host's
+device slots (``worker.slots``, ``worker.tasks.device_slots_for``).
 """
 
 from __future__ import annotations

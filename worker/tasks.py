@@ -12,11 +12,13 @@ checkpoints at its next step and is requeued for another worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +66,21 @@ def register(celery: Celery, settings: Settings, *, warm_training: bool = False)
     JobTask.settings = settings
     _warm_up_config.update(settings=settings, training=warm_training)
 
-    @celery.task(name=TRAIN_JOB, base=JobTask, bind=True)  # type: ignore[untyped-decorator]
+    # max_retries None: a job whose devices are busy is tried again for as long as it takes (device_slots_for).
+    @celery.task(name=TRAIN_JOB, base=JobTask, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
     def train_job(self: Task, job_id: str) -> str:
         from worker.runner import run_job  # torch is imported here, in the pool child only
 
         if draining_marker(os.getppid()).exists():
             # The parent is shutting down (a deploy): leave the job to a worker that stays.
             raise Reject(f"worker shutting down: job {job_id} left for another worker", requeue=True)
-        listen_for_preemption()
-        return run_job(process_services(settings), job_id, preempt_requested, self.request.hostname)
+        services = process_services(settings)
+        with device_slots_for(services, job_id) as wanted:
+            if wanted is not None:  # fewer devices free on this host than the job asks for: a later try
+                log.info("job %s: its %d device(s) are not free on this host; again in %.0f s", job_id, *wanted)
+                raise self.retry(countdown=wanted[1], queue=wanted_queue(services, job_id))
+            listen_for_preemption()
+            return run_job(services, job_id, preempt_requested, self.request.hostname)
 
     @celery.task(name=EXPORT_JOB)  # type: ignore[untyped-decorator]
     def export_job(export_id: str) -> str:
@@ -90,6 +98,59 @@ def register(celery: Celery, settings: Settings, *, warm_training: bool = False)
     def deliver_webhook(delivery_id: str) -> str:
         """One attempt; a failure schedules the retry in the row, which the API's sweep sends when due."""
         return attempt_delivery(process_services(settings).factory, settings, delivery_id)
+
+
+DEVICE_WAIT_SECONDS = 15.0  # a job whose devices are busy on this host is tried again this much later
+_advertised: dict[str, list[str]] = {}  # "devices": the device ids this worker offers (``finetune worker``)
+
+
+def advertise_devices(devices: list[str] | None) -> None:
+    """The device ids this worker process offers (GPU ids, or ``cpu0``...), set in the parent before the pool
+    forks; None: no slot counting (the embedded mode's workers, tests that run a job directly)."""
+    _advertised.clear()
+    if devices is not None:
+        _advertised["devices"] = list(devices)
+
+
+def _job_devices(services: Runtime, job_id: str) -> int | str | None:
+    from app.repositories import jobs as job_rows
+
+    with transaction(services.factory) as session:
+        job = job_rows.get_any(session, job_id)
+        return None if job is None else job.spec.get("training", {}).get("devices", 1)
+
+
+def wanted_queue(services: Runtime, job_id: str) -> str:
+    from app.dispatch.names import training_queue
+
+    return training_queue(_job_devices(services, job_id) or 1)
+
+
+@contextlib.contextmanager
+def device_slots_for(services: Runtime, job_id: str) -> Iterator[tuple[int, float] | None]:
+    """Holds the job's devices on this host (``worker.slots``) while the body runs, whatever its ending; yields
+    None, or ``(devices wanted, seconds to wait)`` when they are not free. On GPUs the job's processes see only
+    the claimed ones (``CUDA_VISIBLE_DEVICES``, set before the job touches CUDA)."""
+    from worker.slots import SLOTS_FILE, DeviceSlots
+
+    advertised = _advertised.get("devices")
+    asked = _job_devices(services, job_id) if advertised is not None else None
+    if advertised is None or asked is None:  # no counting here, or no such job (the runner says so)
+        yield None
+        return
+    on_gpus = not advertised[0].startswith("cpu")
+    count = (len(advertised) if on_gpus else 1) if asked == "all" else int(asked)
+    slots = DeviceSlots(services.settings.home / SLOTS_FILE, advertised)
+    claimed = slots.claim(count, job_id)
+    if claimed is None:
+        yield count, DEVICE_WAIT_SECONDS
+        return
+    if on_gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(claimed)
+    try:
+        yield None
+    finally:
+        slots.release()
 
 
 def draining_marker(pid: int) -> Path:

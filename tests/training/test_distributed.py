@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,30 @@ def test_a_bad_spec_on_every_rank_is_the_run_error_not_a_lost_rank(cifar: Path, 
     with pytest.raises(TrainingError, match="sync_batchnorm needs CUDA") as error:
         fit_on_devices(spec, tmp_path, callbacks=Recorder())
     assert error.value.code == "invalid_spec"
+
+
+@pytest.mark.slow  # 1.5 min on the loaded 2-core machine
+def test_a_rank_killed_right_after_it_returned_does_not_hang_the_launcher(
+    cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rank 1 is SIGKILLed right after it returned, as the launcher wakes it to exit (the test hook in
+    ``run_rank``): torch's elastic agent then waits on it forever (``Event.set`` -> ``Condition.notify``). The
+    watchdog stops the launcher after its grace; every rank had finished, so the run's result stands. (With the
+    watchdog off, this run hung until an outside SIGTERM, 7 minutes later.)"""
+    from training import distributed
+
+    monkeypatch.setenv("FT_TEST_KILL_RANK_AFTER_RETURN", "1")
+    monkeypatch.setattr(distributed, "STUCK_GRACE_SECONDS", 5.0)
+    two = cifar_spec(cifar, 2).model_dump(mode="json")
+    spec = Spec.model_validate({**two, "training": {**two["training"], "epochs": 1}})
+    started = time.monotonic()
+
+    result = fit_on_devices(spec, tmp_path, callbacks=Recorder())
+
+    assert result.status == "completed" and result.steps == 4
+    assert (tmp_path / "model.safetensors").is_file()
+    assert "the launcher of the ranks is stuck (rank 1 ended after the run finished" in caplog.text  # it did hang
+    for rank in (0, 1):  # none is left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(int((tmp_path / "ranks" / f"{rank}.pid").read_text()), 0)
+    print(f"killed after return: the launch ended in {time.monotonic() - started:.0f} s")

@@ -63,7 +63,8 @@ def test_a_two_process_job_loses_a_rank_resumes_and_its_weights_export_with_pari
     # differs by more than the export check's absolute 1e-4.
     # Three epochs, the kill at the second: a whole epoch between the kill and the run's end. A rank killed after it
     # returned, while waiting for the agent to read its result, deadlocks torch's elastic agent (a multiprocessing
-    # Event whose killed waiter never wakes), which is not what this test is about.
+    # Event whose killed waiter never wakes): training.distributed's watchdog ends that (tests/training covers it),
+    # which is not what this test is about.
     spec = job_spec(dataset_id, optimizer={"lr": 0.001}, training={"epochs": 3, "log_every_steps": 1, "devices": 2})
     job_id = submit(services, spec)
 
