@@ -1,13 +1,15 @@
 """The console, as a person uses it, in Chromium against a real embedded server (tests/console/conftest.py):
 upload a CIFAR-10 subset, submit a job from the editor after fixing a validation error, watch its loss curve
-grow live (pausing and resuming the stream without a gap), download its weights, cancel another job, compare
-two jobs, sign in with a key, reach everything with the keyboard."""
+grow live (pausing and resuming the stream without a gap), download its weights, cancel another job, pause and
+resume one, compare two jobs, sign in with a key, reach everything with the keyboard. Every test runs against the
+embedded service and against the production stack (PostgreSQL, Redis, a Celery worker): tests/console/conftest.py."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -54,8 +56,9 @@ def wait_for_job(console: Console, job_id: str, statuses: set[str], timeout: flo
     return job
 
 
-def submit(console: Console, dataset: str, **training: object) -> str:
+def submit(console: Console, dataset: str, backbone: str = "resnet18", **training: object) -> str:
     spec = {
+        "backbone": {"name": backbone},
         "data": {"dataset": dataset, "image_size": 32, "batch_size": 32},
         "optimizer": {"name": "sgd", "lr": 0.01},
         "training": {"epochs": 2, "log_every_steps": 1, **training},
@@ -179,7 +182,7 @@ def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
     assert download.value.suggested_filename == f"{job_id}.safetensors"
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == artifacts["model.safetensors"]["sha256"]
     page.snap("job")
-    if os.environ.get("FT_CONSOLE_DOCS_SCREENSHOT") == "1":
+    if os.environ.get("FT_CONSOLE_DOCS_SCREENSHOT") == "1" and console.deployment == "embedded":
         save_docs_screenshot(page)
     wait_for_job(console, other, TERMINAL)
 
@@ -197,10 +200,21 @@ def save_docs_screenshot(page: Page) -> None:
     image.quantize(colors=128).save(DOCS_SCREENSHOT, optimize=True)
 
 
-def test_cancel_a_job(page: Page, console: Console, dataset_id: str) -> None:
-    job_id = submit(console, dataset_id, epochs=200)
-    page.goto(f"/jobs/{job_id}")
+def test_the_jobs_list_follows_a_job_live_and_its_page_cancels_it(
+    page: Page, console: Console, dataset_id: str
+) -> None:
+    job_id = submit(console, dataset_id, "shufflenet_v2_x0_5", epochs=200)
+    page.goto("/jobs")
     p = page.page
+    # The list refreshes itself: the row turns running, then shows an ETA once the first epoch is done.
+    row = p.locator(f"#job-list tr:has(a[href='#/jobs/{job_id}'])")
+    row.locator("td[data-label='Progress']:has-text('ETA')").wait_for(timeout=180_000)
+    assert row.locator("td[data-label='Status']").inner_text() == "running"
+    progress = row.locator("td[data-label='Progress']").inner_text().strip()
+    assert re.fullmatch(r"\d+/200 epochs · ETA \d+ (s|min \d+ s|h \d+ min)", progress), progress
+    assert float(row.locator("progress").get_attribute("value") or 0) > 0
+
+    row.locator(f"a[href='#/jobs/{job_id}']").click()
     p.click("[data-action='cancel']")  # confirmed in the dialog
     p.wait_for_selector("h1 .badge:text('cancelled')", timeout=60_000)
     assert p.locator("[data-action='cancel']").count() == 0
@@ -209,10 +223,49 @@ def test_cancel_a_job(page: Page, console: Console, dataset_id: str) -> None:
     page.snap("job-cancelled")
 
 
+def test_pause_and_resume_a_job_from_its_page(page: Page, console: Console, dataset_id: str) -> None:
+    """Paused from the keyboard on the job's page, the job shows `paused` (and the list finds it by that
+    status); resumed, it runs again from the pause's checkpoint and finishes."""
+    job_id = submit(console, dataset_id, "shufflenet_v2_x0_5", epochs=2)
+    page.goto(f"/jobs/{job_id}")
+    p = page.page
+    p.wait_for_selector("h1 .badge:text('running')", timeout=120_000)
+    for _ in range(12):  # from the top of the page to the Pause button, by Tab alone
+        p.keyboard.press("Tab")
+        if p.evaluate("document.activeElement.dataset.action") == "pause":
+            break
+    else:
+        pytest.fail("Tab never reached the Pause button")
+    p.keyboard.press("Enter")
+    p.wait_for_selector("h1 .badge:text('paused')", timeout=120_000)
+    assert p.locator("[data-action='pause']").count() == 0 and p.locator("[data-action='resume']").count() == 1
+    assert wait_for_job(console, job_id, {"paused"}, timeout=5)["progress"]["epoch"] < 2
+    page.snap("job-paused")
+
+    page.goto("/jobs")
+    p.select_option("#filter-status", "paused")
+    p.click("form.filters button")
+    p.wait_for_selector("#job-list[data-jobs='1']")
+    p.click(f"#job-list a[href='#/jobs/{job_id}']")
+    p.click("[data-action='resume']")
+    p.wait_for_selector("h1 .badge:text('running')", timeout=120_000)
+    p.wait_for_selector("h1 .badge:text('succeeded')", timeout=300_000)
+    p.wait_for_selector(".live-state[data-state='ended']")
+
+    with console.api() as api:
+        events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+    moves = [e["data"]["to"] for e in events if e["type"] == "status"]
+    assert moves == ["queued", "running", "pausing", "paused", "queued", "running", "succeeded"]
+    shown = [int(s) for s in p.eval_on_selector_all("#event-log tbody tr", "rs => rs.map(r => r.dataset.seq)")]
+    assert shown == [e["seq"] for e in events]
+    # Each epoch once: the second attempt went on from the pause's checkpoint, not from the start.
+    assert p.get_attribute("figure.chart[data-chart='Accuracy']", "data-series") == "2,2"
+
+
 def test_compare_two_jobs(page: Page, console: Console, dataset_id: str) -> None:
     with console.api() as api:
         done = api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
-    jobs = [job["id"] for job in done[:2]]
+    jobs = [job["id"] for job in done if job["spec"]["backbone"]["name"] == "resnet18"][:2]
     while len(jobs) < 2:  # when this test runs alone
         jobs.append(submit(console, dataset_id, seed=len(jobs)))
     for job_id in jobs:
