@@ -130,14 +130,25 @@ def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
     lr_line = text.splitlines().index("  lr: -0.05")
     assert error.get_attribute("data-line") == str(lr_line) and "lr" in (error.get_attribute("data-param") or "")
     assert "greater than 0" in error.inner_text() and p.is_disabled("#submit")
+    # Beside its field too: the gutter marks the line, and the error's link selects it in the editor.
+    assert p.inner_text(".gutter").split("\n")[lr_line] == f"● {lr_line + 1}"
+    error.locator("button").click()
+    selected = p.evaluate("(e => e.value.slice(e.selectionStart, e.selectionEnd))(document.activeElement)")
+    assert selected == "  lr: -0.05"
     page.snap("new-job-error")
 
-    editor.fill(text.replace("lr: -0.05", "lr: 0.05"))
-    p.click("#validate")
-    p.wait_for_selector("#plan figure.chart", timeout=120_000)  # the dry run builds the model on the CPU
+    editor.fill(text.replace("lr: -0.05", "lr: 0.005"))
+    with p.expect_response("**/v1/jobs/validate", timeout=120_000) as answer:  # builds the model on the CPU
+        p.click("#validate")
+    preview = answer.value.json()["lr_preview"]
+    p.wait_for_selector("#plan figure.chart")
     assert p.inner_text("#spec-errors") == "The spec is valid."
     assert p.inner_text("dd[data-field='Parameters']") == "11,181,642"  # resnet18 with a 10-class head
-    assert int(p.get_attribute("#plan figure.chart", "data-points") or 0) > 0
+    assert p.inner_text("dd[data-field='Trainable (first epoch)']") == "11,181,642"
+    # One line per parameter group, each over every step of the preview.
+    series = p.locator("#plan figure.chart").get_attribute("data-series") or ""
+    assert series.split(",") == [str(len(preview["steps"]))] * len(preview["groups"]), (series, preview["groups"])
+    assert_charts_read_without_colour(page)
     page.snap("new-job-plan")
     p.fill("#job-name", "from-the-editor")
     p.click("#submit")
@@ -173,9 +184,27 @@ def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
     assert loss.get_attribute("data-series") == f"{len(steps)},2,2"  # step loss; train and val loss per epoch
     assert p.get_attribute("figure.chart[data-chart='Clipped steps']", "data-points") == "2"
 
-    # Final and test metrics, confusion matrices, and the weights, whose sha256 is the API's.
+    assert_charts_read_without_colour(page)
+
+    # Final and test metrics, confusion matrices with per-class accuracy, the resolved spec, and the weights,
+    # whose sha256 is the API's.
     p.wait_for_selector("table.confusion[data-split='test']")
-    assert p.locator("table.confusion[data-split='validation'] tbody tr").count() == 10
+    with console.api() as api:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        confusion = api.get(f"/v1/jobs/{job_id}/confusion").json()
+    shown_metrics = p.eval_on_selector_all(
+        "#metrics tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent).join(' '))"
+    )
+    assert f"test test_acc {job['metrics']['test']['test_acc']:.4f}" in shown_metrics, shown_metrics
+    for split, key in (("validation", "val"), ("test", "test")):
+        cells = p.eval_on_selector_all(
+            f"table.confusion[data-split='{split}'] tbody tr",
+            "rs => rs.map(r => [...r.querySelectorAll('td')].map(c => c.textContent))",
+        )
+        expected = confusion[key]
+        assert [[int(n) for n in row[:-1]] for row in cells] == expected["matrix"]
+        assert [row[-1] for row in cells] == [f"{a * 100:.1f}%" for a in expected["per_class_accuracy"]]
+    assert yaml.safe_load(p.inner_text("pre.spec")) == job["spec"]
     with p.expect_download() as download:
         p.click("[data-download='model.safetensors']")
     path = download.value.path()
@@ -198,6 +227,21 @@ def save_docs_screenshot(page: Page) -> None:
     image = Image.open(io.BytesIO(p.screenshot())).convert("RGB")
     image = image.resize((800, round(image.height * 800 / image.width)), Image.Resampling.LANCZOS)
     image.quantize(colors=128).save(DOCS_SCREENSHOT, optimize=True)
+
+
+def assert_charts_read_without_colour(page: Page) -> None:
+    """Every chart's legend tells its series apart by line and marker alone: with the colours taken out of the
+    swatches (SVG pictures of each line's dash pattern and marker), no two are alike."""
+    swatches = page.page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "figure.chart",
+        """fs => fs.map(f => [f.dataset.chart, [...f.querySelectorAll('.u-legend .u-series .u-marker')].slice(1)
+              .map(m => decodeURIComponent(getComputedStyle(m).backgroundImage))])""",
+    )
+    assert swatches
+    for chart, images in swatches:
+        shapes = [re.sub(r"#[0-9a-fA-F]{6}", "", image) for image in images]
+        assert images and all("<svg" in shape for shape in shapes), (chart, images)
+        assert len(set(shapes)) == len(shapes), f"{chart}: series look alike without colour: {shapes}"
 
 
 def test_the_jobs_list_follows_a_job_live_and_its_page_cancels_it(
@@ -273,7 +317,15 @@ def test_compare_two_jobs(page: Page, console: Console, dataset_id: str) -> None
     page.goto("/jobs?status=succeeded")
     p = page.page
     for job_id in jobs:
+        assert p.is_disabled("#compare-selected")  # two to six
         p.check(f"input[aria-label='compare {job_id}']")
+    assert p.is_enabled("#compare-selected")
+    for job in done:  # the best value of each job's monitored metric, as the API reports it
+        if job["id"] in jobs:
+            monitor = job["spec"]["training"]["monitor"]
+            best = float(job["metrics"]["best"][monitor])
+            text = f"{int(best):,}" if best.is_integer() else f"{best:.4f}"
+            assert p.inner_text(f"tr:has(a[href='#/jobs/{job['id']}']) td[data-label='Best']") == f"{monitor} {text}"
     page.snap("jobs")
     p.click("#compare-selected")
     p.wait_for_url("**/#/compare?ids=*")
@@ -284,6 +336,8 @@ def test_compare_two_jobs(page: Page, console: Console, dataset_id: str) -> None
     with console.api() as api:
         specs = [api.get(f"/v1/jobs/{job_id}").json()["spec"] for job_id in jobs]
     assert "optimizer.lr" in differs and (specs[0]["optimizer"]["lr"] != specs[1]["optimizer"]["lr"])
+    assert all(p.inner_text(f"tr[data-field='{f}'] th").startswith("≠") for f in differs)  # marked in text too
+    assert_charts_read_without_colour(page)
     assert "backbone.name" not in differs
     p.check("#only-differences")
     assert p.locator("table.spec-diff tbody tr").count() == len(differs)
@@ -330,7 +384,7 @@ def test_everything_is_reachable_with_the_keyboard(page: Page) -> None:
     p.keyboard.press("Shift+Tab")
     p.keyboard.press("Enter")  # on "Data sets"
     p.wait_for_selector("h1:text('Data sets')")
-    p.wait_for_function("document.activeElement.id === 'main'")  # focus moves to the new page
+    p.wait_for_selector("#main:focus")  # focus moves to the new page (a selector: the CSP forbids eval)
 
 
 def test_sign_in_with_an_api_key(browser: object, console: Console) -> None:

@@ -127,7 +127,7 @@ export async function renderJob(main, jobId, { signal }) {
   const liveState = h("span.live-state", { role: "status" }, "connecting…");
   const liveToggle = h("button", { type: "button", id: "live-toggle" }, "Pause live updates");
   const chartArea = h("section", { "aria-labelledby": "curves-title" }, h("h2", { id: "curves-title" }, "Curves"));
-  const metricsArea = h("section", {}, h("h2", {}, "Final and test metrics"));
+  const metricsArea = h("section", { id: "metrics" }, h("h2", {}, "Final and test metrics"));
   const confusionArea = h("section", { id: "confusion" }, h("h2", {}, "Confusion matrices"));
   const filesArea = h("section", { id: "files" }, h("h2", {}, "Checkpoints and artifacts"));
   const logBody = h("tbody");
