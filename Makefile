@@ -76,7 +76,7 @@ docs: install
 
 # Regenerate docs/job-page.png, the README's picture of a job page, with the console's browser test.
 docs-screenshot: install browser
-	FT_CONSOLE_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/console -k watch_it_train -q
+	FT_CONSOLE_DOCS_SCREENSHOT=1 $(BIN)/pytest tests/console -k "watch_it_train and embedded" -q
 
 # Regenerate app/client/client.py (Client) from app/client/async_client.py (AsyncClient), its source.
 client: install

@@ -123,7 +123,8 @@ function parseBlock(block) {
   return event.data.length ? event : null;
 }
 
-export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+// A sweep's trial its pruner stopped is "pruned": as final as the other three (the stream ends after it).
+export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 
 export function isTerminal(event) {
   return event.type === "status" && TERMINAL.has(event.data?.to);

@@ -29,6 +29,9 @@ function parseHash() {
 }
 
 async function route() {
+  // Decided as the route starts: a person can leave the first page before it has finished loading.
+  const first = !routed;
+  routed = true;
   current?.abort();
   const controller = new AbortController();
   current = controller;
@@ -53,8 +56,7 @@ async function route() {
   }
   // After a navigation, focus moves to the new page (as a page load would put it at the top); the first page
   // leaves it where the browser starts, before the skip link.
-  if (!controller.signal.aborted && routed) main.focus({ preventScroll: true });
-  routed = true;
+  if (!controller.signal.aborted && !first) main.focus({ preventScroll: true });
 }
 
 function navigate(hash) {

@@ -1,9 +1,12 @@
-"""The console in a real browser: Debian's Chromium driven by Playwright, against one real embedded server
-(``finetune serve``: SQLite, files, a worker child) with auth on, for the whole module.
+"""The console in a real browser: Debian's Chromium driven by Playwright, against each of the service's two
+deployments in turn, with auth on, for the whole module: ``embedded`` (``finetune serve``: SQLite, files, a
+worker child) and ``production`` (PostgreSQL, Redis, ``finetune serve --workers 0`` and a real Celery worker:
+tests/integration/stack.py).
 
-Every page a test opens is watched: a console error, an uncaught exception, a failed request or an HTTP error
-the test did not declare fails the test. Screenshots of each page at 1280 and 390 px go to
-``build/console-screenshots/`` (gitignored) for a person to look at.
+Every page a test opens is watched: a console error, an uncaught exception, a failed request, an HTTP error
+the test did not declare, or a request to any other origin (the console works offline) fails the test.
+Screenshots of each page at 1280 and 390 px go to ``build/console-screenshots/<deployment>/`` (gitignored) for
+a person to look at; at 390 px the page must not scroll sideways.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import pytest
 from tests.app.servers import REPO, free_port
 from tests.cifar import make_cifar_subset
 from tests.conftest import service_missing
+from tests.integration.stack import running_stack
 
 CHROMIUM = Path(os.environ.get("FT_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = REPO / "build" / "console-screenshots"
 WIDTHS = (1280, 390)
 DOCS_SCREENSHOT = REPO / "docs" / "job-page.png"
 FINETUNE = str(Path(sys.executable).with_name("finetune"))
+DEPLOYMENTS = ("embedded", "production")
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +47,7 @@ class Console:
     key: str
     home: Path
     process: subprocess.Popen[bytes]
+    deployment: str = "embedded"
 
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
@@ -90,10 +96,18 @@ def finetune_serve(home: Path, *, auth: bool, workers: int) -> Iterator[tuple[st
             process.wait(10)
 
 
-@pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    """The embedded service with auth on and one worker, in a temporary FT_HOME, and an API key for it."""
-    home = tmp_path_factory.mktemp("console-home")
+@pytest.fixture(scope="module", params=DEPLOYMENTS)
+def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The service with auth on and one worker, in a temporary FT_HOME, and an API key for it: embedded, or
+    the production stack (its PostgreSQL and Redis fixtures are asked for only then)."""
+    home = tmp_path_factory.mktemp(f"console-{request.param}")
+    if request.param == "production":
+        postgres_url, redis_url = request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url")
+        with running_stack(postgres_url, redis_url, home) as stack:
+            stack.start_worker(queues="gpu,cpu")  # validates the uploads and trains the jobs
+            key = stack.headers["Authorization"].removeprefix("Bearer ")
+            yield Console(stack.url, key, home, stack.api, "production")
+        return
     with finetune_serve(home, auth=True, workers=1) as (url, process):
         env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(home)}
         created = subprocess.run(
@@ -130,6 +144,7 @@ _FAILED_LOAD = re.compile(r"status of (\d{3})")
 class Watch:
     """What went wrong on a page: console errors, page errors, failed requests, unexpected HTTP errors."""
 
+    origin: str  # the service's: every request goes there (or is a data: or blob: URL the page made)
     expected: list[tuple[int, str]] = field(default_factory=list)  # (status, url part) the test provokes
     problems: list[str] = field(default_factory=list)
     seen: list[tuple[int, str]] = field(default_factory=list)
@@ -157,6 +172,11 @@ class Watch:
             if not self._expected(status, url):
                 self.problems.append(f"HTTP {status}: {url}")
 
+    def on_request(self, request: object) -> None:
+        url = request.url  # type: ignore[attr-defined]
+        if not (url.startswith((f"{self.origin}/", "data:", "blob:")) or url == self.origin):
+            self.problems.append(f"request to another origin: {url}")
+
     def on_request_failed(self, request: object) -> None:
         failure = request.failure or ""  # type: ignore[attr-defined]
         url = request.url  # type: ignore[attr-defined]
@@ -178,13 +198,17 @@ class Page:
         self.page.goto(f"{self.console.url}/#{route}")  # type: ignore[attr-defined]
 
     def snap(self, name: str) -> None:
-        """Screenshots of the page as it is, at 1280 and 390 px wide."""
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        """Screenshots of the page as it is, at 1280 and 390 px wide; at either width the page itself must not
+        scroll sideways (a wide table scrolls inside its own box)."""
+        folder = SCREENSHOTS / self.console.deployment
+        folder.mkdir(parents=True, exist_ok=True)
         page = self.page
         for width in WIDTHS:
             page.set_viewport_size({"width": width, "height": 900})  # type: ignore[attr-defined]
             page.wait_for_timeout(150)  # type: ignore[attr-defined]  # the charts follow the width
-            page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)  # type: ignore[attr-defined]
+            page.screenshot(path=str(folder / f"{name}-{width}.png"), full_page=True)  # type: ignore[attr-defined]
+            wide = page.evaluate("document.documentElement.scrollWidth")  # type: ignore[attr-defined]
+            assert wide <= width, f"the {name} page is {wide} px wide in a {width} px window"
         page.set_viewport_size({"width": WIDTHS[0], "height": 900})  # type: ignore[attr-defined]
 
 
@@ -194,7 +218,8 @@ def open_page(browser: object, console: Console, *, signed_in: bool = True) -> t
     if signed_in:  # the way the sign-in form does it: the key in this tab's sessionStorage
         context.add_init_script(f"sessionStorage.setItem('finetune.apiKey', {console.key!r})")
     browser_page = context.new_page()
-    watch = Watch()
+    watch = Watch(console.url)
+    browser_page.on("request", watch.on_request)
     browser_page.on("console", watch.on_console)
     browser_page.on("pageerror", lambda error: watch.problems.append(f"page error: {error}"))
     browser_page.on("requestfailed", watch.on_request_failed)

@@ -1,13 +1,15 @@
 """The console, as a person uses it, in Chromium against a real embedded server (tests/console/conftest.py):
 upload a CIFAR-10 subset, submit a job from the editor after fixing a validation error, watch its loss curve
-grow live (pausing and resuming the stream without a gap), download its weights, cancel another job, compare
-two jobs, sign in with a key, reach everything with the keyboard."""
+grow live (pausing and resuming the stream without a gap), download its weights, cancel another job, pause and
+resume one, compare two jobs, sign in with a key, reach everything with the keyboard. Every test runs against the
+embedded service and against the production stack (PostgreSQL, Redis, a Celery worker): tests/console/conftest.py."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -54,8 +56,9 @@ def wait_for_job(console: Console, job_id: str, statuses: set[str], timeout: flo
     return job
 
 
-def submit(console: Console, dataset: str, **training: object) -> str:
+def submit(console: Console, dataset: str, backbone: str = "resnet18", **training: object) -> str:
     spec = {
+        "backbone": {"name": backbone},
         "data": {"dataset": dataset, "image_size": 32, "batch_size": 32},
         "optimizer": {"name": "sgd", "lr": 0.01},
         "training": {"epochs": 2, "log_every_steps": 1, **training},
@@ -107,7 +110,6 @@ def test_a_data_set_that_fails_validation_shows_why(page: Page, tmp_path: Path) 
 def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
     page: Page, console: Console, dataset_id: str
 ) -> None:
-    other = submit(console, dataset_id)  # queued first: a second finished job to compare with later
     page.goto(f"/new?dataset={dataset_id}")
     p = page.page
     editor = p.locator("#spec-editor")
@@ -127,14 +129,25 @@ def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
     lr_line = text.splitlines().index("  lr: -0.05")
     assert error.get_attribute("data-line") == str(lr_line) and "lr" in (error.get_attribute("data-param") or "")
     assert "greater than 0" in error.inner_text() and p.is_disabled("#submit")
+    # Beside its field too: the gutter marks the line, and the error's link selects it in the editor.
+    assert p.inner_text(".gutter").split("\n")[lr_line] == f"● {lr_line + 1}"
+    error.locator("button").click()
+    selected = p.evaluate("(e => e.value.slice(e.selectionStart, e.selectionEnd))(document.activeElement)")
+    assert selected == "  lr: -0.05"
     page.snap("new-job-error")
 
-    editor.fill(text.replace("lr: -0.05", "lr: 0.05"))
-    p.click("#validate")
-    p.wait_for_selector("#plan figure.chart", timeout=120_000)  # the dry run builds the model on the CPU
+    editor.fill(text.replace("lr: -0.05", "lr: 0.005"))
+    with p.expect_response("**/v1/jobs/validate", timeout=120_000) as answer:  # builds the model on the CPU
+        p.click("#validate")
+    preview = answer.value.json()["lr_preview"]
+    p.wait_for_selector("#plan figure.chart")
     assert p.inner_text("#spec-errors") == "The spec is valid."
     assert p.inner_text("dd[data-field='Parameters']") == "11,181,642"  # resnet18 with a 10-class head
-    assert int(p.get_attribute("#plan figure.chart", "data-points") or 0) > 0
+    assert p.inner_text("dd[data-field='Trainable (first epoch)']") == "11,181,642"
+    # One line per parameter group, each over every step of the preview.
+    series = p.locator("#plan figure.chart").get_attribute("data-series") or ""
+    assert series.split(",") == [str(len(preview["steps"]))] * len(preview["groups"]), (series, preview["groups"])
+    assert_charts_read_without_colour(page)
     page.snap("new-job-plan")
     p.fill("#job-name", "from-the-editor")
     p.click("#submit")
@@ -170,18 +183,35 @@ def test_submit_from_the_editor_watch_it_train_and_download_its_weights(
     assert loss.get_attribute("data-series") == f"{len(steps)},2,2"  # step loss; train and val loss per epoch
     assert p.get_attribute("figure.chart[data-chart='Clipped steps']", "data-points") == "2"
 
-    # Final and test metrics, confusion matrices, and the weights, whose sha256 is the API's.
+    assert_charts_read_without_colour(page)
+
+    # Final and test metrics, confusion matrices with per-class accuracy, the resolved spec, and the weights,
+    # whose sha256 is the API's.
     p.wait_for_selector("table.confusion[data-split='test']")
-    assert p.locator("table.confusion[data-split='validation'] tbody tr").count() == 10
+    with console.api() as api:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        confusion = api.get(f"/v1/jobs/{job_id}/confusion").json()
+    shown_metrics = p.eval_on_selector_all(
+        "#metrics tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent).join(' '))"
+    )
+    assert f"test test_acc {job['metrics']['test']['test_acc']:.4f}" in shown_metrics, shown_metrics
+    for split, key in (("validation", "val"), ("test", "test")):
+        cells = p.eval_on_selector_all(
+            f"table.confusion[data-split='{split}'] tbody tr",
+            "rs => rs.map(r => [...r.querySelectorAll('td')].map(c => c.textContent))",
+        )
+        expected = confusion[key]
+        assert [[int(n) for n in row[:-1]] for row in cells] == expected["matrix"]
+        assert [row[-1] for row in cells] == [f"{a * 100:.1f}%" for a in expected["per_class_accuracy"]]
+    assert yaml.safe_load(p.inner_text("pre.spec")) == job["spec"]
     with p.expect_download() as download:
         p.click("[data-download='model.safetensors']")
     path = download.value.path()
     assert download.value.suggested_filename == f"{job_id}.safetensors"
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == artifacts["model.safetensors"]["sha256"]
     page.snap("job")
-    if os.environ.get("FT_CONSOLE_DOCS_SCREENSHOT") == "1":
+    if os.environ.get("FT_CONSOLE_DOCS_SCREENSHOT") == "1" and console.deployment == "embedded":
         save_docs_screenshot(page)
-    wait_for_job(console, other, TERMINAL)
 
 
 def save_docs_screenshot(page: Page) -> None:
@@ -197,10 +227,46 @@ def save_docs_screenshot(page: Page) -> None:
     image.quantize(colors=128).save(DOCS_SCREENSHOT, optimize=True)
 
 
-def test_cancel_a_job(page: Page, console: Console, dataset_id: str) -> None:
-    job_id = submit(console, dataset_id, epochs=200)
-    page.goto(f"/jobs/{job_id}")
+def flatten(value: object, prefix: str = "") -> dict[str, object]:
+    """A spec's fields by dotted path, as the compare page lists them."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    found: dict[str, object] = {}
+    for key, inner in value.items():
+        found |= flatten(inner, f"{prefix}.{key}" if prefix else key)
+    return found
+
+
+def assert_charts_read_without_colour(page: Page) -> None:
+    """Every chart's legend tells its series apart by line and marker alone: with the colours taken out of the
+    swatches (SVG pictures of each line's dash pattern and marker), no two are alike."""
+    swatches = page.page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "figure.chart",
+        """fs => fs.map(f => [f.dataset.chart, [...f.querySelectorAll('.u-legend .u-series .u-marker')].slice(1)
+              .map(m => decodeURIComponent(getComputedStyle(m).backgroundImage))])""",
+    )
+    assert swatches
+    for chart, images in swatches:
+        shapes = [re.sub(r"#[0-9a-fA-F]{6}", "", image) for image in images]
+        assert images and all("<svg" in shape for shape in shapes), (chart, images)
+        assert len(set(shapes)) == len(shapes), f"{chart}: series look alike without colour: {shapes}"
+
+
+def test_the_jobs_list_follows_a_job_live_and_its_page_cancels_it(
+    page: Page, console: Console, dataset_id: str
+) -> None:
+    job_id = submit(console, dataset_id, "shufflenet_v2_x0_5", epochs=200)
+    page.goto("/jobs")
     p = page.page
+    # The list refreshes itself: the row turns running, then shows an ETA once the first epoch is done.
+    row = p.locator(f"#job-list tr:has(a[href='#/jobs/{job_id}'])")
+    row.locator("td[data-label='Progress']:has-text('ETA')").wait_for(timeout=180_000)
+    assert row.locator("td[data-label='Status']").inner_text() == "running"
+    progress = row.locator("td[data-label='Progress']").inner_text().strip()
+    assert re.fullmatch(r"\d+/200 epochs · ETA \d+ (s|min \d+ s|h \d+ min)", progress), progress
+    assert float(row.locator("progress").get_attribute("value") or 0) > 0
+
+    row.locator(f"a[href='#/jobs/{job_id}']").click()
     p.click("[data-action='cancel']")  # confirmed in the dialog
     p.wait_for_selector("h1 .badge:text('cancelled')", timeout=60_000)
     assert p.locator("[data-action='cancel']").count() == 0
@@ -209,10 +275,49 @@ def test_cancel_a_job(page: Page, console: Console, dataset_id: str) -> None:
     page.snap("job-cancelled")
 
 
+def test_pause_and_resume_a_job_from_its_page(page: Page, console: Console, dataset_id: str) -> None:
+    """Paused from the keyboard on the job's page, the job shows `paused` (and the list finds it by that
+    status); resumed, it runs again from the pause's checkpoint and finishes."""
+    job_id = submit(console, dataset_id, "shufflenet_v2_x0_5", epochs=2)
+    page.goto(f"/jobs/{job_id}")
+    p = page.page
+    p.wait_for_selector("h1 .badge:text('running')", timeout=120_000)
+    for _ in range(12):  # from the top of the page to the Pause button, by Tab alone
+        p.keyboard.press("Tab")
+        if p.evaluate("document.activeElement.dataset.action") == "pause":
+            break
+    else:
+        pytest.fail("Tab never reached the Pause button")
+    p.keyboard.press("Enter")
+    p.wait_for_selector("h1 .badge:text('paused')", timeout=120_000)
+    assert p.locator("[data-action='pause']").count() == 0 and p.locator("[data-action='resume']").count() == 1
+    assert wait_for_job(console, job_id, {"paused"}, timeout=5)["progress"]["epoch"] < 2
+    page.snap("job-paused")
+
+    page.goto("/jobs")
+    p.select_option("#filter-status", "paused")
+    p.click("form.filters button")
+    p.wait_for_selector("#job-list[data-jobs='1']")
+    p.click(f"#job-list a[href='#/jobs/{job_id}']")
+    p.click("[data-action='resume']")
+    p.wait_for_selector("h1 .badge:text('running')", timeout=120_000)
+    p.wait_for_selector("h1 .badge:text('succeeded')", timeout=300_000)
+    p.wait_for_selector(".live-state[data-state='ended']")
+
+    with console.api() as api:
+        events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+    moves = [e["data"]["to"] for e in events if e["type"] == "status"]
+    assert moves == ["queued", "running", "pausing", "paused", "queued", "running", "succeeded"]
+    shown = [int(s) for s in p.eval_on_selector_all("#event-log tbody tr", "rs => rs.map(r => r.dataset.seq)")]
+    assert shown == [e["seq"] for e in events]
+    # Each epoch once: the second attempt went on from the pause's checkpoint, not from the start.
+    assert p.get_attribute("figure.chart[data-chart='Accuracy']", "data-series") == "2,2"
+
+
 def test_compare_two_jobs(page: Page, console: Console, dataset_id: str) -> None:
     with console.api() as api:
         done = api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
-    jobs = [job["id"] for job in done[:2]]
+    jobs = [job["id"] for job in done[:2]]  # the editor's job and the paused one
     while len(jobs) < 2:  # when this test runs alone
         jobs.append(submit(console, dataset_id, seed=len(jobs)))
     for job_id in jobs:
@@ -220,7 +325,15 @@ def test_compare_two_jobs(page: Page, console: Console, dataset_id: str) -> None
     page.goto("/jobs?status=succeeded")
     p = page.page
     for job_id in jobs:
+        assert p.is_disabled("#compare-selected")  # two to six
         p.check(f"input[aria-label='compare {job_id}']")
+    assert p.is_enabled("#compare-selected")
+    for job in done:  # the best value of each job's monitored metric, as the API reports it
+        if job["id"] in jobs:
+            monitor = job["spec"]["training"]["monitor"]
+            best = float(job["metrics"]["best"][monitor])
+            text = f"{int(best):,}" if best.is_integer() else f"{best:.4f}"
+            assert p.inner_text(f"tr:has(a[href='#/jobs/{job['id']}']) td[data-label='Best']") == f"{monitor} {text}"
     page.snap("jobs")
     p.click("#compare-selected")
     p.wait_for_url("**/#/compare?ids=*")
@@ -230,8 +343,11 @@ def test_compare_two_jobs(page: Page, console: Console, dataset_id: str) -> None
     differs = p.eval_on_selector_all("tr[data-differs='true']", "rs => rs.map(r => r.dataset.field)")
     with console.api() as api:
         specs = [api.get(f"/v1/jobs/{job_id}").json()["spec"] for job_id in jobs]
-    assert "optimizer.lr" in differs and (specs[0]["optimizer"]["lr"] != specs[1]["optimizer"]["lr"])
-    assert "backbone.name" not in differs
+    flat = [flatten(spec) for spec in specs]
+    expected = {key for key in flat[0].keys() | flat[1].keys() if flat[0].get(key, ...) != flat[1].get(key, ...)}
+    assert set(differs) == expected and expected, (differs, expected)
+    assert all(p.inner_text(f"tr[data-field='{f}'] th").startswith("≠") for f in differs)  # marked in text too
+    assert_charts_read_without_colour(page)
     p.check("#only-differences")
     assert p.locator("table.spec-diff tbody tr").count() == len(differs)
     page.snap("compare")
@@ -277,7 +393,7 @@ def test_everything_is_reachable_with_the_keyboard(page: Page) -> None:
     p.keyboard.press("Shift+Tab")
     p.keyboard.press("Enter")  # on "Data sets"
     p.wait_for_selector("h1:text('Data sets')")
-    p.wait_for_function("document.activeElement.id === 'main'")  # focus moves to the new page
+    p.wait_for_selector("#main:focus")  # focus moves to the new page (a selector: the CSP forbids eval)
 
 
 def test_sign_in_with_an_api_key(browser: object, console: Console) -> None:

@@ -10,7 +10,7 @@ import { bestMetric, progressCell } from "./jobs.js";
 // Actions by route: a button shows only when the server has the route and the status allows it.
 const ACTIONS = [
   { label: "Cancel", route: "cancel", when: (s) => ["queued", "running", "paused"].includes(s), confirm: true },
-  { label: "Pause", route: "pause", when: (s) => s === "running" },
+  { label: "Pause", route: "pause", when: (s) => ["queued", "running"].includes(s) },
   { label: "Resume", route: "resume", when: (s) => s === "paused" },
 ];
 
@@ -127,7 +127,7 @@ export async function renderJob(main, jobId, { signal }) {
   const liveState = h("span.live-state", { role: "status" }, "connecting…");
   const liveToggle = h("button", { type: "button", id: "live-toggle" }, "Pause live updates");
   const chartArea = h("section", { "aria-labelledby": "curves-title" }, h("h2", { id: "curves-title" }, "Curves"));
-  const metricsArea = h("section", {}, h("h2", {}, "Final and test metrics"));
+  const metricsArea = h("section", { id: "metrics" }, h("h2", {}, "Final and test metrics"));
   const confusionArea = h("section", { id: "confusion" }, h("h2", {}, "Confusion matrices"));
   const filesArea = h("section", { id: "files" }, h("h2", {}, "Checkpoints and artifacts"));
   const logBody = h("tbody");
@@ -186,7 +186,10 @@ export async function renderJob(main, jobId, { signal }) {
         a.label,
       ),
     );
+    // A live refresh redraws the buttons: the one that had the keyboard's focus keeps it.
+    const focused = header.contains(document.activeElement) ? document.activeElement.dataset.action : null;
     replace(header, h("h1", {}, job.name ?? job.id, " ", statusBadge(job.status)), h("div.actions", {}, buttons));
+    if (focused) header.querySelector(`[data-action="${focused}"]`)?.focus();
     replace(
       summary,
       h(

@@ -3,7 +3,7 @@
 import { api, TERMINAL } from "../api.js";
 import { errorBox, fmt, h, replace, statusBadge, table } from "../dom.js";
 
-const STATUSES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
+const STATUSES = ["queued", "running", "pausing", "paused", "cancelling", "succeeded", "failed", "cancelled", "pruned"];
 const REFRESH_MS = 2000;
 
 export function bestMetric(job) {
