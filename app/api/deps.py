@@ -104,8 +104,9 @@ async def get_caller_apart(
     settings: SettingsDep,
     credentials: Credentials,
 ) -> Caller:
-    """Authenticate in a short transaction of its own: for the routes that stream (an upload, an event
-    stream) or plan off the request path, which must not hold a connection meanwhile."""
+    """Authenticate from memory on the loop, or else in a short transaction of its own: for the routes that
+    stream (an upload, an event stream) or plan off the request path, which must not hold a connection
+    meanwhile, and for the hot routes' ``Database``."""
     callers: CallerCache = request.app.state.callers
     bearer = _bearer(credentials)
     known = callers.caller(bearer, settings.auth_required)
@@ -124,12 +125,14 @@ StreamingCallerDep = Annotated[Caller, Depends(get_caller_apart)]
 
 @dataclass(frozen=True)
 class Database:
-    """A hot route's whole database work, authentication included, as one call in one thread of the pool:
-    a request crosses between the event loop and the pool twice, where a ``def`` route with ``SessionDep``
-    and ``CallerDep`` crossed four times or more (each sync dependency, the route, the commit)."""
+    """A hot route's whole database work as one call in one thread of the pool: a request crosses between the
+    event loop and the pool twice, where a ``def`` route with ``SessionDep`` and ``CallerDep`` crossed four
+    times or more (each sync dependency, the route, the commit). The caller is authenticated before (from
+    memory on the loop, or in a short transaction of its own: ``get_caller_apart``), so a request without a
+    valid key is a 401 before its body is looked at, as with ``CallerDep``."""
 
     request: Request
-    credentials: HTTPAuthorizationCredentials | None
+    caller: Caller
 
     async def read(self, work: Callable[[Session, Caller], T]) -> T:
         """``work`` in a session that only reads (``app.db.session.reading``: no BEGIN and COMMIT on PostgreSQL)."""
@@ -144,26 +147,17 @@ class Database:
     async def _run(
         self, work: Callable[[Session, Caller], T], open_session: Callable[[], ContextManager[Session]]
     ) -> T:
-        state = self.request.app.state
-        settings: Settings = state.settings
-        callers: CallerCache = state.callers
-        bearer = _bearer(self.credentials)
-
         def call() -> T:
-            # A caller not remembered is authenticated in a short transaction first (app.api.callers).
-            caller = callers.authenticate(
-                state.session_factory, bearer, settings.auth_required, settings.default_project
-            )
             with open_session() as session:
-                return work(session, caller)
+                return work(session, self.caller)
 
-        slots: asyncio.Semaphore = state.db_slots
+        slots: asyncio.Semaphore = self.request.app.state.db_slots
         async with slots:  # see get_session: a connection is taken only with a place
             return await run_in_threadpool(call)  # runs to its end (commit or rollback) even if cancelled
 
 
-async def get_database(request: Request, credentials: Credentials) -> Database:
-    return Database(request, credentials)
+async def get_database(request: Request, caller: StreamingCallerDep) -> Database:
+    return Database(request, caller)
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
