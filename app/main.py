@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.api import backbones, datasets, downloads, exports, health, jobs, live, spec
+from app.api.callers import CallerCache
 from app.api.deps import reject_unknown_query
 from app.api.dry_runs import DryRunPool
 from app.api.errors import install_error_handlers
@@ -22,6 +25,7 @@ from app.api.limits import BodyLimitMiddleware, HostAllowlistMiddleware
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.console.routes import mount_console
 from app.context import Runtime
+from app.db.session import reads_engine
 from app.dispatch.sweep import sweep
 from app.observability.metrics import ServiceMetrics
 from app.openai_compat import routes as openai_compat
@@ -75,13 +79,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = runtime.engine
     app.state.session_factory = runtime.factory
+    app.state.reads_engine = reads_engine(runtime.engine)
+    app.state.callers = CallerCache(settings.auth_cache_seconds)
     app.state.store = runtime.store
     app.state.queue = runtime.queue
     app.state.stream = runtime.stream
     app.state.db_slots = asyncio.Semaphore(settings.db_pool_size)  # see app.api.deps.db_slot
     registry = CollectorRegistry()
-    for collector in (ProcessCollector, PlatformCollector, GCCollector):
-        collector(registry=registry)
+    http_registry = registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several API processes on one port (``finetune serve --api-processes``): each writes its HTTP counts
+        # and latencies to files there, and a scrape, whichever process answers it, sums them all. The
+        # process_*, python_gc_* metrics would describe the one process that answered: left out.
+        MultiProcessCollector(registry)
+        http_registry = CollectorRegistry()  # the values go to the files; the scrape reads them from there
+    else:
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=registry)
     service_metrics = ServiceMetrics(runtime)  # jobs, queues, durations, heartbeats, throughput: at scrape time
     registry.register(service_metrics)
     app.state.metrics_registry = registry
@@ -96,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     mount_console(app)  # after the API's routes: /v1, /healthz and /docs come first
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(http_registry))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)  # before parsing and auth
     app.add_middleware(HostAllowlistMiddleware, allowed=settings.host_allowlist)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response, a 500 included, carries the id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -103,6 +104,13 @@ class Settings(BaseSettings):
         description="Require API keys. Default: on when FT_DATABASE_URL is set (production), off in embedded mode.",
     )
     default_project: str = Field("default", description="The project every request acts as while auth is off.")
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds an API process remembers which project an API key acts for, sparing a database "
+        "query a request: a revoked key keeps working at most this long in a process that saw it (0: never "
+        "remembered). An expired key stops at its expiry regardless.",
+    )
     max_upload_bytes: int = Field(10 * GIB, ge=1, description="Largest data set archive accepted by POST /v1/datasets.")
     allowed_data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -202,6 +210,12 @@ class Settings(BaseSettings):
     )
     max_total_steps: int = Field(
         1_000_000, ge=1, description="Most optimizer steps a run may plan (epochs x steps per epoch, or max_steps)."
+    )
+    api_processes: int | None = Field(
+        None,
+        ge=1,
+        description="API processes `finetune serve` runs (uvicorn workers) on one port. Default: one per CPU core, "
+        "at most 8, in production; 1 in the embedded mode. Each keeps its own db_pool_size connections.",
     )
     db_pool_size: int = Field(
         20,
@@ -314,6 +328,13 @@ class Settings(BaseSettings):
         if self.allowed_hosts is not None:
             return self.allowed_hosts
         return ["localhost", "127.0.0.1", "::1"] if self.is_embedded else ["*"]
+
+    @property
+    def api_process_count(self) -> int:
+        if self.api_processes is not None:
+            return self.api_processes
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return 1 if self.is_embedded else max(1, min(cores, 8))
 
     @property
     def logs_as(self) -> Literal["json", "text"]:

@@ -12,7 +12,7 @@ SQLite and the file broker) within 2x of those.
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``) and the PostgreSQL and Redis of the tests (FT_TEST_POSTGRES_URL,
 FT_TEST_REDIS_URL). ``--profile DIR`` records each endpoint's load with py-spy (``pip install py-spy``) into
-DIR, as collapsed stacks (for flamegraph.pl or speedscope).
+DIR, as collapsed stacks of the thread holding the GIL (for flamegraph.pl or speedscope).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from tests.integration.stack import Stack, running_stack, wait_until_ready
 POSTGRES = os.environ.get("FT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("FT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PRODUCTION_CLOCKS = {"FT_SWEEP_INTERVAL_SECONDS": "5", "FT_REDISPATCH_AFTER_SECONDS": "15"}
+# Thousands of submissions in a run: the project's queued-jobs limit (default 1000) would answer them 429.
+BENCH_LIMITS = {"FT_PROJECT_MAX_QUEUED_JOBS": "1000000"}
 BARE_APP = """
 from fastapi import FastAPI
 
@@ -109,9 +111,21 @@ def parse_wrk(name: str, output: str) -> Load:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its descendants alive now (the API processes uvicorn starts),
+    their threads included."""
+    stats: dict[int, tuple[int, float]] = {}  # pid: (parent pid, CPU seconds)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree, total = {pid}, 0.0
+    for _ in range(4):  # serve -> uvicorn's processes (-> multiprocessing's helpers)
+        tree |= {child for child, (parent, _) in stats.items() if parent in tree}
+    for member in tree:
+        total += stats.get(member, (0, 0.0))[1]
+    return total
 
 
 def run_wrk(
@@ -135,7 +149,8 @@ def profiled(pid: int, out: Path | None, name: str, seconds: int) -> subprocess.
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z]+", "-", name.lower()).strip("-")
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")  # pip install py-spy
-    command = [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "100", "--duration", str(seconds)]
+    # --gil: only the thread holding the GIL, so the samples are Python's CPU time, not its waits on the database
+    command = [spy, "record", "--pid", str(pid), "--subprocesses", "--gil", "--rate", "100", "--duration", str(seconds)]
     command += ["--format", "raw", "--output", str(out / f"{slug}.txt")]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL)
 
@@ -172,7 +187,7 @@ def seed(stack_env: dict[str, str], url: str, auth: dict[str, str], jobs: int) -
 @contextmanager
 def embedded_stack(home: Path) -> Iterator[Stack]:
     """``finetune serve --workers 0`` in the embedded mode (SQLite, the file broker), auth on, an API key."""
-    env = {**os.environ, "FT_HOME": str(home), "FT_AUTH_ENABLED": "true", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **BENCH_LIMITS, "FT_HOME": str(home), "FT_AUTH_ENABLED": "true", "PYTHONUNBUFFERED": "1"}
     for name in ("FT_DATABASE_URL", "FT_BROKER_URL", "FT_REDIS_URL"):
         env.pop(name, None)
     command = [sys.executable, "-m", "cli"]
@@ -222,6 +237,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="py-spy flame graphs of each load, here")
     parser.add_argument("--embedded", action="store_true", help="the embedded mode (SQLite) instead of PostgreSQL")
     parser.add_argument("--only", default="", help="comma-separated subset: bare,get,list,post")
+    parser.add_argument(
+        "--api-processes", type=int, default=None, help="FT_API_PROCESSES (default: the setting's, one per core)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -229,7 +247,10 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="api-bench-"))
     loads: list[Load] = []
     try:
-        stacked = embedded_stack(home) if args.embedded else running_stack(POSTGRES, REDIS, home, **PRODUCTION_CLOCKS)
+        if args.api_processes is not None:
+            os.environ["FT_API_PROCESSES"] = str(args.api_processes)
+        env = {**PRODUCTION_CLOCKS, **BENCH_LIMITS}
+        stacked = embedded_stack(home) if args.embedded else running_stack(POSTGRES, REDIS, home, **env)
         with stacked as stack:
             auth = stack.headers["Authorization"]
             job_id, sample = seed(stack.env, stack.url, stack.headers, jobs=25)
@@ -257,7 +278,9 @@ def main() -> None:
                 bare.wait(10)
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    print(f"\nload average: {os.getloadavg()[0]:.2f} (1 min); wrk -t2 -c{args.connections} -d{args.seconds}s")
+    processes = args.api_processes or ("1" if args.embedded else f"default ({os.cpu_count()} cores)")
+    print(f"\nload average: {os.getloadavg()[0]:.2f} (1 min); wrk -t2 -c{args.connections} -d{args.seconds}s; ", end="")
+    print(f"API processes: {processes}; bare: 1 uvicorn process")
 
 
 if __name__ == "__main__":

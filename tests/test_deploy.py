@@ -156,7 +156,8 @@ def test_the_targets_compose_builds_exist_and_run_the_documented_commands(stages
     assert set(stages) >= PROJECT_TARGETS
     assert parse_finetune(stages["api"].cmd) == (
         "finetune serve",
-        {"host": "0.0.0.0", "port": 8000, "workers": 0, "loglevel": "INFO", "verbose": False},
+        # API processes: FT_API_PROCESSES, else one per core (app.settings.Settings.api_process_count)
+        {"host": "0.0.0.0", "port": 8000, "workers": 0, "loglevel": "INFO", "verbose": False, "api_processes": None},
     )
     command, params = parse_finetune(stages["worker"].cmd)
     assert command == "finetune worker" and params["queues"] == "gpu" and params["gpus"] == "all"

@@ -4,9 +4,10 @@ so nothing opens a connection at import time and tests swap any of it with ``app
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import Depends, Header, Request
@@ -14,38 +15,37 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.session import transaction
+from app.api.callers import Caller, CallerCache
+from app.db.session import reading, transaction
 from app.dispatch.broker import TaskQueue
 from app.errors import Unprocessable
-from app.services import projects
 from app.settings import Settings
 from app.store import ArtifactStore
 
+__all__ = ["Caller"]  # re-exported: routes import it from here
 
-@dataclass(frozen=True)
-class Caller:
-    """The project a request acts for (its API key's, or the default one while auth is off)."""
+T = TypeVar("T")
 
-    project_id: str
-    project_name: str
+# The dependencies below are ``async def`` although they do no I/O: FastAPI runs a plain ``def`` dependency
+# in a thread of the pool, a hop across threads a request for nothing.
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     store: ArtifactStore = request.app.state.store
     return store
 
 
-def get_queue(request: Request) -> TaskQueue:
+async def get_queue(request: Request) -> TaskQueue:
     queue: TaskQueue = request.app.state.queue
     return queue
 
@@ -85,43 +85,82 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `finetune keys create --project NAME`.")
 
 
-def _caller(session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> Caller:
-    if settings.auth_required:
-        project = projects.authenticate(session, credentials.credentials if credentials else None)
-    else:
-        project = projects.get_or_create_project(session, settings.default_project)
-    return Caller(project_id=project.id, project_name=project.name)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
-def get_caller(
-    session: SessionDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> Caller:
+def _bearer(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials if credentials else None
+
+
+def get_caller(request: Request, session: SessionDep, settings: SettingsDep, credentials: Credentials) -> Caller:
     """Authenticate in the request's own transaction: one connection and one transaction a request."""
-    return _caller(session, settings, credentials)
+    callers: CallerCache = request.app.state.callers
+    return callers.lookup(session, _bearer(credentials), settings.auth_required, settings.default_project)
 
 
 async def get_caller_apart(
     request: Request,
     factory: SessionFactoryDep,
     settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    credentials: Credentials,
 ) -> Caller:
-    """Authenticate in a short transaction of its own: for the routes that stream (an upload, an event
-    stream) or plan off the request path, which must not hold a connection meanwhile."""
-
-    def authenticate() -> Caller:
-        with transaction(factory) as session:
-            return _caller(session, settings, credentials)
-
+    """Authenticate from memory on the loop, or else in a short transaction of its own: for the routes that
+    stream (an upload, an event stream) or plan off the request path, which must not hold a connection
+    meanwhile, and for the hot routes' ``Database``."""
+    callers: CallerCache = request.app.state.callers
+    bearer = _bearer(credentials)
+    known = callers.caller(bearer, settings.auth_required)
+    if known is not None:
+        return known
     slots: asyncio.Semaphore = request.app.state.db_slots
     async with slots:
-        return await run_in_threadpool(authenticate)
+        return await run_in_threadpool(
+            callers.authenticate, factory, bearer, settings.auth_required, settings.default_project
+        )
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 StreamingCallerDep = Annotated[Caller, Depends(get_caller_apart)]
+
+
+@dataclass(frozen=True)
+class Database:
+    """A hot route's whole database work as one call in one thread of the pool: a request crosses between the
+    event loop and the pool twice, where a ``def`` route with ``SessionDep`` and ``CallerDep`` crossed four
+    times or more (each sync dependency, the route, the commit). The caller is authenticated before (from
+    memory on the loop, or in a short transaction of its own: ``get_caller_apart``), so a request without a
+    valid key is a 401 before its body is looked at, as with ``CallerDep``."""
+
+    request: Request
+    caller: Caller
+
+    async def read(self, work: Callable[[Session, Caller], T]) -> T:
+        """``work`` in a session that only reads (``app.db.session.reading``: no BEGIN and COMMIT on PostgreSQL)."""
+        state = self.request.app.state
+        return await self._run(work, lambda: reading(state.session_factory, state.reads_engine))
+
+    async def write(self, work: Callable[[Session, Caller], T]) -> T:
+        """``work`` in one transaction, committed before this returns (tasks it queued go out after)."""
+        factory = self.request.app.state.session_factory
+        return await self._run(work, lambda: transaction(factory))
+
+    async def _run(
+        self, work: Callable[[Session, Caller], T], open_session: Callable[[], ContextManager[Session]]
+    ) -> T:
+        def call() -> T:
+            with open_session() as session:
+                return work(session, self.caller)
+
+        slots: asyncio.Semaphore = self.request.app.state.db_slots
+        async with slots:  # see get_session: a connection is taken only with a place
+            return await run_in_threadpool(call)  # runs to its end (commit or rollback) even if cancelled
+
+
+async def get_database(request: Request, caller: StreamingCallerDep) -> Database:
+    return Database(request, caller)
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -135,7 +174,7 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:
     """A query parameter the route does not take is a 422 naming it: a typo in a filter (``?stauts=``)
     must not silently return everything. Routes that document extra parameters in their OpenAPI (the
     jobs list's ``metadata[key]``) keep them."""

@@ -6,9 +6,12 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy.orm import Session
 
 from app.api.deps import (
+    Caller,
     CallerDep,
+    DatabaseDep,
     IdempotencyKeyHeader,
     QueueDep,
     SessionDep,
@@ -20,6 +23,7 @@ from app.api.deps import (
 from app.api.dry_runs import DryRunPool
 from app.api.errors import error_responses
 from app.api.pagination import After, Limit, list_page
+from app.api.responses import ModelJSONResponse
 from app.clock import from_unix_seconds
 from app.errors import Unprocessable
 from app.repositories.jobs import JobFilters
@@ -80,23 +84,24 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 
 
 @router.post("", status_code=201, response_model=Job, summary="Submit a job", responses=error_responses(404, 409))
-def create_job(
+async def create_job(
     body: JobCreate,
-    response: Response,
-    caller: CallerDep,
-    session: SessionDep,
+    database: DatabaseDep,
     settings: SettingsDep,
     queue: QueueDep,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> Job:
+) -> Response:
     """Validates the spec, fills its defaults, stores it and queues the job."""
     key = None
     if idempotency_key is not None:
         digest = request_hash(body.model_dump(mode="json"))
         key = IdempotencyKey(idempotency_key, "jobs.create", digest, settings.idempotency_ttl_seconds)
-    row, status = jobs.create_job(session, queue, settings, caller.project_id, body, key)
-    response.status_code = status
-    return Job.from_row(row)
+
+    def create(session: Session, caller: Caller) -> ModelJSONResponse:
+        row, status = jobs.create_job(session, queue, settings, caller.project_id, body, key)
+        return ModelJSONResponse(Job.from_row(row), status_code=status)
+
+    return await database.write(create)
 
 
 @router.post(
@@ -113,17 +118,16 @@ async def validate_job(
 
 
 @router.get("", response_model=JobList, summary="List jobs", openapi_extra=METADATA_FILTER, responses=error_responses())
-def list_jobs(
+async def list_jobs(
     request: Request,
-    caller: CallerDep,
-    session: SessionDep,
+    database: DatabaseDep,
     status: Annotated[list[JobStatus] | None, Query(max_length=8)] = None,
     dataset: Annotated[str | None, Query(max_length=64)] = None,
     created_after: UnixSeconds = None,
     created_before: UnixSeconds = None,
     after: After = None,
     limit: Limit = 20,
-) -> JobList:
+) -> Response:
     """Newest first. Filters combine: status (repeatable), dataset, metadata[key]=value, creation time."""
     filters = JobFilters(
         statuses=status or (),
@@ -132,13 +136,20 @@ def list_jobs(
         created_after=from_unix_seconds(created_after) if created_after is not None else None,
         created_before=from_unix_seconds(created_before) if created_before is not None else None,
     )
-    rows, has_more = jobs.list_jobs(session, caller.project_id, filters, after=after, limit=limit)
-    return list_page(JobList, rows, has_more, Job.from_row)
+
+    def page(session: Session, caller: Caller) -> ModelJSONResponse:
+        rows, has_more = jobs.list_jobs(session, caller.project_id, filters, after=after, limit=limit)
+        return ModelJSONResponse(list_page(JobList, rows, has_more, Job.from_row))
+
+    return await database.read(page)
 
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job", responses=error_responses(404))
-def get_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> Job:
-    return Job.from_row(jobs.get_job(session, caller.project_id, job_id))
+async def get_job(job_id: JobId, database: DatabaseDep) -> Response:
+    def read(session: Session, caller: Caller) -> ModelJSONResponse:
+        return ModelJSONResponse(Job.from_row(jobs.get_job(session, caller.project_id, job_id)))
+
+    return await database.read(read)
 
 
 @router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a job", responses=error_responses(404, 409))

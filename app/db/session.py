@@ -22,6 +22,7 @@ from app.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 PING_AFTER_IDLE_SECONDS = 5.0
+READS_ONLY = "finetune_reads_only"
 POOL_OVERFLOW = 5  # connections past the pool for the background tasks (the sweeper) and bursts
 
 
@@ -74,7 +75,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read (``reading``) takes no write lock: in WAL mode it neither waits for writers nor blocks them.
+        reads = connection.get_execution_options().get(READS_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")
 
 
 def engine_for(settings: Settings) -> Engine:
@@ -120,3 +123,20 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory(info={DEFER: True}) as session, session.begin():
         yield session
     run_committed_sends(session)
+
+
+def reads_engine(engine: Engine) -> Engine:
+    """``engine`` for sessions that only read: on PostgreSQL each statement runs on its own (autocommit: no
+    ``BEGIN`` and ``COMMIT`` round trips; under READ COMMITTED each statement of a transaction sees its own
+    snapshot anyway), on SQLite a deferred ``BEGIN`` (a shared lock, not the write lock). Same pool."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{READS_ONLY: True})
+    return engine.execution_options(isolation_level="AUTOCOMMIT", **{READS_ONLY: True})
+
+
+@contextmanager
+def reading(factory: sessionmaker[Session], engine: Engine) -> Iterator[Session]:
+    """A session for reads on ``engine`` (from ``reads_engine``): what it writes is not committed (and on
+    PostgreSQL would be, statement by statement), so only code that never writes may use it."""
+    with factory(bind=engine) as session:
+        yield session

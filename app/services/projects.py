@@ -114,9 +114,14 @@ def rotate_api_key(
 
 def authenticate(session: Session, bearer: str | None) -> Project:
     """The project an API key belongs to; Unauthorized for a missing, unknown or revoked key."""
+    return authenticate_key(session, bearer).project
+
+
+def authenticate_key(session: Session, bearer: str | None) -> ApiKey:
+    """The active API key ``bearer`` is, with its project; Unauthorized for a missing, unknown or revoked key."""
     if not bearer:
         raise Unauthorized("send an API key: Authorization: Bearer <key> (create one with `finetune keys create`)")
     key = projects.active_key_by_hash(session, hash_key(bearer), utcnow())
     if key is None:
         raise Unauthorized("the API key is not valid (unknown, revoked or expired)", code="invalid_api_key")
-    return key.project
+    return key

@@ -84,7 +84,7 @@ def keys_list(project: str | None) -> None:
 @keys.command("revoke")
 @click.argument("key")
 def keys_revoke(key: str) -> None:
-    """Revoke KEY (its id, or its prefix as `keys list` shows it) at once."""
+    """Revoke KEY (its id, or its prefix as `keys list` shows it): refused within FT_AUTH_CACHE_SECONDS (5 s)."""
     from app.errors import ServiceError
     from app.services.projects import revoke_api_key
 
