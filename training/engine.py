@@ -2,8 +2,9 @@
 
 ``Trainer(spec, out_dir).fit()`` sets up the device, data, model and optimization in small named
 steps, trains and evaluates every epoch (``training.evaluation``), writes an atomic checkpoint of the whole
-state each epoch, and publishes ``model.safetensors``, ``model.json``, ``metrics.json`` and ``confusion.json``
-in ``out_dir`` (``training.publishing``).
+state each epoch without stalling the loop (``training.checkpoint_writer``), and publishes
+``model.safetensors``, ``model.json``, ``metrics.json`` and ``confusion.json`` in ``out_dir``
+(``training.publishing``).
 It knows nothing of the service: the caller plugs in ``Callbacks``.
 
 The hot loop does not wait on the device: losses, accuracies and gradient norms accumulate in
@@ -13,6 +14,7 @@ device tensors and the host reads them every ``log_every_steps`` steps and at ep
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, replace
@@ -25,7 +27,8 @@ from torch import nn
 from training.backbones import BuiltModel, build_model
 from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
 from training.catalog import get_backbone
-from training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from training.checkpoint import capture_rng, load_checkpoint, restore_rng
+from training.checkpoint_writer import CheckpointWriter
 from training.clipping import GradientClipper
 from training.data import DataBundle, load_data
 from training.distributed import Cluster, check_shards, global_batch_size
@@ -45,6 +48,8 @@ from training.spec import MonitorMetric, Spec, missing_split_problem, monitor_mo
 from training.state import EpochSums, Tally, TrainState
 
 Status = Literal["completed", "early_stopped", "max_steps", "cancelled", "preempted"]
+log = logging.getLogger(__name__)
+
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
@@ -139,6 +144,7 @@ class Trainer:
         divergence = spec.training.divergence
         self.guard = DivergenceGuard(divergence, self) if divergence is not None else None
         self._parts: RunParts | None = None  # set once, by fit's setup
+        self.checkpoint_writer = CheckpointWriter()
 
     @property
     def parts(self) -> RunParts:
@@ -282,10 +288,23 @@ class Trainer:
             self.restore(checkpoint)
         parts.freeze.apply(self.state.epoch)  # the trainable count that on_start reports
         self.callbacks.on_start(self._run_info())
-        status = self._train()
+        try:
+            status = self._train()
+        except BaseException:
+            self._settle_checkpoint_after_failure()
+            raise
+        self.checkpoint_writer.wait()  # the last checkpoint is complete (and published) before the run ends
         if status in ("cancelled", "preempted"):
             return self._result(status)
         return self._finish(status)
+
+    def _settle_checkpoint_after_failure(self) -> None:
+        """A failing run still completes (and publishes) its pending checkpoint: a resume starts from it. A
+        failure of that write is logged, not raised over the run's own error."""
+        try:
+            self.checkpoint_writer.wait()
+        except Exception:
+            log.exception("the checkpoint written in the background failed too")
 
     def _run_info(self) -> RunInfo:
         parts = self.parts
@@ -346,6 +365,7 @@ class Trainer:
             if not last_of_group:
                 continue  # accumulate gradients over the group
             self._optimizer_step()
+            self.checkpoint_writer.poll()  # the last checkpoint's follow-up, once its background write is done
             state.step += 1
             state.batches_done = batch_index + 1
             if self.guard is not None and self.guard.after_step(epoch):
@@ -551,7 +571,9 @@ class Trainer:
 
     def _write_checkpoint(
         self, *, mid_epoch: bool, is_best: bool = False, metrics: dict[str, Any] | None = None
-    ) -> Path:
+    ) -> None:
+        """Record a checkpoint and have it written in the background (``training.checkpoint_writer``): its state is
+        copied now, and the retention rule's deletions and ``on_checkpoint`` follow once the file is complete."""
         state = self.state
         folder = self.out_dir / "checkpoints"
         name = f"epoch-{state.epoch:03d}.pt" if not mid_epoch else f"epoch-{state.epoch:03d}-step-{state.step:07d}.pt"
@@ -560,32 +582,37 @@ class Trainer:
             state.best["checkpoint"] = name
         state.checkpoints = [*(c for c in state.checkpoints if c != name), name]
         guard = self.guard.state_dict(mid_epoch=mid_epoch) if self.guard is not None else None
-        if self.cluster.is_main:  # every rank keeps the record; rank 0 alone writes the files
-            save_checkpoint(path, {**self.checkpoint_state(), "divergence": guard})
+        content = {**self.checkpoint_state(), "divergence": guard}  # the record before the retention below
         removed = self._apply_retention(folder)
-        state.last_checkpoint = path
-        self.callbacks.on_checkpoint(
-            CheckpointInfo(
-                path=path,
-                epoch=state.epoch,
-                step=state.step,
-                is_best=is_best,
-                mid_epoch=mid_epoch,
-                metrics=metrics or {},
-                removed=tuple(removed),
-            )
+        info = CheckpointInfo(
+            path=path,
+            epoch=state.epoch,
+            step=state.step,
+            is_best=is_best,
+            mid_epoch=mid_epoch,
+            metrics=metrics or {},
+            removed=tuple(removed),
         )
-        return path
+
+        def written() -> None:  # on the loop's thread, once the file is complete (on rank 0; at once elsewhere)
+            for old in removed if self.cluster.is_main else []:
+                old.unlink(missing_ok=True)
+            state.last_checkpoint = path
+            self.callbacks.on_checkpoint(info)
+
+        if self.cluster.is_main:  # every rank keeps the record; rank 0 alone writes the files
+            self.checkpoint_writer.submit(path, content, then=written)
+        else:
+            written()
 
     def _apply_retention(self, folder: Path) -> list[Path]:
-        """Delete checkpoints the retention rule does not keep: all but the best and the last, by default."""
+        """The checkpoints the retention rule does not keep (all but the best and the last, by default): out of
+        the record now, their files deleted once the new checkpoint is written."""
         if self.spec.training.keep_checkpoints == "all":
             return []
         best = self.state.best["checkpoint"] if self.state.best else None
         keep = {self.state.checkpoints[-1], best}
         removed = [folder / name for name in self.state.checkpoints if name not in keep]
-        for path in removed if self.cluster.is_main else []:
-            path.unlink(missing_ok=True)
         self.state.checkpoints = [name for name in self.state.checkpoints if name in keep]
         return removed
 
