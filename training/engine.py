@@ -40,7 +40,7 @@ from training.normalization import normalize
 from training.optim import apply_decoupled_weight_decay, build_optimizer, plan_param_groups
 from training.publishing import publish, published_model
 from training.regularization import EarlyStopping, Mixer, classification_loss, make_ema
-from training.runtime import configure_determinism, resolve_runtime, seed_everything
+from training.runtime import configure_determinism, configure_threads, resolve_runtime, seed_everything
 from training.schedule import LRSchedule
 from training.seeds import batch_seed
 from training.settings import EngineSettings, engine_settings
@@ -159,6 +159,7 @@ class Trainer:
         """The run's parts, step by step. A stop asked for during the setup (decoding a big set takes a while) is
         honoured between its steps; nothing has trained yet, so there is nothing new to checkpoint either way."""
         configure_determinism(self.spec.training.deterministic, self.runtime.device)
+        configure_threads(self.settings.torch_threads, ranks_here=self.cluster.world_size)  # one host's ranks
         seed_everything(self.spec.training.seed)
         stop = self._should_stop()
         if stop is not None:
