@@ -5,7 +5,8 @@ step), then serialises it and writes it atomically (``save_checkpoint``: temp fi
 background thread, while the loop trains on. One write at a time: the next ``submit`` waits for the previous
 one. What follows a write (the retention rule's deletions, the ``on_checkpoint`` callback, which publishes the
 file) runs on the loop's thread once the file is complete: at the first ``poll`` after it (the loop polls
-between steps), or at ``wait``, which the run's end, a stop and a failure call so that no write is lost. A
+between steps), or at ``wait``, which a step report, the run's end, a stop and a failure call: no write is
+lost, and a checkpoint is announced before the steps that follow it are reported. A
 failed write raises its own error on the loop's thread, at that poll or wait: the run fails with it.
 """
 

@@ -489,6 +489,9 @@ class Trainer:
         # A host sync: only every log_every_steps steps. Under DDP the gradients (so their norm) are the same on
         # every rank: the losses and norms are averaged over the ranks, the images summed.
         parts, tally = self.parts, self.state.tally
+        # The last checkpoint is announced before the steps after it are: the service records (and a resume finds)
+        # them in that order. A wait only when the write is slower than log_every_steps steps.
+        self.checkpoint_writer.wait()
         images = torch.tensor(float(tally.report_images), device=tally.report_loss.device)
         report = torch.stack(
             [tally.report_loss / max(tally.report_batches, 1), parts.clipper.last_norm.float(), images]
