@@ -102,7 +102,7 @@ def bare_rate(spec: Spec, steps: int, settings: EngineSettings) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm-up: allocator, oneDNN primitives
+    for _ in range(steps):  # a warm-up epoch, as the engine's first (allocator, oneDNN primitives)
         step()
     started = time.perf_counter()
     for _ in range(steps):
