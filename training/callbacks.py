@@ -94,10 +94,12 @@ class Callbacks:
         """Step metrics, every ``training.log_every_steps`` optimizer steps."""
 
     def on_epoch(self, metrics: dict[str, Any]) -> None:
-        """An epoch's metrics, after its checkpoint is written."""
+        """An epoch's metrics, once its checkpoint is recorded (the file is written in the background: its
+        ``on_checkpoint`` comes once the file is complete, between later steps or before the run ends)."""
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
-        """A checkpoint was written atomically."""
+        """A checkpoint's file is complete (written atomically, in the background); called on the training thread
+        before the next checkpoint is written and before ``fit`` returns or raises."""
 
     def on_rollback(self, info: RollbackInfo) -> None:
         """The divergence guard rolled the run back (``training.divergence``)."""

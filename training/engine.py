@@ -1,9 +1,10 @@
 """The fit loop: one fine-tuning run from a spec, on its own.
 
 ``Trainer(spec, out_dir).fit()`` sets up the device, data, model and optimization in small named
-steps, trains and evaluates every epoch, writes an atomic checkpoint of the whole state each
-epoch, and publishes ``model.safetensors``, ``model.json``, ``metrics.json`` and ``confusion.json`` (the
-published weights' confusion matrix and per-class accuracy on the validation and test sets) in ``out_dir``.
+steps, trains and evaluates every epoch (``training.evaluation``), writes an atomic checkpoint of the whole
+state each epoch without stalling the loop (``training.checkpoint_writer``), and publishes
+``model.safetensors``, ``model.json``, ``metrics.json`` and ``confusion.json`` in ``out_dir``
+(``training.publishing``).
 It knows nothing of the service: the caller plugs in ``Callbacks``.
 
 The hot loop does not wait on the device: losses, accuracies and gradient norms accumulate in
@@ -13,6 +14,7 @@ device tensors and the host reads them every ``log_every_steps`` steps and at ep
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, replace
@@ -20,36 +22,35 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from training.backbones import BuiltModel, build_model
 from training.callbacks import Callbacks, CheckpointInfo, RunInfo, StepMetrics, Stop
 from training.catalog import get_backbone
-from training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_atomic
+from training.checkpoint import capture_rng, load_checkpoint, restore_rng
+from training.checkpoint_writer import CheckpointWriter
 from training.clipping import GradientClipper
 from training.data import DataBundle, load_data
 from training.distributed import Cluster, check_shards, global_batch_size
 from training.divergence import DivergenceGuard
 from training.errors import CheckpointError, NonFiniteLoss, TrainingError
-from training.export import export_state_dict, model_card, save_weights, write_card
+from training.evaluation import epoch_evaluation, evaluate_split, final_evaluation
 from training.freezing import FreezePlan
 from training.normalization import normalize
 from training.optim import apply_decoupled_weight_decay, build_optimizer, plan_param_groups
+from training.publishing import publish, published_model
 from training.regularization import EarlyStopping, Mixer, classification_loss, make_ema
-from training.runtime import configure_determinism, resolve_runtime, seed_everything
+from training.runtime import configure_determinism, configure_threads, resolve_runtime, seed_everything
 from training.schedule import LRSchedule
+from training.seeds import batch_seed
 from training.settings import EngineSettings, engine_settings
 from training.spec import MonitorMetric, Spec, missing_split_problem, monitor_mode
 from training.state import EpochSums, Tally, TrainState
 
 Status = Literal["completed", "early_stopped", "max_steps", "cancelled", "preempted"]
+log = logging.getLogger(__name__)
+
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
-
-
-def batch_seed(seed: int, epoch: int, batch: int) -> int:
-    """A seed for one batch's random draws (mixup), the same on any device and after a resume."""
-    return (seed * 1_000_003 + epoch * 10_007 + batch) % 2**63
 
 
 # --- the parts of a run: built once by the setup, never replaced -------------------------------------
@@ -143,6 +144,7 @@ class Trainer:
         divergence = spec.training.divergence
         self.guard = DivergenceGuard(divergence, self) if divergence is not None else None
         self._parts: RunParts | None = None  # set once, by fit's setup
+        self.checkpoint_writer = CheckpointWriter()
 
     @property
     def parts(self) -> RunParts:
@@ -157,6 +159,7 @@ class Trainer:
         """The run's parts, step by step. A stop asked for during the setup (decoding a big set takes a while) is
         honoured between its steps; nothing has trained yet, so there is nothing new to checkpoint either way."""
         configure_determinism(self.spec.training.deterministic, self.runtime.device)
+        configure_threads(self.settings.torch_threads, ranks_here=self.cluster.world_size)  # one host's ranks
         seed_everything(self.spec.training.seed)
         stop = self._should_stop()
         if stop is not None:
@@ -286,10 +289,23 @@ class Trainer:
             self.restore(checkpoint)
         parts.freeze.apply(self.state.epoch)  # the trainable count that on_start reports
         self.callbacks.on_start(self._run_info())
-        status = self._train()
+        try:
+            status = self._train()
+        except BaseException:
+            self._settle_checkpoint_after_failure()
+            raise
+        self.checkpoint_writer.wait()  # the last checkpoint is complete (and published) before the run ends
         if status in ("cancelled", "preempted"):
             return self._result(status)
         return self._finish(status)
+
+    def _settle_checkpoint_after_failure(self) -> None:
+        """A failing run still completes (and publishes) its pending checkpoint: a resume starts from it. A
+        failure of that write is logged, not raised over the run's own error."""
+        try:
+            self.checkpoint_writer.wait()
+        except Exception:
+            log.exception("the checkpoint written in the background failed too")
 
     def _run_info(self) -> RunInfo:
         parts = self.parts
@@ -350,6 +366,7 @@ class Trainer:
             if not last_of_group:
                 continue  # accumulate gradients over the group
             self._optimizer_step()
+            self.checkpoint_writer.poll()  # the last checkpoint's follow-up, once its background write is done
             state.step += 1
             state.batches_done = batch_index + 1
             if self.guard is not None and self.guard.after_step(epoch):
@@ -422,7 +439,7 @@ class Trainer:
         x = normalize(images, parts.mean, parts.std, channels_last=self.runtime.channels_last)
         targets: Any = labels
         if parts.mixer is not None:
-            generator = torch.Generator().manual_seed(batch_seed(self.spec.training.seed, epoch, batch_index))
+            generator = torch.Generator().manual_seed(batch_seed("mixup", self.spec.training.seed, epoch, batch_index))
             x, targets = parts.mixer(x, labels, generator)
         with self.runtime.autocast():
             outputs = self._train_model()(x)
@@ -472,6 +489,9 @@ class Trainer:
         # A host sync: only every log_every_steps steps. Under DDP the gradients (so their norm) are the same on
         # every rank: the losses and norms are averaged over the ranks, the images summed.
         parts, tally = self.parts, self.state.tally
+        # The last checkpoint is announced before the steps after it are: the service records (and a resume finds)
+        # them in that order. A wait only when the write is slower than log_every_steps steps.
+        self.checkpoint_writer.wait()
         images = torch.tensor(float(tally.report_images), device=tally.report_loss.device)
         report = torch.stack(
             [tally.report_loss / max(tally.report_batches, 1), parts.clipper.last_norm.float(), images]
@@ -497,81 +517,28 @@ class Trainer:
         tally.report_started = now
         self.callbacks.on_step(metrics)
 
-    @torch.inference_mode()
     def evaluate(self, model: nn.Module, source: Any) -> dict[str, float]:
         """Loss (plain cross entropy), accuracy and top-5 accuracy (more than five classes) on a split."""
-        return self._evaluate(model, source, confusion=False)[0]
-
-    @torch.inference_mode()
-    def evaluate_with_confusion(self, model: nn.Module, source: Any) -> tuple[dict[str, float], list[list[int]]]:
-        """``evaluate``'s metrics and the confusion matrix: rows are true classes, columns predicted ones."""
-        metrics, matrix = self._evaluate(model, source, confusion=True)
-        assert matrix is not None
-        return metrics, matrix
-
-    def _evaluate(
-        self, model: nn.Module, source: Any, *, confusion: bool
-    ) -> tuple[dict[str, float], list[list[int]] | None]:
-        parts = self.parts
-        model.eval()
-        self.cluster.sync_buffers(model)  # rank 0's batch norm statistics on every rank
-        device = self.runtime.device
-        classes = parts.num_classes
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        correct5 = torch.zeros((), device=device)
-        # counts[true * classes + predicted], on the device: no host sync per batch
-        counts = torch.zeros(classes * classes, dtype=torch.long, device=device) if confusion else None
-        top5 = classes > 5
-        seen = 0
-        for images, labels in source.batches(0):
-            if labels.shape[0] == 0:  # a rank's empty shard of a short last batch
-                continue
-            x = normalize(images, parts.mean, parts.std, channels_last=self.runtime.channels_last)
-            with self.runtime.autocast():
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-            predicted = logits.argmax(dim=1)
-            correct += (predicted == labels).sum()
-            if top5:
-                correct5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
-            if counts is not None:
-                counts += torch.bincount(labels * classes + predicted, minlength=classes * classes)
-            seen += labels.shape[0]
-        # One host sync; the ratios in float64 on the host, so that an accuracy is exactly correct / seen.
-        # Under DDP each rank evaluated its shard of every batch: the sums are over the ranks.
-        totals = torch.stack([loss_sum.double(), correct.double(), correct5.double(), torch.tensor(seen).to(loss_sum)])
-        loss, hits, hits5, seen_all = self.cluster.all_sum(totals).tolist()
-        seen = max(int(seen_all), 1)
-        metrics = {"loss": loss / seen, "acc": hits / seen}
-        if top5:
-            metrics["acc_top5"] = hits5 / seen
-        matrix = self.cluster.all_sum(counts).view(classes, classes).tolist() if counts is not None else None
-        return metrics, matrix
+        return evaluate_split(model, source, self.parts, self.runtime, self.cluster, confusion=False)[0]
 
     def _end_epoch(self, epoch: int) -> bool:
         """Evaluate, record, checkpoint and report an epoch. True when early stopping says stop."""
         eval_start = time.perf_counter()
         parts, state = self.parts, self.state
-        data, sums = parts.data, state.sums
-        val = self.evaluate(parts.model, data.val) if data.val is not None else {}
+        sums = state.sums
+        evaluated = epoch_evaluation(parts, self.runtime, self.cluster)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": state.step,
             "train_loss": sums.loss / max(sums.seen, 1),
             "train_acc": sums.correct / max(sums.seen, 1),
-            **{f"val_{k}": v for k, v in val.items()},
+            **{k: v for k, v in evaluated.items() if k.startswith("val_")},
             "lr": state.step_lr,  # of the epoch's last step
             **parts.clipper.epoch_metrics(),
             "trainable_params": sum(p.numel() for p in state.trainable),
             "images_per_second": sums.seen / max(sums.seconds, 1e-9),
+            **{k: v for k, v in evaluated.items() if not k.startswith("val_")},
         }
-        if parts.plan.test_every_epoch and data.test is not None:  # asked for: a test_ metric picks the best
-            metrics.update({f"test_{k}": v for k, v in self.evaluate(parts.model, data.test).items()})
-        if parts.ema is not None and data.val is not None:
-            ema = self.evaluate(parts.ema.module, data.val)
-            metrics.update({f"ema_val_{k}": v for k, v in ema.items()})
         metrics["epoch_seconds"] = sums.seconds + (time.perf_counter() - eval_start)
         is_best = self._update_best(metrics)
         parts.schedule.after_epoch(metrics)
@@ -608,7 +575,9 @@ class Trainer:
 
     def _write_checkpoint(
         self, *, mid_epoch: bool, is_best: bool = False, metrics: dict[str, Any] | None = None
-    ) -> Path:
+    ) -> None:
+        """Record a checkpoint and have it written in the background (``training.checkpoint_writer``): its state is
+        copied now, and the retention rule's deletions and ``on_checkpoint`` follow once the file is complete."""
         state = self.state
         folder = self.out_dir / "checkpoints"
         name = f"epoch-{state.epoch:03d}.pt" if not mid_epoch else f"epoch-{state.epoch:03d}-step-{state.step:07d}.pt"
@@ -617,32 +586,37 @@ class Trainer:
             state.best["checkpoint"] = name
         state.checkpoints = [*(c for c in state.checkpoints if c != name), name]
         guard = self.guard.state_dict(mid_epoch=mid_epoch) if self.guard is not None else None
-        if self.cluster.is_main:  # every rank keeps the record; rank 0 alone writes the files
-            save_checkpoint(path, {**self.checkpoint_state(), "divergence": guard})
+        content = {**self.checkpoint_state(), "divergence": guard}  # the record before the retention below
         removed = self._apply_retention(folder)
-        state.last_checkpoint = path
-        self.callbacks.on_checkpoint(
-            CheckpointInfo(
-                path=path,
-                epoch=state.epoch,
-                step=state.step,
-                is_best=is_best,
-                mid_epoch=mid_epoch,
-                metrics=metrics or {},
-                removed=tuple(removed),
-            )
+        info = CheckpointInfo(
+            path=path,
+            epoch=state.epoch,
+            step=state.step,
+            is_best=is_best,
+            mid_epoch=mid_epoch,
+            metrics=metrics or {},
+            removed=tuple(removed),
         )
-        return path
+
+        def written() -> None:  # on the loop's thread, once the file is complete (on rank 0; at once elsewhere)
+            for old in removed if self.cluster.is_main else []:
+                old.unlink(missing_ok=True)
+            state.last_checkpoint = path
+            self.callbacks.on_checkpoint(info)
+
+        if self.cluster.is_main:  # every rank keeps the record; rank 0 alone writes the files
+            self.checkpoint_writer.submit(path, content, then=written)
+        else:
+            written()
 
     def _apply_retention(self, folder: Path) -> list[Path]:
-        """Delete checkpoints the retention rule does not keep: all but the best and the last, by default."""
+        """The checkpoints the retention rule does not keep (all but the best and the last, by default): out of
+        the record now, their files deleted once the new checkpoint is written."""
         if self.spec.training.keep_checkpoints == "all":
             return []
         best = self.state.best["checkpoint"] if self.state.best else None
         keep = {self.state.checkpoints[-1], best}
         removed = [folder / name for name in self.state.checkpoints if name not in keep]
-        for path in removed if self.cluster.is_main else []:
-            path.unlink(missing_ok=True)
         self.state.checkpoints = [name for name in self.state.checkpoints if name in keep]
         return removed
 
@@ -689,71 +663,18 @@ class Trainer:
 
     # --- the end ----------------------------------------------------------------------------
 
-    def _published_model(self) -> tuple[nn.Module, str, int]:
-        """The weights to publish: the best epoch's (model or EMA), or the last epoch's better of the two."""
-        parts, state = self.parts, self.state
-        best = state.best
-        if self.spec.training.final_weights == "best" and best is not None:
-            if best["epoch"] != state.epoch:
-                checkpoint = load_checkpoint(self.out_dir / "checkpoints" / best["checkpoint"])
-                parts.model.load_state_dict(checkpoint["model"])
-                if parts.ema is not None and checkpoint["ema"] is not None:
-                    parts.ema.load_state_dict(checkpoint["ema"])
-            source, epoch = best["source"], best["epoch"]
-        else:
-            last = state.history[-1]
-            monitor = parts.plan.monitor
-            ema_value = last.get(f"ema_{monitor}") if monitor is not None else None
-            source = "model"
-            if ema_value is not None and monitor is not None:
-                better = ema_value < last[monitor] if monitor_mode(monitor) == "min" else ema_value > last[monitor]
-                source = "ema" if better else "model"
-            epoch = state.epoch
-        module = parts.ema.module if source == "ema" and parts.ema is not None else parts.model
-        return module, source, epoch
-
     def _finish(self, status: Status) -> FitResult:
         """Evaluate the published weights; rank 0 writes them with their card, metrics.json and confusion.json."""
         parts = self.parts
-        module, source, epoch = self._published_model()
-        final: dict[str, Any] = {}
-        confusion: dict[str, Any] = {"class_names": parts.data.class_names, "val": None, "test": None}
-        if parts.data.val is not None:
-            val_metrics, val_matrix = self.evaluate_with_confusion(module, parts.data.val)
-            final = {f"val_{k}": v for k, v in val_metrics.items()}
-            confusion["val"] = confusion_record(val_matrix)
-        test = None
-        if parts.data.test is not None:
-            test_metrics, test_matrix = self.evaluate_with_confusion(module, parts.data.test)
-            test = {f"test_{k}": v for k, v in test_metrics.items()}
-            confusion["test"] = confusion_record(test_matrix)
+        module, source, epoch = published_model(parts, self.state, self.spec, self.out_dir)
+        final, test, confusion = final_evaluation(module, parts, self.runtime, self.cluster)
         if not self.cluster.is_main:  # rank 0 alone publishes
             return self._result(status, final=final, test=test)
         metrics = {"epoch": epoch, "source": source, **final, **(test or {})}
-        weights_path, card_path = self._publish(module, metrics, confusion, status)
-        return self._result(status, final=final, test=test, weights_path=weights_path, card_path=card_path)
-
-    def _publish(
-        self, module: nn.Module, metrics: dict[str, Any], confusion: dict[str, Any], status: Status
-    ) -> tuple[Path, Path]:
-        parts, state = self.parts, self.state
-        weights_path = self.out_dir / "model.safetensors"
-        card_path = self.out_dir / "model.json"
-        save_weights(weights_path, export_state_dict(module), {"backbone": parts.built.info.name})
-        card = model_card(
-            parts.built,
-            class_names=parts.data.class_names,
-            image_size=self.spec.image_size,
-            mean=parts.data.mean,
-            std=parts.data.std,
-            metrics={"published": metrics, "best": state.best, "last": state.history[-1]},
-            spec=self.spec.model_dump(mode="json"),
+        weights_path, card_path = publish(
+            self.out_dir, module, parts, self.state, self.spec, status=status, metrics=metrics, confusion=confusion
         )
-        write_card(card_path, card)
-        record = {"status": status, "epochs": state.history, "published": metrics}
-        write_atomic(self.out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
-        write_atomic(self.out_dir / "confusion.json", lambda tmp: tmp.write_text(json.dumps(confusion) + "\n"))
-        return weights_path, card_path
+        return self._result(status, final=final, test=test, weights_path=weights_path, card_path=card_path)
 
     def _result(
         self,
@@ -787,13 +708,6 @@ def final_layer(model: nn.Module, path: str) -> str:
     if isinstance(module, nn.Sequential):
         return f"{path}.{len(module) - 1}."
     return path + "."
-
-
-def confusion_record(matrix: list[list[int]]) -> dict[str, Any]:
-    """A split's confusion matrix (rows: true class, columns: predicted) with each class's accuracy (its recall;
-    None for a class the split has no images of)."""
-    per_class = [row[i] / sum(row) if sum(row) else None for i, row in enumerate(matrix)]
-    return {"matrix": matrix, "per_class_accuracy": per_class, "images": sum(map(sum, matrix))}
 
 
 def init_from_normalization(path: Path) -> Normalization | None:

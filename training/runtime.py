@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from training.backbones import family_of
+from training.decoding import available_cpus
 from training.errors import DeviceUnavailable, TrainingError
 from training.spec import Spec
 
@@ -69,6 +70,19 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = device.type == "cuda"
         torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later
+
+
+def configure_threads(requested: int | None, ranks_here: int = 1) -> int:
+    """Set PyTorch's intra-op threads: ``requested``, or the cores this process may run on (its CPU affinity, which
+    a container's cpuset or taskset narrows; PyTorch's own default counts the machine's cores) divided among the
+    ``ranks_here`` processes a distributed run starts on this machine. One thread per core it really has: a
+    thread more waits at every barrier for a core (bench/cpu_step_knobs.py measured 1 thread 9x faster than 2
+    on 2 busy cores). Returns the count set."""
+    if requested is None:
+        requested = max(1, available_cpus() // max(1, ranks_here))
+    if torch.get_num_threads() != requested:
+        torch.set_num_threads(requested)
+    return requested
 
 
 def seed_everything(seed: int) -> None:

@@ -31,6 +31,12 @@ class EngineSettings(BaseSettings):
         description="Largest expansion of an archive entry, and of the whole archive (bytes written at most this "
         "many times the archive's size, never less than 1 MiB): archive bombs exceed it.",
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="PyTorch's intra-op threads per training process. Default: the cores this process may run on "
+        "(its CPU affinity: a container's cpuset, taskset), shared among the ranks of a run on this machine.",
+    )
     image_max_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted, in pixels (width x height).")
 
 
