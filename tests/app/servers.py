@@ -60,6 +60,9 @@ def wait_until_up(process: subprocess.Popen[bytes], url: str, timeout: float = 3
 def backend_env(backend, home: Path, prefix: str) -> dict[str, str]:
     """The FT_ variables that point a process at ``backend``, with its own home and Redis key prefix."""
     env = {**os.environ, "FT_HOME": str(home), "FT_DATABASE_URL": backend.database_url, "FT_AUTH_ENABLED": "false"}
+    # The tests empty the database between tests while a module's server runs on: a caller it remembered (the
+    # default project's id, app/api/callers.py) would outlive its project. Production never deletes a project.
+    env["FT_AUTH_CACHE_SECONDS"] = "0"
     if backend.redis_url:
         env |= {"FT_BROKER_URL": backend.redis_url, "FT_REDIS_URL": backend.redis_url, "FT_BROKER_KEY_PREFIX": prefix}
     return env
