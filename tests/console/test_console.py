@@ -268,7 +268,7 @@ def test_the_jobs_list_follows_a_job_live_and_its_page_cancels_it(
 
     row.locator(f"a[href='#/jobs/{job_id}']").click()
     p.click("[data-action='cancel']")  # confirmed in the dialog
-    p.wait_for_selector("h1 .badge:text('cancelled')", timeout=60_000)
+    p.wait_for_selector("h1 .badge:text('cancelled')", timeout=180_000)  # a step, then the checkpoint write
     assert p.locator("[data-action='cancel']").count() == 0
     assert wait_for_job(console, job_id, TERMINAL)["status"] == "cancelled"
     p.wait_for_selector(".live-state[data-state='ended']")
