@@ -20,14 +20,14 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import Celery, Task, signals  # type: ignore[import-untyped]
 from celery.exceptions import Reject, TimeLimitExceeded  # type: ignore[import-untyped]
 
 from app.context import Runtime
 from app.db.session import transaction
-from app.dispatch.names import DELIVER_WEBHOOK, EXPORT_JOB, TRAIN_JOB, VALIDATE_DATASET
+from app.dispatch.names import DELIVER_WEBHOOK, EXPORT_JOB, TRAIN_JOB, VALIDATE_DATASET, training_queue
 from app.services.dataset_validation import run_dataset_validation
 from app.services.job_state import JobError, abort_job
 from app.settings import Settings
@@ -77,8 +77,8 @@ def register(celery: Celery, settings: Settings, *, warm_training: bool = False)
         services = process_services(settings)
         with device_slots_for(services, job_id) as wanted:
             if wanted is not None:  # fewer devices free on this host than the job asks for: a later try
-                log.info("job %s: its %d device(s) are not free on this host; again in %.0f s", job_id, *wanted)
-                raise self.retry(countdown=wanted[1], queue=wanted_queue(services, job_id))
+                log.info("job %s: its %d device(s) are not free on this host; again in %.0f s", job_id, *wanted[:2])
+                raise self.retry(countdown=wanted.wait_seconds, queue=wanted.queue)
             listen_for_preemption()
             return run_job(services, job_id, preempt_requested, self.request.hostname)
 
@@ -120,16 +120,18 @@ def _job_devices(services: Runtime, job_id: str) -> int | str | None:
         return None if job is None else job.spec.get("training", {}).get("devices", 1)
 
 
-def wanted_queue(services: Runtime, job_id: str) -> str:
-    from app.dispatch.names import training_queue
+class Busy(NamedTuple):
+    """A job's devices are not free on this host: how many it wants, when to try again, and on which queue."""
 
-    return training_queue(_job_devices(services, job_id) or 1)
+    devices: int
+    wait_seconds: float
+    queue: str
 
 
 @contextlib.contextmanager
-def device_slots_for(services: Runtime, job_id: str) -> Iterator[tuple[int, float] | None]:
+def device_slots_for(services: Runtime, job_id: str) -> Iterator[Busy | None]:
     """Holds the job's devices on this host (``worker.slots``) while the body runs, whatever its ending; yields
-    None, or ``(devices wanted, seconds to wait)`` when they are not free. On GPUs the job's processes see only
+    None, or ``Busy`` when they are not free. On GPUs the job's processes see only
     the claimed ones (``CUDA_VISIBLE_DEVICES``, set before the job touches CUDA)."""
     from worker.slots import SLOTS_FILE, DeviceSlots
 
@@ -143,7 +145,7 @@ def device_slots_for(services: Runtime, job_id: str) -> Iterator[tuple[int, floa
     slots = DeviceSlots(services.settings.home / SLOTS_FILE, advertised)
     claimed = slots.claim(count, job_id)
     if claimed is None:
-        yield count, DEVICE_WAIT_SECONDS
+        yield Busy(count, DEVICE_WAIT_SECONDS, training_queue(asked))
         return
     if on_gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(claimed)

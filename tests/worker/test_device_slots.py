@@ -95,10 +95,9 @@ def test_the_training_task_holds_its_devices_for_the_run_and_a_busy_host_sends_t
     other = hold(path, 1, "job-other", tmp_path / "release")  # another worker of the host runs a 1-device job
     assert first_line(other) == "claimed cpu0"
     with tasks.device_slots_for(services, job_id) as wanted:
-        assert wanted == (2, tasks.DEVICE_WAIT_SECONDS)  # back to the queue: not claimed, no attempt counted
+        assert wanted == (2, tasks.DEVICE_WAIT_SECONDS, "gpu.x2")  # back to its queue: not claimed, no attempt
     job = read(services, get_job, job_id)
     assert job.status == JobStatus.QUEUED and job.attempt == 0
-    assert tasks.wanted_queue(services, job_id) == "gpu.x2"
 
     (tmp_path / "release").touch()
     assert other.wait(timeout=60) == 0
