@@ -13,11 +13,15 @@ import re
 import time
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 
 from tests.console.conftest import DOCS_SCREENSHOT, Console, Page, finetune_serve, open_page
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Route
 
 pytestmark = pytest.mark.slow
 
@@ -267,8 +271,26 @@ def test_the_jobs_list_follows_a_job_live_and_its_page_cancels_it(
     assert float(row.locator("progress").get_attribute("value") or 0) > 0
 
     row.locator(f"a[href='#/jobs/{job_id}']").click()
+    p.wait_for_selector("h1 .badge:text('running')")
+    # The race that once left the page at `cancelling`: the page's read of the job that the `cancelling` event
+    # asks for answers only after the job is `cancelled` and its stream has said so, with what it read before.
+    stale: list[str] = []
+
+    def answer_late(route: Route) -> None:
+        if route.request.method != "GET":
+            route.fallback()
+            return
+        response = route.fetch()
+        if not stale and response.json()["status"] == "cancelling":
+            stale.append("cancelling")
+            wait_for_job(console, job_id, TERMINAL, timeout=180)
+            time.sleep(2)  # the stream's `cancelled` event reaches the page first
+        route.fulfill(response=response)
+
+    p.route(f"**/v1/jobs/{job_id}", answer_late)
     p.click("[data-action='cancel']")  # confirmed in the dialog
-    p.wait_for_selector("h1 .badge:text('cancelled')", timeout=180_000)  # a step, then the checkpoint write
+    p.wait_for_selector("h1 .badge:text('cancelled')", timeout=180_000)
+    assert stale == ["cancelling"], "the page never read the job while it was cancelling: the race went untested"
     assert p.locator("[data-action='cancel']").count() == 0
     assert wait_for_job(console, job_id, TERMINAL)["status"] == "cancelled"
     p.wait_for_selector(".live-state[data-state='ended']")

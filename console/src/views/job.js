@@ -300,20 +300,29 @@ export async function renderJob(main, jobId, { signal }) {
   renderHeader();
   await Promise.all([renderFiles(), renderConfusion()]);
 
-  let refreshing = null;
-  const refresh = () => {
-    refreshing ??= (async () => {
-      try {
+  // One refresh at a time; an event that arrives during one asks for another after it, since the one in flight
+  // may have read the job before that event (a `cancelled` dropped that way left the page at `cancelling`).
+  let refreshing = false;
+  let refreshAgain = false;
+  const refresh = async () => {
+    if (refreshing) {
+      refreshAgain = true;
+      return;
+    }
+    refreshing = true;
+    try {
+      do {
+        refreshAgain = false;
         job = await api(`/v1/jobs/${job.id}`, { signal });
         renderHeader();
         await renderFiles();
         if (TERMINAL.has(job.status)) await renderConfusion();
-      } catch (error) {
-        if (!signal.aborted) replace(actionMessage, errorBox(error));
-      } finally {
-        refreshing = null;
-      }
-    })();
+      } while (refreshAgain && !signal.aborted);
+    } catch (error) {
+      if (!signal.aborted) replace(actionMessage, errorBox(error));
+    } finally {
+      refreshing = false;
+    }
   };
 
   // Live: the stream replays every event from the first, then follows. "Pause live updates" closes it;
@@ -334,6 +343,7 @@ export async function renderJob(main, jobId, { signal }) {
         if (state === "ended") {
           ended = true;
           liveToggle.hidden = true;
+          refresh(); // the job as it ended, whatever the refreshes in flight read before
         }
       },
       onEvent: (event) => {
