@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -120,3 +121,51 @@ def test_an_upload_in_progress_holds_no_database_place(backend, tmp_path_factory
     assert listed.status_code == 200, listed.text
     assert "upload_done" in answers and listed_at < answers["upload_done"], "the list waited for the upload"
     assert answers["upload"].status_code == 201, answers["upload"].text  # type: ignore[attr-defined]
+
+
+def test_a_download_the_client_drops_midway_leaves_nothing_open(server, settings):
+    """A client that goes away after the first MiB of a 64 MiB download: the server closes the stored file
+    (nothing of it stays open, no memory held for the rest), and serves the whole file to the next client."""
+    import socket
+    import time
+
+    from app.db.session import engine_for, session_factory, transaction
+    from app.services.job_records import register_artifact
+    from app.store import LocalArtifactStore
+    from tests.app.factories import make_job
+
+    body = os.urandom(MB) * 64
+    store = LocalArtifactStore(server.home / "artifacts")
+    engine = engine_for(settings.model_copy(update={"home": server.home}))
+    try:
+        with transaction(session_factory(engine)) as session:
+            job_id = make_job(session).id
+            register_artifact(
+                session, job_id, "model.safetensors", store.put(f"jobs/{job_id}/model.safetensors", [body])
+            )
+    finally:
+        engine.dispose()
+    stored = (server.home / "artifacts" / "jobs" / job_id / "model.safetensors").resolve()
+
+    def open_copies() -> int:
+        fds = Path(f"/proc/{server.process.pid}/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(stored))
+
+    # A small receive window, as a slow client's: the kernel's buffers would otherwise take tens of MiB at once.
+    transport = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)])
+    with httpx.Client(base_url=server.url, timeout=60, transport=transport) as client:
+        baseline = server.reset_peak_memory()
+        with client.stream("GET", f"/v1/jobs/{job_id}/weights") as response:
+            assert response.status_code == 200
+            assert response.headers["content-length"] == str(64 * MB)
+            chunks = response.iter_raw(MB)  # held: a dropped iterator would close the response at once
+            assert next(chunks) and open_copies() == 1  # the server is sending from the stored file
+        # Closed before the end: httpx drops the connection rather than read the rest.
+        deadline = time.monotonic() + 15
+        while open_copies():
+            assert time.monotonic() < deadline, "the server still holds the file a gone client was reading"
+            time.sleep(0.1)
+        assert (server.peak_memory() - baseline) / 1024 < 20  # MB: never the rest of the file in memory
+        whole = client.get(f"/v1/jobs/{job_id}/weights")
+    assert whole.status_code == 200
+    assert hashlib.sha256(whole.content).hexdigest() == hashlib.sha256(body).hexdigest()
