@@ -74,6 +74,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def import_engine() -> None:
+    """Import torch, torchvision and the engine (seconds of CPU): in a training worker's pool child while it
+    waits for its job (``worker.tasks.warm_up``), else at the job's start. Touches no device: the job's GPUs
+    are chosen later (``CUDA_VISIBLE_DEVICES``, read when CUDA starts)."""
+    import torch  # noqa: F401
+
+    import training.distributed
+    import training.engine  # noqa: F401
+
+
 def new_owner(worker_name: str | None = None) -> str:
     """A token that names this attempt: the worker (its Celery node name, else the host), the process, a nonce."""
     return f"{(worker_name or socket.gethostname())[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -235,7 +245,8 @@ class JobRunner:
 
     def _attempt(self, keeper: LeaseKeeper, publisher: EventPublisher) -> str:
         with self.timings.phase("imports"):  # nothing left to import in a warmed-up pool child (worker.tasks)
-            import torch  # the pool child's first torch import: after the claim, so it does not delay it
+            import_engine()  # else the pool child's first torch import: after the claim, so it does not delay it
+            import torch
 
             from training.distributed import RanksLost, fit_on_devices
             from training.errors import TrainingError
