@@ -207,8 +207,7 @@ class EventPublisher(threading.Thread):
         info, store = item.info, self.services.store
         key = checkpoint_key(self.fence, info.path.name)
         started = time.monotonic()
-        with item.staged.open("rb") as file:
-            stored = store.put(key, file)
+        stored = store.put_file(key, item.staged)  # on the store's filesystem: a link, not a copy
         self.timings.count("checkpoint_uploads", seconds=time.monotonic() - started)
         self.timings.count("checkpoint_upload_bytes", stored.size)
         hold("checkpoint_write")  # tests only: a pause lands between the upload and its registration

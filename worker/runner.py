@@ -406,9 +406,9 @@ class JobRunner:
         refused registration (the job was taken) deletes the uploads again (LeaseLost)."""
         store = self.services.store
         uploaded = []
-        for name in artifacts.PUBLISHED:
-            with (self.run_dir / name).open("rb") as file:
-                uploaded.append((name, store.put(keys.attempt_artifact_key(self.fence.prefix, name), file)))
+        for name in artifacts.PUBLISHED:  # the run's files are written once (by rename): a link is safe
+            key = keys.attempt_artifact_key(self.fence.prefix, name)
+            uploaded.append((name, store.put_file(key, self.run_dir / name)))
         try:
             through_outage(
                 self.services.settings,
