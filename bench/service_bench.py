@@ -218,6 +218,8 @@ def overhead(stack: Stack, dataset: str, data_root: Path, epochs: int, workdir: 
     return {
         "service_seconds": [round(run["seconds"], 2) for run in services],
         "cli_seconds": [round(seconds, 2) for seconds in locals_],
+        "service_engine_seconds": [round(run["breakdown"]["attempt: engine"], 2) for run in services],
+        "ratio_per_round": [round(run["seconds"] / seconds, 3) for run, seconds in zip(services, locals_, strict=True)],
         "ratio_of_medians": round(service / local, 3),
         "service_breakdown_median_seconds": breakdown,
         "publisher_beside_the_engine_median": background,
