@@ -65,6 +65,7 @@ class ArtifactStore(Protocol):
     def url(self) -> str: ...  # where it is, for logs and messages (file:///..., s3://bucket/prefix)
     def writer(self, key: str) -> ObjectWriter: ...
     def put(self, key: str, stream: BinaryIO | Iterable[bytes]) -> StoredObject: ...
+    def put_file(self, key: str, path: Path) -> StoredObject: ...
     def open(self, key: str) -> BinaryIO: ...
     def read_range(self, key: str, start: int, length: int) -> Iterator[bytes]: ...
     def stat(self, key: str) -> ObjectInfo | None: ...
@@ -172,6 +173,32 @@ class LocalArtifactStore:
             for chunk in chunks_of(stream):
                 writer.write(chunk)
             return writer.commit()
+
+    def put_file(self, key: str, path: Path) -> StoredObject:
+        """A local file's bytes under ``key``: hard-linked into the store when it is on the store's filesystem
+        (no copy: a worker's checkpoints and weights, written beside the store), else copied as ``put`` does.
+        The file must never be rewritten in place afterwards (files written atomically, by rename, never are).
+        Atomic and durable as ``put``: the file is fsynced, linked under a temporary name, hashed, renamed."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{os.urandom(6).hex()}{PARTIAL}")
+        try:
+            os.link(path, temp)
+        except OSError:  # another filesystem (EXDEV), or one without hard links: a copy
+            with path.open("rb") as file:
+                return self.put(key, file)
+        try:
+            digest, size = hashlib.sha256(), 0
+            with temp.open("rb") as file:
+                os.fsync(file.fileno())  # the bytes durable before the name is (nothing to flush if they are)
+                while chunk := file.read(CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+            temp.replace(target)
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+        return StoredObject(key, size, digest.hexdigest())
 
     def open(self, key: str) -> BinaryIO:
         try:

@@ -6,9 +6,14 @@
 - event latency: an event published by a running job's worker (the engine's callback -> the publisher
   thread -> database + Redis) until an SSE client holds it, p99. Goal: < 50 ms.
 - service overhead: the same short job through the service (submit -> succeeded) and by
-  ``python -m training run`` on the same images, wall time ratio. Goal: the service adds < 5%.
+  ``python -m training run`` on the same images, wall time ratio, ``--rounds`` of each side alternating.
+  Goal: the service adds < 5%. The service's time is broken down from what it records: the database's
+  timestamps (created, claimed, finished) and the attempt's ``timings`` event (worker.timings: the claim,
+  imports, the inputs' fetch and extraction, the engine, the publisher's drain, the artifacts' upload,
+  and the publisher's event writes and checkpoint uploads beside the engine).
 
-    .venv/bin/python bench/service_bench.py [--jobs 10] [--events 200] [--epochs 3]
+    .venv/bin/python bench/service_bench.py [--jobs 10] [--events 200] [--epochs 3] [--rounds 2]
+    .venv/bin/python bench/service_bench.py --only overhead --rounds 3
 """
 
 from __future__ import annotations
@@ -136,21 +141,47 @@ def event_latency(stack: Stack, dataset: str, count: int) -> list[float]:
     return latencies
 
 
-def overhead(stack: Stack, dataset: str, data_root: Path, epochs: int, workdir: Path) -> dict[str, float]:
-    """Wall seconds of the same job through the service and through `python -m training run`."""
-    body = job_body(dataset, epochs=epochs, log_every_steps=20)
-    time.sleep(IDLE_SECONDS)
-    started = time.perf_counter()
+def through_service(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    """One job through the service: submit -> finished (the database's clock, the same machine's), with the
+    breakdown of that time from the job's timestamps and its attempt's ``timings`` event."""
+    time.sleep(IDLE_SECONDS)  # the worker's pool child (a fresh one per job) has imported torch: idle
+    submitted = time.time()
     with stack.client() as client:
         job_id = client.post("/v1/jobs", json=body).json()["id"]
-    job = stack.wait_for(job_id, {"succeeded", "failed"}, timeout=1800)
-    service = time.perf_counter() - started
+    answered = time.time()
+    job = stack.wait_for(job_id, {"succeeded", "failed"}, timeout=1800, every=1.0)
+    seen = time.time()
     assert job["status"] == "succeeded", job
-    spec = body["spec"]
-    spec["data"] = {**spec["data"], "path": str(data_root)}
-    del spec["data"]["dataset"]
+    engine = create_engine(stack.env["FT_DATABASE_URL"])
+    with engine.connect() as connection:
+        created, claimed, finished = connection.execute(
+            text("SELECT created_at, attempt_started_at, finished_at FROM jobs WHERE id = :id"), {"id": job_id}
+        ).one()
+    engine.dispose()
+    timings = next(e["data"]["timings"] for e in stack.events(job_id) if "timings" in (e.get("data") or {}))
+    phases = timings["phases_seconds"]
+    breakdown = {
+        "submit (POST answered)": answered - submitted,
+        "queued (created -> claimed: dispatch, broker, pool child, claim)": (claimed - created).total_seconds(),
+        **{f"attempt: {name}": seconds for name, seconds in phases.items()},
+    }
+    attempt = (finished - claimed).total_seconds()
+    breakdown["attempt: finish and the rest (threads, folder)"] = attempt - sum(phases.values())
+    return {
+        "seconds": finished.timestamp() - submitted,
+        "seen_seconds": seen - submitted,  # with the client's polling (every second) on top
+        "breakdown": breakdown,
+        "background": timings["background"],
+    }
+
+
+def through_cli(spec: dict[str, Any], data_root: Path, workdir: Path) -> float:
+    """Wall seconds of ``python -m training run`` on the same spec and images, a whole process."""
+    time.sleep(IDLE_SECONDS)  # as the service's side: the machine settles
+    local = {**spec, "data": {k: v for k, v in spec["data"].items() if k != "dataset"} | {"path": str(data_root)}}
     spec_path = workdir / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
+    spec_path.write_text(yaml.safe_dump(local))
+    shutil.rmtree(workdir / "run", ignore_errors=True)
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "training", "run", str(spec_path), "--out", str(workdir / "run")],
@@ -158,8 +189,51 @@ def overhead(stack: Stack, dataset: str, data_root: Path, epochs: int, workdir: 
         check=True,
         capture_output=True,
     )
-    local = time.perf_counter() - started
-    return {"service_seconds": service, "local_seconds": local, "ratio": service / local}
+    return time.perf_counter() - started
+
+
+def overhead(stack: Stack, dataset: str, data_root: Path, epochs: int, workdir: Path, rounds: int) -> dict[str, Any]:
+    """The same job through the service and through `python -m training run`, ``rounds`` of each, alternating."""
+    body = job_body(dataset, epochs=epochs, log_every_steps=20)
+    services, locals_ = [], []
+    for round_ in range(rounds):
+        first, second = ("service", "cli") if round_ % 2 == 0 else ("cli", "service")
+        for side in (first, second):
+            if side == "service":
+                services.append(through_service(stack, body))
+                print(f"round {round_ + 1}: service {services[-1]['seconds']:.2f} s", file=sys.stderr)
+            else:
+                locals_.append(through_cli(body["spec"], data_root, workdir))
+                print(f"round {round_ + 1}: cli {locals_[-1]:.2f} s", file=sys.stderr)
+    service = statistics.median(run["seconds"] for run in services)
+    local = statistics.median(locals_)
+    breakdown = {
+        name: round(statistics.median(run["breakdown"].get(name, 0.0) for run in services), 3)
+        for name in services[0]["breakdown"]
+    }
+    background = {
+        name: round(statistics.median(run["background"].get(name, 0) for run in services), 3)
+        for name in services[0]["background"]
+    }
+    return {
+        "service_seconds": [round(run["seconds"], 2) for run in services],
+        "cli_seconds": [round(seconds, 2) for seconds in locals_],
+        "service_engine_seconds": [round(run["breakdown"]["attempt: engine"], 2) for run in services],
+        "ratio_per_round": [round(run["seconds"] / seconds, 3) for run, seconds in zip(services, locals_, strict=True)],
+        "ratio_of_medians": round(service / local, 3),
+        "service_breakdown_median_seconds": breakdown,
+        "publisher_beside_the_engine_median": background,
+        "cli_imports_seconds": round(cli_imports(), 2),
+    }
+
+
+def cli_imports() -> float:
+    """Wall seconds of a process that only imports what ``python -m training run`` imports before training:
+    the part of the CLI's time that the service's warmed-up pool child has paid before the job comes."""
+    started = time.perf_counter()
+    code = "import torch, torchvision, training.engine, training.distributed, training.__main__"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -168,7 +242,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2, help="service and CLI runs each, alternating")
+    parser.add_argument("--only", choices=["queue", "events", "overhead"], help="one measurement")
     args = parser.parse_args()
+    wanted = {args.only} if args.only else {"queue", "events", "overhead"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         root = make_cifar_subset(work / "cifar10", per_class=args.per_class, test_per_class=20)
@@ -178,19 +255,22 @@ def main() -> None:
         with running_stack(POSTGRES, REDIS, work / "stack", **PRODUCTION_CLOCKS) as stack:
             stack.start_worker()
             dataset = upload(stack, archive)
-            queue = queue_latency(stack, dataset, args.jobs)
-            result["queue_latency_ms"] = {
-                "median": round(statistics.median(queue), 1),
-                "p99": round(percentile(queue, 99), 1),
-                "n": len(queue),
-            }
-            events = event_latency(stack, dataset, args.events)
-            result["event_latency_ms"] = {
-                "median": round(statistics.median(events), 1),
-                "p99": round(percentile(events, 99), 1),
-                "n": len(events),
-            }
-            result["overhead"] = {k: round(v, 3) for k, v in overhead(stack, dataset, root, args.epochs, work).items()}
+            if "queue" in wanted:
+                queue = queue_latency(stack, dataset, args.jobs)
+                result["queue_latency_ms"] = {
+                    "median": round(statistics.median(queue), 1),
+                    "p99": round(percentile(queue, 99), 1),
+                    "n": len(queue),
+                }
+            if "events" in wanted:
+                events = event_latency(stack, dataset, args.events)
+                result["event_latency_ms"] = {
+                    "median": round(statistics.median(events), 1),
+                    "p99": round(percentile(events, 99), 1),
+                    "n": len(events),
+                }
+            if "overhead" in wanted:
+                result["overhead"] = overhead(stack, dataset, root, args.epochs, work, args.rounds)
         print(json.dumps(result, indent=2))
 
 

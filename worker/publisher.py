@@ -47,6 +47,7 @@ from app.statuses import EventType
 from app.stores import keys
 from training.callbacks import CheckpointInfo
 from worker.holds import hold
+from worker.timings import AttemptTimings
 from worker.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class EventPublisher(threading.Thread):
         self.items: queue.Queue[Item | None] = queue.Queue()
         self.lease_lost = False
         self.tracker: MlflowTracker | None = None  # set by the runner when the job is tracked in MLflow
+        self.timings = AttemptTimings()  # the runner's, once it has one: what the writes cost
 
     def put(self, item: Item) -> None:
         self.items.put(item)
@@ -177,6 +179,7 @@ class EventPublisher(threading.Thread):
         if isinstance(item, Checkpoint):
             self._upload(item)
             return
+        started = time.monotonic()
         with transaction(factory) as session:
             self.fence.check(session)
             if isinstance(item, Step):
@@ -185,6 +188,7 @@ class EventPublisher(threading.Thread):
                 record_epoch_metrics(session, self.job_id, item.metrics, owner=owner)
             else:
                 append_event(session, self.job_id, item.type, item.data, item.message)
+        self.timings.count("event_writes", seconds=time.monotonic() - started)
         if isinstance(item, Epoch) and self.tracker is not None:
             self.warn_if(self.tracker.log_epoch(item.metrics))
 
@@ -202,13 +206,17 @@ class EventPublisher(threading.Thread):
     def _upload(self, item: Checkpoint) -> None:
         info, store = item.info, self.services.store
         key = checkpoint_key(self.fence, info.path.name)
-        with item.staged.open("rb") as file:
-            stored = store.put(key, file)
+        started = time.monotonic()
+        stored = store.put_file(key, item.staged)  # on the store's filesystem: a link, not a copy
+        self.timings.count("checkpoint_uploads", seconds=time.monotonic() - started)
+        self.timings.count("checkpoint_upload_bytes", stored.size)
         hold("checkpoint_write")  # tests only: a pause lands between the upload and its registration
+        started = time.monotonic()
         try:
             with transaction(self.services.factory) as session:
                 self.fence.check(session)
                 self._register(session, info, stored)
+            self.timings.count("checkpoint_registrations", seconds=time.monotonic() - started)
         except LeaseLost:
             store.delete(key)  # this attempt's own key: no other attempt's object is touched
             raise

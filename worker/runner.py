@@ -32,6 +32,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -65,11 +66,22 @@ from training.spec import Spec
 from worker.datasets import extracted_dataset
 from worker.lease import LeaseKeeper
 from worker.publisher import Checkpoint, Epoch, EventPublisher, Fence, Note, Step, through_outage
+from worker.timings import AttemptTimings
 from worker.tracking import MlflowTracker, tracker_for
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def import_engine() -> None:
+    """Import torch, torchvision and the engine (seconds of CPU): in a training worker's pool child while it
+    waits for its job (``worker.tasks.warm_up``), else at the job's start. Touches no device: the job's GPUs
+    are chosen later (``CUDA_VISIBLE_DEVICES``, read when CUDA starts)."""
+    import torch  # noqa: F401
+
+    import training.distributed
+    import training.engine  # noqa: F401
 
 
 def new_owner(worker_name: str | None = None) -> str:
@@ -195,13 +207,14 @@ class JobRunner:
         self.tracker: MlflowTracker | None = None
         self.holds = contextlib.ExitStack()
         self.sweep_id: str | None = None
+        self.timings = AttemptTimings()  # recorded with the job's end (worker.timings)
 
     def run(self) -> str:
         with job_context(self.job_id):  # every log record of the attempt names the job, its threads' too
             return self._claim_and_attempt()
 
     def _claim_and_attempt(self) -> str:
-        with transaction(self.services.factory) as session:
+        with self.timings.phase("claim"), transaction(self.services.factory) as session:
             claimed = claim_job(session, self.job_id, self.owner, self.services.settings.lease_seconds)
             attempt = attempt_rows.attempt_of(session, self.job_id, self.owner) if claimed else None
         if attempt is None:
@@ -211,6 +224,7 @@ class JobRunner:
         self.run_dir = self.services.settings.work_path / self.job_id / self.fence.prefix.rsplit("/", 1)[-1]
         keeper = LeaseKeeper(self.services.factory, self.job_id, self.owner, attempt, self.services.settings)
         publisher = EventPublisher(self.services, self.fence, on_lease_lost=keeper.lose)
+        publisher.timings = self.timings
         self.keeper = keeper
         start_in_context(keeper)
         start_in_context(publisher)
@@ -230,14 +244,17 @@ class JobRunner:
             self.run_dir.parent.rmdir()  # the job's folder, once no attempt on this host has one left
 
     def _attempt(self, keeper: LeaseKeeper, publisher: EventPublisher) -> str:
-        import torch  # the pool child's first torch import: after the claim, so it does not delay it
+        with self.timings.phase("imports"):  # nothing left to import in a warmed-up pool child (worker.tasks)
+            import_engine()  # else the pool child's first torch import: after the claim, so it does not delay it
+            import torch
 
-        from training.distributed import RanksLost, fit_on_devices
-        from training.errors import TrainingError
+            from training.distributed import RanksLost, fit_on_devices
+            from training.errors import TrainingError
 
         callbacks = JobCallbacks(publisher, keeper, self.preempt, self.run_dir / "staging")
         try:
-            inputs = self._inputs()
+            with self.timings.phase("inputs"):
+                inputs = self._inputs()
             publisher.tracker = self.tracker = inputs.tracker
             for warning in inputs.warnings:
                 log.warning("job %s: %s", self.job_id, warning)
@@ -246,6 +263,7 @@ class JobRunner:
                 callbacks.pruning = TrialReporter.open(self.services.settings, inputs.sweep_trial)
             # training.devices processes: this one, or ranks under torch's elastic launcher (training.distributed)
             try:
+                engine_started = time.monotonic()
                 result = fit_on_devices(
                     inputs.spec,
                     self.run_dir,
@@ -256,6 +274,7 @@ class JobRunner:
                     resume_from=inputs.resume_from,
                 )
             finally:
+                self.timings.add_phase("engine", time.monotonic() - engine_started)
                 if callbacks.pruning is not None:
                     callbacks.pruning.close()  # the last epoch's report reaches the study before the job ends
         except RanksLost as error:
@@ -274,7 +293,8 @@ class JobRunner:
                 )
             first_line = (str(error).splitlines() or [""])[0][:300]
             return self._fail(publisher, keeper, "internal", f"internal error: {type(error).__name__}: {first_line}")
-        publisher.drain()
+        with self.timings.phase("drain"):  # the events and checkpoint uploads still queued when the engine ended
+            publisher.drain()
         if keeper.stop_reason == "lost" or publisher.lease_lost:
             log.warning("job %s: lease lost; another worker has it now", self.job_id)
             return "lease lost"
@@ -288,11 +308,14 @@ class JobRunner:
             self._end_tracking(publisher, "cancelled")
             return self._finish(JobStatus.CANCELLED)
         try:
-            self._publish_artifacts(result.checkpoint_path)
+            with self.timings.phase("artifacts"):
+                self._publish_artifacts(result.checkpoint_path)
         except LeaseLost:
             log.warning("job %s: lease lost before its artifacts were registered; nothing kept", self.job_id)
             return "lease lost"
-        self._end_tracking(publisher, "succeeded", [self.run_dir / artifacts.CARD, self.run_dir / artifacts.WEIGHTS])
+        with self.timings.phase("tracking"):
+            published_files = [self.run_dir / artifacts.CARD, self.run_dir / artifacts.WEIGHTS]
+            self._end_tracking(publisher, "succeeded", published_files)
         published = {"published": self._published_metrics()}
         return self._finish(JobStatus.SUCCEEDED, final_metrics=published["published"], test_metrics=result.test)
 
@@ -383,9 +406,9 @@ class JobRunner:
         refused registration (the job was taken) deletes the uploads again (LeaseLost)."""
         store = self.services.store
         uploaded = []
-        for name in artifacts.PUBLISHED:
-            with (self.run_dir / name).open("rb") as file:
-                uploaded.append((name, store.put(keys.attempt_artifact_key(self.fence.prefix, name), file)))
+        for name in artifacts.PUBLISHED:  # the run's files are written once (by rename): a link is safe
+            key = keys.attempt_artifact_key(self.fence.prefix, name)
+            uploaded.append((name, store.put_file(key, self.run_dir / name)))
         try:
             through_outage(
                 self.services.settings,
@@ -423,16 +446,26 @@ class JobRunner:
             publisher.warn_if(self.tracker.finish(status, artifacts or []))
 
     def _finish(self, status: JobStatus, **results: Any) -> str:
+        started = time.monotonic()
         self.keeper.stop()  # the job is about to leave running: nothing left to watch
-        finished = self._last_write(
-            f"recording the job {status}",
-            lambda session: finish_job(session, self.job_id, self.owner, status, **results),
-            ended_as=status,
-        )
+
+        def finish(session: Session) -> bool:
+            self._record_timings(session)
+            return finish_job(session, self.job_id, self.owner, status, **results)
+
+        finished = self._last_write(f"recording the job {status}", finish, ended_as=status)
+        self.timings.add_phase("finish", time.monotonic() - started)
+        log.info("job %s: attempt timings: %s", self.job_id, self.timings.summary())
         if finished:
             self._advance_sweep()
             self._dispatch_freed_slot()
         return str(status) if finished else "lease lost"
+
+    def _record_timings(self, session: Session) -> None:
+        """The attempt's phases so far (its last write excluded: it is this one), as an info event."""
+        timings = self.timings.to_dict()
+        message = f"attempt timings: {self.timings.summary()}"
+        append_event(session, self.job_id, EventType.INFO, {"timings": timings}, message)
 
     def _last_write(self, what: str, write: Callable[[Session], T], *, ended_as: JobStatus | None = None) -> T | None:
         """One of the attempt's last writes (its end): ``write`` in one transaction, fenced by the attempt,

@@ -199,7 +199,9 @@ def warm_up(**_: Any) -> None:
         return
     process_services(settings)
     if _warm_up_config.get("training"):
-        import worker.runner  # noqa: F401
+        from worker.runner import import_engine
+
+        import_engine()
 
 
 def listen_for_preemption() -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote
 
@@ -165,6 +166,10 @@ class S3ArtifactStore:
             for chunk in chunks_of(stream):
                 writer.write(chunk)
             return writer.commit()
+
+    def put_file(self, key: str, path: Path) -> StoredObject:
+        with path.open("rb") as file:
+            return self.put(key, file)
 
     def open(self, key: str) -> BinaryIO:
         try:

@@ -56,6 +56,35 @@ def test_put_open_stat_delete(store):
     assert listed(store) == []
 
 
+def test_put_file_stores_a_files_bytes_with_their_sha256(store, tmp_path):
+    data = os.urandom(3 * MIB + 17)
+    source = tmp_path / "epoch-0001.pt"
+    source.write_bytes(data)
+    stored = store.put_file("jobs/ftjob_1/epoch-0001.pt", source)
+    assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    source.unlink()  # the run's folder goes when the attempt ends: the stored object stays
+    with store.open("jobs/ftjob_1/epoch-0001.pt") as stream:
+        assert stream.read() == data
+
+
+def test_put_file_links_a_file_on_the_folders_filesystem_and_copies_one_elsewhere(tmp_path, monkeypatch):
+    local = LocalArtifactStore(tmp_path / "store")
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(b"weights" * 1000)
+    local.put_file("jobs/ftjob_1/model.safetensors", source)
+    assert source.samefile(local.local_path("jobs/ftjob_1/model.safetensors"))  # a link, no copy
+
+    def other_filesystem(*_args):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", other_filesystem)
+    stored = local.put_file("jobs/ftjob_2/model.safetensors", source)
+    copy = local.local_path("jobs/ftjob_2/model.safetensors")
+    assert not source.samefile(copy) and copy.read_bytes() == source.read_bytes()
+    assert stored.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert not [path for path in (tmp_path / "store").rglob("*") if path.name.startswith(".")]  # no temporary left
+
+
 def test_put_takes_an_iterable_of_chunks(store):
     stored = store.put("a/b", iter([b"ab", b"cd"]))
     assert stored.sha256 == hashlib.sha256(b"abcd").hexdigest()

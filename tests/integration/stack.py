@@ -67,14 +67,14 @@ class Stack:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
 
-    def wait_for(self, job_id: str, statuses: set[str], timeout: float = 240) -> dict[str, Any]:
+    def wait_for(self, job_id: str, statuses: set[str], timeout: float = 240, every: float = 0.2) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         with self.client() as client:
             while time.monotonic() < deadline:
                 job = client.get(f"/v1/jobs/{job_id}").json()
                 if job["status"] in statuses:
                     return dict(job)
-                time.sleep(0.2)
+                time.sleep(every)
         raise AssertionError(f"job {job_id} did not reach {statuses} in {timeout}s: {job}")
 
     def events(self, job_id: str) -> list[dict[str, Any]]:

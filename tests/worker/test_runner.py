@@ -47,6 +47,15 @@ def test_a_job_runs_to_success_and_its_weights_predict_as_reported(services, col
     assert kinds.count("epoch") == 2 and "step" in kinds and "checkpoint" in kinds
     seqs = [e.seq for e in events(services, job_id)]
     assert seqs == list(range(1, len(seqs) + 1))
+    # The attempt's phases and the publisher's work beside the engine, recorded with its end (worker.timings).
+    timings = next(e.data["timings"] for e in events(services, job_id) if "timings" in (e.data or {}))
+    phases = timings["phases_seconds"]
+    assert list(phases) == ["claim", "imports", "inputs", "engine", "drain", "artifacts", "tracking"]
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["engine"] > 0
+    checkpoints = [e for e in events(services, job_id) if e.type == "checkpoint"]
+    background = timings["background"]
+    assert background["checkpoint_uploads"] == background["checkpoint_registrations"] == len(checkpoints)
+    assert background["checkpoint_upload_bytes"] > 0 and background["event_writes"] > kinds.count("epoch")
 
     # The published weights, rebuilt from the card with torchvision alone, predict the test images with
     # exactly the accuracy the job reported.
