@@ -120,28 +120,31 @@ def dispatch_waiting(
     commit that made them eligible (a new job, a resumed one, a freed slot): each pass in a short transaction
     of its own, its tasks sent once that commits. Returns the chosen ids, in the order they were sent.
 
-    Never waits for another pass (PostgreSQL: ``pg_try_advisory_xact_lock``): a caller that finds the turn
+    First a look, a read that takes no turn: when it finds nothing to send (the project is at its running
+    limit: most submissions to a busy project) there is no pass at all. A later change that frees a slot is
+    itself followed by a look, which sees this job, committed before. Otherwise the caller takes the turn,
+    without ever waiting for another pass (PostgreSQL: ``pg_try_advisory_xact_lock``): one that finds it
     taken returns at once, and the pass holding it looks again once it has let go. That second look, after
     the release, is what leaves no job behind: a job committed before its caller found the turn taken is
-    visible to it, even when the pass had read the waiting jobs before that commit. Whoever finds more to
-    send takes the turn again, for every project (the late arrival may be another project's). On SQLite
-    every transaction is the only writer (``BEGIN IMMEDIATE``): the turn is never found taken, each caller
-    runs its own pass, and no second look is needed."""
+    visible to it, even when the pass had read the waiting jobs before that commit. It covers every project
+    (the late arrival may be another project's). On SQLite every write transaction is the only writer
+    (``BEGIN IMMEDIATE``): the turn is never found taken, and no second look is needed."""
     engine = factory.kw["bind"]
     assert isinstance(engine, Engine)
+    looking = reads_engine(engine)
     chosen: list[str] = []
     scope = project_id
     for _ in range(MAX_PASSES):
+        with reading(factory, looking) as session:  # a look, no turn: anything to send?
+            if not _choose(session, settings, utcnow(), scope):
+                return chosen
         with transaction(factory) as session:
             if not jobs.try_dispatch_turn(session):
                 return chosen  # the pass holding the turn looks again after it lets go
             chosen += dispatch_pass(session, queue, settings, project_id=scope)
         if engine.dialect.name != "postgresql":
             return chosen
-        with reading(factory, reads_engine(engine)) as session:  # the second look, after the release
-            if not _choose(session, settings, utcnow(), None):
-                return chosen
-        scope = None
+        scope = None  # the second look, after the release: every project
     log.warning("dispatch: still more to send after %d passes; the periodic sweep sends the rest", MAX_PASSES)
     return chosen
 
