@@ -67,9 +67,12 @@ def _refuse(limit: str, value: int, current: int, message: str) -> TooManyReques
     return TooManyRequests(message, code="quota_exceeded", param=limit, details=[detail])
 
 
-def check_storage(session: Session, settings: Settings, project_id: str, adding: int = 0) -> None:
-    """Refuse (429, ``stored_bytes``) when the project stores its limit already, or would with ``adding`` more."""
-    limit = limits_of(session, settings, project_id).stored_bytes
+def check_storage(
+    session: Session, settings: Settings, project_id: str, adding: int = 0, *, limits: Limits | None = None
+) -> None:
+    """Refuse (429, ``stored_bytes``) when the project stores its limit already, or would with ``adding`` more
+    (``limits``: the project's, when the caller has them already)."""
+    limit = (limits or limits_of(session, settings, project_id)).stored_bytes
     current = projects.stored_bytes(session, project_id)
     if current + adding > limit or current >= limit:
         raise _refuse(
@@ -91,7 +94,7 @@ def admit_job(session: Session, settings: Settings, project_id: str) -> None:
             waiting,
             f"the project has {waiting} jobs queued, its limit: wait for some to start, or cancel some",
         )
-    check_storage(session, settings, project_id)
+    check_storage(session, settings, project_id, limits=limits)
 
 
 def queue_for_training(session: Session, queue: TaskQueue, job_id: str) -> None:
@@ -136,7 +139,7 @@ def dispatch_waiting(
     scope = project_id
     for _ in range(MAX_PASSES):
         with reading(factory, looking) as session:  # a look, no turn: anything to send?
-            if not _choose(session, settings, utcnow(), scope):
+            if not _anything_to_send(session, settings, scope):
                 return chosen
         with transaction(factory) as session:
             if not jobs.try_dispatch_turn(session):
@@ -168,6 +171,16 @@ def dispatch_pass(
     for job_id in chosen:
         queue_for_training(session, queue, job_id)
     return chosen
+
+
+def _anything_to_send(session: Session, settings: Settings, project_id: str | None) -> bool:
+    """Would a pass now send anything? For one project one statement; for all, what a pass would choose."""
+    now = utcnow()
+    if project_id is None:
+        return bool(_choose(session, settings, now, None))
+    chosen_since = now - timedelta(seconds=settings.redispatch_after_seconds)
+    waiting, in_flight, own_limit = jobs.project_dispatch_state(session, chosen_since, project_id)
+    return waiting and in_flight < (own_limit if own_limit is not None else settings.project_max_running_jobs)
 
 
 def _choose(session: Session, settings: Settings, now: datetime, project_id: str | None) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, exists, func, select, text, update
 from sqlalchemy.orm import Session, joinedload
 
-from app.db.models import Job, JobMetadata
+from app.db.models import Job, JobMetadata, Project
 from app.repositories.pagination import keyset_page
 from app.statuses import ACTIVE_JOB_STATUSES, OWNED_JOB_STATUSES, JobStatus
 
@@ -170,6 +170,21 @@ def waiting_for_dispatch(session: Session, chosen_before: datetime, project_id: 
     """The project's ``limit`` oldest jobs waiting for dispatch (see ``_waiting``), oldest first."""
     query = select(Job.id).where(_waiting(chosen_before), Job.project_id == project_id)
     return list(session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)))
+
+
+def project_dispatch_state(session: Session, chosen_since: datetime, project_id: str) -> tuple[bool, int, int | None]:
+    """In one statement, for the look before a project's dispatch pass: whether any of its jobs wait for
+    dispatch, how many are in flight (see ``in_flight_by_project``), and its own running limit (None: the
+    setting's, or no row)."""
+    waiting = exists().where(Job.project_id == project_id, _waiting(chosen_since))
+    in_flight = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.project_id == project_id, Job.status.in_(OWNED_JOB_STATUSES) | _sent_or_being_sent(chosen_since))
+    )
+    limit = select(Project.max_running_jobs).where(Project.id == project_id)
+    row = session.execute(select(waiting, in_flight.scalar_subquery(), limit.scalar_subquery())).one()
+    return bool(row[0]), int(row[1] or 0), row[2]
 
 
 def in_flight_by_project(session: Session, chosen_since: datetime, project_ids: Collection[str]) -> dict[str, int]:

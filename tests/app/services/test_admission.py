@@ -209,3 +209,17 @@ async def test_a_create_does_not_wait_for_another_pass_which_then_sends_its_job(
         await anyio.to_thread.run_sync(holder.join, 60)
     assert passes == [[first.id, late]]
     assert _sent(app) == [first.id, late]
+
+
+def test_the_look_before_a_pass_counts_a_projects_own_limit(app: FastAPI, limited: Settings) -> None:
+    """The read before a project's pass (no turn taken) compares with the project's own running limit, here
+    above the setting's 1: a second job still goes at once, a third waits."""
+    services = app.state.runtime
+    sent = []
+    for _ in range(3):
+        with transaction(services.factory) as session:
+            job = make_job(session, project="big")
+            session.execute(update(Project).where(Project.id == job.project_id).values(max_running_jobs=2))
+        sent.append(admission.dispatch_waiting(services.factory, services.queue, limited, project_id=job.project_id))
+    assert [len(chosen) for chosen in sent] == [1, 1, 0]
+    assert _sent(app) == [chosen[0] for chosen in sent[:2]]
