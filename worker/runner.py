@@ -500,8 +500,9 @@ class JobRunner:
         try:
             with transaction(self.services.factory) as session:
                 project_id = session.scalar(select(Job.project_id).where(Job.id == self.job_id))
-                if project_id is not None:
-                    dispatch_waiting(session, self.services.queue, self.services.settings, project_id=project_id)
+            if project_id is not None:
+                services = self.services
+                dispatch_waiting(services.factory, services.queue, services.settings, project_id=project_id)
         except Exception:
             log.warning("job %s: no dispatch pass after it ended; the periodic sweep will", self.job_id, exc_info=True)
 

@@ -79,7 +79,7 @@ def sweep(services: Runtime) -> SweepReport:
     with transaction(services.factory) as session:
         expiry = timedelta(seconds=settings.task_expiry_seconds)
         report.resent = forget_lost_sends(session, task_expiry=expiry, broker_emptied=broker_emptied)
-        report.redispatched = dispatch_waiting(session, queue, settings)
+    report.redispatched = dispatch_waiting(services.factory, queue, settings)
     with transaction(services.factory) as session:
         # Never while a validation may still be running: its child process is killed at the time limit.
         stale_after = max(STALE_VALIDATION.total_seconds(), settings.validation_timeout_seconds + 60)

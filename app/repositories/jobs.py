@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, exists, func, select, text, update
 from sqlalchemy.orm import Session, joinedload
 
-from app.db.models import Job, JobMetadata
+from app.db.models import Job, JobMetadata, Project
 from app.repositories.pagination import keyset_page
 from app.statuses import ACTIVE_JOB_STATUSES, OWNED_JOB_STATUSES, JobStatus
 
@@ -126,14 +126,15 @@ def get_fresh(session: Session, job_id: str) -> Job:
 
 # --- dispatch: dispatch_requested_at (a pass chose the job) and dispatched_at (the broker took its task) -----
 
-_DISPATCH_LOCK = 0x46540D15  # pg_advisory_xact_lock key: one dispatch pass at a time across API processes
+_DISPATCH_LOCK = 0x46540D15  # advisory lock key: one dispatch pass at a time across API processes and workers
 
 
-def take_dispatch_turn(session: Session) -> None:
-    """Wait for the other dispatch passes' transactions to end, and hold the turn until this one ends
-    (PostgreSQL; SQLite's BEGIN IMMEDIATE already makes every writer wait its turn)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DISPATCH_LOCK})
+def try_dispatch_turn(session: Session) -> bool:
+    """Take the dispatch turn for this transaction if no other pass holds it; never wait for one (PostgreSQL).
+    On SQLite always True: its ``BEGIN IMMEDIATE`` already made this transaction the only writer."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _DISPATCH_LOCK}))
 
 
 def queued_count(session: Session, project_id: str) -> int:
@@ -146,17 +147,44 @@ def _sent_or_being_sent(since: datetime) -> ColumnElement[bool]:
     return (Job.status == JobStatus.QUEUED) & (Job.dispatched_at.is_not(None) | (Job.dispatch_requested_at >= since))
 
 
-def waiting_for_dispatch(session: Session, chosen_before: datetime, project_id: str | None) -> list[tuple[str, str]]:
-    """``(job id, project id)`` of the queued jobs with no task sent and none being sent (never chosen, or
-    chosen before ``chosen_before``: that pass's send was lost), oldest first."""
-    query = select(Job.id, Job.project_id).where(
-        Job.status == JobStatus.QUEUED,
-        Job.dispatched_at.is_(None),
-        Job.dispatch_requested_at.is_(None) | (Job.dispatch_requested_at < chosen_before),
+def _waiting(chosen_before: datetime) -> ColumnElement[bool]:
+    """Queued with no task sent and none being sent (never chosen, or chosen before ``chosen_before``: that
+    pass's send was lost)."""
+    return (
+        (Job.status == JobStatus.QUEUED)
+        & Job.dispatched_at.is_(None)
+        & (Job.dispatch_requested_at.is_(None) | (Job.dispatch_requested_at < chosen_before))
     )
+
+
+def projects_waiting(session: Session, chosen_before: datetime, project_id: str | None) -> list[str]:
+    """The projects with jobs waiting for dispatch (see ``_waiting``), the one whose oldest waiting job is
+    oldest first."""
+    query = select(Job.project_id).where(_waiting(chosen_before)).group_by(Job.project_id)
     if project_id is not None:
         query = query.where(Job.project_id == project_id)
-    return [(job_id, owner) for job_id, owner in session.execute(query.order_by(Job.created_at, Job.id))]
+    return list(session.scalars(query.order_by(func.min(Job.created_at), func.min(Job.id))))
+
+
+def waiting_for_dispatch(session: Session, chosen_before: datetime, project_id: str, limit: int) -> list[str]:
+    """The project's ``limit`` oldest jobs waiting for dispatch (see ``_waiting``), oldest first."""
+    query = select(Job.id).where(_waiting(chosen_before), Job.project_id == project_id)
+    return list(session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)))
+
+
+def project_dispatch_state(session: Session, chosen_since: datetime, project_id: str) -> tuple[bool, int, int | None]:
+    """In one statement, for the look before a project's dispatch pass: whether any of its jobs wait for
+    dispatch, how many are in flight (see ``in_flight_by_project``), and its own running limit (None: the
+    setting's, or no row)."""
+    waiting = exists().where(Job.project_id == project_id, _waiting(chosen_since))
+    in_flight = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.project_id == project_id, Job.status.in_(OWNED_JOB_STATUSES) | _sent_or_being_sent(chosen_since))
+    )
+    limit = select(Project.max_running_jobs).where(Project.id == project_id)
+    row = session.execute(select(waiting, in_flight.scalar_subquery(), limit.scalar_subquery())).one()
+    return bool(row[0]), int(row[1] or 0), row[2]
 
 
 def in_flight_by_project(session: Session, chosen_since: datetime, project_ids: Collection[str]) -> dict[str, int]:

@@ -35,7 +35,8 @@ def stored_bytes(session: Session, project_id: str) -> int:
         .join(Job, Job.id == Artifact.job_id)
         .where(Job.project_id == project_id)
     )
-    return sum(int(session.scalar(query) or 0) for query in (archives, checkpoints, artifacts))
+    total = select(archives.scalar_subquery() + checkpoints.scalar_subquery() + artifacts.scalar_subquery())
+    return int(session.scalar(total) or 0)  # one round trip: every submission asks
 
 
 def active_key_by_hash(session: Session, key_hash: str, now: datetime) -> ApiKey | None:

@@ -107,7 +107,7 @@ def _transition(
 def record_created(session: Session, job: Job) -> None:
     """The first status event of a new job (written by ``app.services.jobs.create_job``)."""
     append_event(session, job.id, EventType.STATUS, {"from": None, "to": str(QUEUED)}, "job queued")
-    record_job_status(session, job.id, QUEUED)
+    record_job_status(session, job.id, QUEUED, job.project_id)
 
 
 def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:

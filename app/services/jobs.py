@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
-from app.dispatch.admission import admit_job, dispatch_waiting
+from app.dispatch.admission import admit_job, dispatch_after_commit
 from app.dispatch.broker import TaskQueue
 from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
@@ -258,7 +258,7 @@ def create_job(
     jobs.add(session, job)
     job_state.record_created(session, job)
     session.flush()
-    dispatch_waiting(session, queue, settings, project_id=project_id)  # now, if the project has a free slot
+    dispatch_after_commit(session, queue, settings, project_id)  # once committed, if the project has a free slot
     return job, 201
 
 
@@ -295,7 +295,7 @@ def resume_job(session: Session, queue: TaskQueue, settings: Settings, project_i
     sweep does, fairly). A repeated resume is a no-op."""
     job = get_job(session, project_id, job_id)
     if job_state.resume_job(session, job.id):
-        dispatch_waiting(session, queue, settings, project_id=project_id)
+        dispatch_after_commit(session, queue, settings, project_id)
     session.refresh(job)
     return job
 

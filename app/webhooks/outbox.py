@@ -40,12 +40,13 @@ def event_body(event_type: str, job: Job) -> dict[str, Any]:
     }
 
 
-def record_job_status(session: Session, job_id: str, status: JobStatus) -> list[str]:
-    """Queue the webhook deliveries of ``job_id`` entering ``status``, in ``session``'s transaction."""
+def record_job_status(session: Session, job_id: str, status: JobStatus, project_id: str | None = None) -> list[str]:
+    """Queue the webhook deliveries of ``job_id`` entering ``status``, in ``session``'s transaction (its
+    project's id, when the caller has it, saves a query)."""
     event_type = event_for_status(status)
     if event_type is None:
         return []
-    project_id = jobs.project_of(session, job_id)
+    project_id = project_id or jobs.project_of(session, job_id)
     if project_id is None:
         return []
     endpoints = repository.subscribed(session, project_id, event_type)

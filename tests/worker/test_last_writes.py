@@ -168,13 +168,17 @@ def test_a_job_that_ends_hands_its_slot_to_its_projects_next_waiting_job_at_once
     services.settings.project_max_running_jobs = 1  # the runtime's own settings object
     with transaction(services.factory) as session:
         first, paused, second = (make_job(session, project="p").id for _ in range(3))
-        elsewhere = make_job(session, project="q").id  # another project's: not this pass's business
+        elsewhere = make_job(session, project="q").id  # another project's, never dispatched (no sweep here)
     runner = claimed_runner(services, first, 1)
     assert runner._finish(JobStatus.SUCCEEDED) == "succeeded"
-    assert sent(services) == [paused]  # the oldest waiting job of the project, with no sweep run
+    # The oldest waiting job of the project, with no sweep run. On PostgreSQL the pass then looks again at
+    # every project (a pass it found running may have left another's job: app.dispatch.admission), and sends
+    # the other project's waiting job too; on SQLite no pass is ever found running, and the pass keeps to p.
+    postgres = services.factory.kw["bind"].dialect.name == "postgresql"
+    assert sent(services) == ([paused, elsewhere] if postgres else [paused])
     pausing = claimed_runner(services, paused, 2)
     with transaction(services.factory) as session:
         session.execute(update(Job).where(Job.id == paused).values(status=JobStatus.PAUSING))
     assert pausing._release() == "released (paused)"
     assert sent(services) == [second]  # a paused job frees its slot too
-    assert job_row(services, elsewhere).dispatched_at is None
+    assert (job_row(services, elsewhere).dispatched_at is not None) == postgres

@@ -3,9 +3,11 @@ limits answered with 429, and the order in which waiting jobs of competing proje
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
+import anyio
 import pytest
 import redis
 from fastapi import FastAPI
@@ -13,6 +15,7 @@ from sqlalchemy import update
 
 from app.db.models import Job, Project
 from app.db.session import transaction
+from app.dispatch import admission
 from app.dispatch.broker import marker_client_name
 from app.dispatch.names import GPU_QUEUE, TRAIN_JOB
 from app.dispatch.sweep import sweep
@@ -163,3 +166,60 @@ def test_the_sweep_keeps_one_connection_for_the_broker_marker(app: FastAPI, limi
         time.sleep(0.1)
     assert marker_connections() == []
     observer.close()
+
+
+async def test_a_create_does_not_wait_for_another_pass_which_then_sends_its_job(client, app, limited, monkeypatch):
+    """A pass holds the dispatch turn and has already read the waiting jobs when a create commits: the create
+    does not wait for that pass (it finds the turn taken and answers), and its job is not left behind: the
+    holder, once it has let go, looks again and sends it (it is another project's: the second look covers all)."""
+    services = app.state.runtime
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite takes one writer at a time (BEGIN IMMEDIATE): a create's pass never finds one running")
+    dataset = await ready_dataset(client, app, limited)
+    with transaction(services.factory) as session:
+        first = make_job(session, project="first")
+    read, go_on = threading.Event(), threading.Event()
+    real_pass = admission.dispatch_pass
+
+    def held_pass(session, queue, settings, *, project_id=None):  # the real pass, then held before its commit
+        chosen = real_pass(session, queue, settings, project_id=project_id)
+        if threading.current_thread() is holder:
+            read.set()
+            go_on.wait(120)
+        return chosen
+
+    monkeypatch.setattr(admission, "dispatch_pass", held_pass)
+    passes: list[list[str]] = []
+    holder = threading.Thread(
+        target=lambda: passes.append(
+            admission.dispatch_waiting(services.factory, services.queue, limited, project_id=first.project_id)
+        )
+    )
+    holder.start()
+    try:
+        assert await anyio.to_thread.run_sync(read.wait, 60)
+        with anyio.fail_after(60):  # a create that waited for the held pass would never answer: a hang, caught
+            created = await client.post("/v1/jobs", json=job_body(dataset["id"]))
+        assert created.status_code == 201, created.text
+        late = created.json()["id"]
+        with transaction(services.factory) as session:
+            assert session.get(Job, late).dispatch_requested_at is None  # not sent yet: the turn was taken
+    finally:
+        go_on.set()
+        await anyio.to_thread.run_sync(holder.join, 60)
+    assert passes == [[first.id, late]]
+    assert _sent(app) == [first.id, late]
+
+
+def test_the_look_before_a_pass_counts_a_projects_own_limit(app: FastAPI, limited: Settings) -> None:
+    """The read before a project's pass (no turn taken) compares with the project's own running limit, here
+    above the setting's 1: a second job still goes at once, a third waits."""
+    services = app.state.runtime
+    sent = []
+    for _ in range(3):
+        with transaction(services.factory) as session:
+            job = make_job(session, project="big")
+            session.execute(update(Project).where(Project.id == job.project_id).values(max_running_jobs=2))
+        sent.append(admission.dispatch_waiting(services.factory, services.queue, limited, project_id=job.project_id))
+    assert [len(chosen) for chosen in sent] == [1, 1, 0]
+    assert _sent(app) == [chosen[0] for chosen in sent[:2]]
