@@ -74,19 +74,18 @@ def backend_engine(backend: Backend) -> Iterator[Engine]:
 
 
 def empty_database(engine: Engine) -> None:
+    """Every row of the service's tables gone, children first. DELETE, not TRUNCATE, on PostgreSQL too: on
+    tables of a few rows TRUNCATE costs 0.05 to 0.25 s (new files for each table and its indexes, more on a
+    busy disk) where DELETE costs 3 to 5 ms, and it runs before each of some 400 tests."""
     tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
-    if engine.dialect.name != "postgresql":
-        with engine.begin() as conn:
-            for table in tables:
-                conn.execute(text(f"DELETE FROM {table}"))
-        return
     # The previous test's app may still be finishing a transaction of its own (a dispatch pass after a commit)
-    # whose locks cross the TRUNCATE's: PostgreSQL then ends one of the two as a deadlock. Seen once in a full
-    # run; the TRUNCATE is simply tried again.
+    # whose locks cross ours: PostgreSQL then ends one of the two as a deadlock. Seen once in a full run (with
+    # TRUNCATE's table locks); the wipe is simply tried again.
     for attempt in range(5):
         try:
             with engine.begin() as conn:
-                conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+                for table in tables:
+                    conn.execute(text(f"DELETE FROM {table}"))
             return
         except DBAPIError as error:
             if not isinstance(error.orig, psycopg.errors.DeadlockDetected) or attempt == 4:

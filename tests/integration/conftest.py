@@ -19,9 +19,10 @@ def stack(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
         yield built
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cifar(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the ImageFolder tree, its zip) of a seeded CIFAR-10 subset: 20 train and 10 test images per class."""
+    """(the ImageFolder tree, its zip) of a seeded CIFAR-10 subset: 20 train and 10 test images per class. Made
+    once for the session (seconds each time on a loaded machine): the tests only read it and upload the zip."""
     root = make_cifar_subset(tmp_path_factory.mktemp("cifar") / "cifar10", per_class=20, test_per_class=10)
     archive = Path(shutil.make_archive(str(root), "zip", root))
     return root, archive

@@ -80,7 +80,9 @@ def test_asha_prunes_the_learning_rates_that_fail(two_classes, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")} | {"FT_HOME": str(tmp_path / "home")}
     env["OMP_NUM_THREADS"] = "1"  # a shared CI machine: one thread per process, not one per core each
     log = (tmp_path / "serve.log").open("wb")
-    command = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", "1"]
+    # Two training workers: the two sweeps run side by side (each keeps one trial at a time, max_parallel 1),
+    # one core each, instead of the second waiting for the whole of the first.
+    command = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", "2"]
     serve = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
