@@ -59,6 +59,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def summary(values: list[float]) -> dict[str, float]:
+    """Median, p99 and count of latencies in milliseconds."""
+    return {"median": round(statistics.median(values), 1), "p99": round(percentile(values, 99), 1), "n": len(values)}
+
+
 def upload(stack: Stack, archive: Path) -> str:
     with stack.client() as client, archive.open("rb") as file:
         dataset = client.post("/v1/datasets", files={"file": (archive.name, file)}).json()["id"]
@@ -256,19 +261,9 @@ def main() -> None:
             stack.start_worker()
             dataset = upload(stack, archive)
             if "queue" in wanted:
-                queue = queue_latency(stack, dataset, args.jobs)
-                result["queue_latency_ms"] = {
-                    "median": round(statistics.median(queue), 1),
-                    "p99": round(percentile(queue, 99), 1),
-                    "n": len(queue),
-                }
+                result["queue_latency_ms"] = summary(queue_latency(stack, dataset, args.jobs))
             if "events" in wanted:
-                events = event_latency(stack, dataset, args.events)
-                result["event_latency_ms"] = {
-                    "median": round(statistics.median(events), 1),
-                    "p99": round(percentile(events, 99), 1),
-                    "n": len(events),
-                }
+                result["event_latency_ms"] = summary(event_latency(stack, dataset, args.events))
             if "overhead" in wanted:
                 result["overhead"] = overhead(stack, dataset, root, args.epochs, work, args.rounds)
         print(json.dumps(result, indent=2))
