@@ -23,6 +23,7 @@ from app.settings import Settings
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 PING_AFTER_IDLE_SECONDS = 5.0
 READS_ONLY = "finetune_reads_only"
+FACTORY = "finetune.factory"  # Session.info: the sessionmaker a session came from (session_factory)
 POOL_OVERFLOW = 5  # connections past the pool for the background tasks (the sweeper) and bursts
 
 
@@ -111,8 +112,16 @@ def postgres_connect_args(settings: Settings) -> dict[str, Any]:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects readable after commit, and send queued tasks once it succeeds."""
     factory = sessionmaker(engine, expire_on_commit=False)
+    factory.configure(info={FACTORY: factory})  # each session's info: what a send after its commit opens
     install_dispatch_hooks(factory)
     return factory
+
+
+def factory_of(session: Session) -> sessionmaker[Session]:
+    """The factory ``session`` came from (``session_factory``'s), for work after its transaction; a session
+    made otherwise gets a factory of its engine."""
+    found: sessionmaker[Session] | None = session.info.get(FACTORY)
+    return found if found is not None else session_factory(session.get_bind().engine)
 
 
 @contextmanager

@@ -21,7 +21,6 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from weakref import WeakKeyDictionary
 
 from pydantic import TypeAdapter
 from sqlalchemy import Engine
@@ -29,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Project
-from app.db.session import reading, reads_engine, session_factory, transaction
+from app.db.session import factory_of, reading, reads_engine, transaction
 from app.dispatch.after_commit import send_after_commit
 from app.dispatch.broker import TaskQueue
 from app.errors import TooManyRequests
@@ -155,7 +154,7 @@ def dispatch_waiting(
 def dispatch_after_commit(session: Session, queue: TaskQueue, settings: Settings, project_id: str) -> None:
     """``dispatch_waiting`` for the project once ``session`` commits (no dispatch turn taken or waited for
     inside the caller's transaction)."""
-    factory = _factory_of(session)
+    factory = factory_of(session)
     send_after_commit(session, lambda: dispatch_waiting(factory, queue, settings, project_id=project_id))
 
 
@@ -206,14 +205,3 @@ def _choose(session: Session, settings: Settings, now: datetime, project_id: str
         chosen.append(waiting[owner].popleft())
         in_flight[owner] = in_flight.get(owner, 0) + 1
     return chosen
-
-
-_FACTORIES: WeakKeyDictionary[Engine, sessionmaker[Session]] = WeakKeyDictionary()
-
-
-def _factory_of(session: Session) -> sessionmaker[Session]:
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
-    if engine not in _FACTORIES:
-        _FACTORIES[engine] = session_factory(engine)
-    return _FACTORIES[engine]
