@@ -77,7 +77,12 @@ def register(celery: Celery, settings: Settings, *, warm_training: bool = False)
         services = process_services(settings)
         with device_slots_for(services, job_id) as wanted:
             if wanted is not None:  # fewer devices free on this host than the job asks for: a later try
-                log.info("job %s: its %d device(s) are not free on this host; again in %.0f s", job_id, *wanted[:2])
+                log.info(
+                    "job %s: its %d device(s) are not free on this host; again in %.0f s",
+                    job_id,
+                    wanted.devices,
+                    wanted.wait_seconds,
+                )
                 raise self.retry(countdown=wanted.wait_seconds, queue=wanted.queue)
             listen_for_preemption()
             return run_job(services, job_id, preempt_requested, self.request.hostname)
