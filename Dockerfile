@@ -19,8 +19,16 @@ COPY console/src/ src/
 COPY examples/ /src/examples/
 RUN npm run build
 
-# --- builder: the project and its locked dependencies in a virtual environment -----------------------
-FROM ${PYTHON_IMAGE} AS builder
+# --- runtime: the project and its locked dependencies in a virtual environment; what both targets share --
+# One stage, not a builder stage whose venv a runtime stage copies: that copy is a second layer of the same
+# gigabytes of torch, which every build writes to the build host's disk (CI's disk once ran out there). The
+# slim image has no compilers to leave behind: every dependency installs from a wheel.
+FROM ${PYTHON_IMAGE} AS runtime
+# A fixed uid, so volumes and Kubernetes' runAsNonRoot see the same user everywhere.
+RUN groupadd --system --gid 10001 finetune \
+    && useradd --system --uid 10001 --gid finetune --home-dir /var/lib/finetune --shell /usr/sbin/nologin finetune \
+    && mkdir -p /var/lib/finetune /srv/finetune/artifacts /srv/finetune/torch /srv/finetune/cache \
+    && chown -R finetune:finetune /var/lib/finetune /srv/finetune
 # pip compiles every module to bytecode as it installs: the runtime's user cannot write it later.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -40,22 +48,14 @@ COPY worker/ worker/
 COPY cli/ cli/
 COPY migrations/ migrations/
 COPY --from=console /src/app/console/static/dist/ app/console/static/dist/
+# The project itself, not editable: the sources it was built from go once it is in the venv.
 RUN pip install --no-cache-dir -c constraints.txt . \
-    && pip check
-
-# --- runtime: what both targets share ---------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
-# A fixed uid, so volumes and Kubernetes' runAsNonRoot see the same user everywhere.
-RUN groupadd --system --gid 10001 finetune \
-    && useradd --system --uid 10001 --gid finetune --home-dir /var/lib/finetune --shell /usr/sbin/nologin finetune \
-    && mkdir -p /var/lib/finetune /srv/finetune/artifacts /srv/finetune/torch /srv/finetune/cache \
-    && chown -R finetune:finetune /var/lib/finetune /srv/finetune
-COPY --from=builder /opt/venv /opt/venv
+    && pip check \
+    && rm -rf /src
 # FT_HOME: this container's scratch (job work folders, extracted data sets). The torch weights cache and the fetch
 # cache (FT_CACHE_DIR) are volumes in compose; these folders, owned by the app's user, seed them (a new volume
 # takes its folder's owner: without them it is root's, and the worker cannot write its cache).
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     FT_HOME=/var/lib/finetune \
     FT_ARTIFACTS_DIR=/srv/finetune/artifacts \

@@ -297,9 +297,13 @@ def test_redis_is_a_safe_broker_and_postgres_keeps_its_data(compose):
 def test_the_images_run_as_a_user_and_install_from_the_lock(stages):
     for target in PROJECT_TARGETS:
         assert stages[target].user not in (None, "root", "0", "0:0"), target
-    builder = stages["builder"]
-    assert any("pip install --no-cache-dir -c constraints.txt ." in run for run in builder.runs)
-    assert any(copy.startswith("migrations/") for copy in builder.copies), "the migrations are not shipped"
+    runtime = stages["runtime"]
+    assert any("pip install --no-cache-dir -c constraints.txt ." in run for run in runtime.runs)
+    assert any(copy.startswith("migrations/") for copy in runtime.copies), "the migrations are not shipped"
+    # The environment is installed once, in the stage the targets run: no stage copies a venv from another
+    # (a second layer of the same gigabytes on the build host's disk).
+    for name, stage in stages.items():
+        assert not any(copy.endswith("/opt/venv") for copy in stage.copies), name
 
 
 def test_the_build_context_leaves_out_local_state():

@@ -24,13 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("training", "app", "worker", "cli")
 
 
-def builder_copies() -> list[str]:
-    """The files and folders the Dockerfile's builder stage copies from the build context."""
-    copies, in_builder = [], False
+def runtime_copies() -> list[str]:
+    """The files and folders the Dockerfile's runtime stage (where the project is installed) copies from the
+    build context."""
+    copies, in_runtime = [], False
     for instruction, arguments in dockerfile_instructions((ROOT / "Dockerfile").read_text()):
         if instruction == "FROM":
-            in_builder = arguments.split()[-1] == "builder"
-        elif instruction == "COPY" and in_builder and not arguments.startswith("--from"):
+            in_runtime = arguments.split()[-1] == "runtime"
+        elif instruction == "COPY" and in_runtime and not arguments.startswith("--from"):
             copies += arguments.split()[:-1]
     return copies
 
@@ -42,7 +43,7 @@ def run(argv: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess
 
 
 def dependency_layer(src: Path) -> Path:
-    """A venv holding the builder stage's first install (the dependencies), cached between sessions the way
+    """A venv holding the runtime stage's first install (the dependencies), cached between sessions the way
     Docker caches that layer: keyed on what it is built from, so a changed dependency list or lock builds a
     new one. Never changed once built: each session links a copy of it and installs the project there."""
     dependencies = tomllib.loads((src / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -86,11 +87,11 @@ def dependency_layer(src: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def production_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv holding what the image's builder stage installs, from a copy of what that stage copies."""
+    """A venv holding what the image's runtime stage installs, from a copy of what that stage copies."""
     base = tmp_path_factory.mktemp("production")
     src = base / "src"
     src.mkdir()
-    for name in builder_copies():
+    for name in runtime_copies():
         source = ROOT / name.rstrip("/")
         if source.is_dir():
             shutil.copytree(source, src / source.name, ignore=shutil.ignore_patterns("__pycache__"))
