@@ -450,15 +450,8 @@ class JobRunner:
         self.keeper.stop()  # the job is about to leave running: nothing left to watch
 
         def finish(session: Session) -> bool:
-            # The timings go before the status event (a stream ends at the job's end), in a savepoint: an attempt
-            # that no longer owns the job must leave nothing in its log.
-            savepoint = session.begin_nested()
             self._record_timings(session)
-            if finish_job(session, self.job_id, self.owner, status, **results):
-                savepoint.commit()
-                return True
-            savepoint.rollback()
-            return False
+            return finish_job(session, self.job_id, self.owner, status, **results)
 
         finished = self._last_write(f"recording the job {status}", finish, ended_as=status)
         self.timings.add_phase("finish", time.monotonic() - started)

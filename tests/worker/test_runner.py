@@ -176,15 +176,6 @@ def test_a_worker_that_loses_its_lease_stops_and_writes_nothing_more(services, c
     assert not (services.settings.work_path / job_id).exists()  # the lost attempt's folder is removed
 
 
-def test_an_attempt_fenced_out_at_its_last_write_leaves_no_timings_in_the_log(services, colour_archive, monkeypatch):
-    """The timings event is written with the job's end, in its transaction: when the fenced end finds the job
-    no longer this attempt's, the event goes too."""
-    job_id = submit(services, job_spec(upload_ready_dataset(services, colour_archive)))
-    monkeypatch.setattr("worker.runner.finish_job", lambda *args, **kwargs: False)
-    assert run(services, job_id) == "lease lost"
-    assert not any("timings" in (event.data or {}) for event in events(services, job_id))
-
-
 def test_init_from_an_earlier_job_starts_from_its_weights(services, colour_archive):
     dataset_id = upload_ready_dataset(services, colour_archive)
     first = submit(services, job_spec(dataset_id, training={"epochs": 1}))
