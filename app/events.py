@@ -16,10 +16,10 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import JobEvent
+from app.dispatch.after_commit import listen_outermost
 from app.schemas.jobs import JobEvent as JobEventSchema
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,7 @@ def install_stream_hooks(factory: sessionmaker[Session], stream: EventStream | N
             # The events are committed; SSE readers fill the gap from the database.
             log.warning("could not mirror %d events to Redis", len(rows), exc_info=True)
 
-    def after_rollback(session: Session, *_args: Any) -> None:
+    def after_rollback(session: Session) -> None:
         session.info.pop(_PENDING, None)
 
-    event.listen(factory, "after_commit", after_commit)
-    event.listen(factory, "after_rollback", after_rollback)
+    listen_outermost(factory, committed=after_commit, rolled_back=after_rollback)

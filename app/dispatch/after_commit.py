@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,10 +50,32 @@ def run_sends(pending: list[Callable[[], object]]) -> None:
             log.exception("sending a task after commit failed")
 
 
-def _drop_pending(session: Session, *_args: Any) -> None:
+def _drop_pending(session: Session) -> None:
     session.info.pop(_PENDING, None)
 
 
 def install_dispatch_hooks(factory: sessionmaker[Session]) -> None:
-    event.listen(factory, "after_commit", _run_pending)
-    event.listen(factory, "after_rollback", _drop_pending)
+    listen_outermost(factory, committed=_run_pending, rolled_back=_drop_pending)
+
+
+def listen_outermost(
+    factory: sessionmaker[Session], *, committed: Callable[[Session], None], rolled_back: Callable[[Session], None]
+) -> None:
+    """``committed(session)`` once a session's outermost transaction has committed, ``rolled_back(session)``
+    once it has rolled back. SQLAlchemy fires its ``after_commit`` and ``after_rollback`` for a savepoint too
+    (``begin_nested``: its release, its rollback), when nothing is committed yet and the outer transaction's
+    work is not lost: a send there would go out before its rows exist (and on SQLite a hook that writes would
+    wait for the write lock its own session holds), a drop there would lose the outer transaction's sends.
+    So a savepoint must not register work for after the commit: what it registered stays on a rollback (the
+    savepoints here wrap one insert that may conflict, and register nothing)."""
+
+    def after_commit(session: Session) -> None:
+        if not session.in_nested_transaction():
+            committed(session)
+
+    def after_rollback(session: Session) -> None:
+        if not session.in_nested_transaction():
+            rolled_back(session)
+
+    event.listen(factory, "after_commit", after_commit)
+    event.listen(factory, "after_rollback", after_rollback)

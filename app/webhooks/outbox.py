@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
 from app.db.models import Job, WebhookDelivery
+from app.dispatch.after_commit import listen_outermost
 from app.ids import new_id
 from app.repositories import jobs
 from app.schemas.jobs import Job as JobSchema
@@ -103,8 +104,7 @@ def install_outbox_hooks(factory: sessionmaker[Session], queue: TaskQueue) -> No
             assert isinstance(engine, Engine)
             send_deliveries(engine, queue, pending)
 
-    def after_rollback(session: Session, *_args: Any) -> None:
+    def after_rollback(session: Session) -> None:
         session.info.pop(_PENDING, None)
 
-    event.listen(factory, "after_commit", after_commit)
-    event.listen(factory, "after_rollback", after_rollback)
+    listen_outermost(factory, committed=after_commit, rolled_back=after_rollback)
