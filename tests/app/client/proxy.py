@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 
 class CuttableProxy:
@@ -64,8 +65,17 @@ class CuttableProxy:
         with self._lock:
             self._armed = after_bytes
 
-    def cut(self) -> None:
-        """Break every open connection, as a network outage would; new connections still go through."""
+    def cut(self, *, once_one_is_open: bool = False) -> None:
+        """Break every open connection, as a network outage would; new connections still go through.
+
+        ``once_one_is_open``: first wait (up to 10 s) until the proxy holds a connection. A client's connection
+        is established in the kernel before the proxy's thread has accepted it and connected upstream, and the
+        client may meanwhile have sent megabytes into the kernel's buffers: a cut then found nothing to break."""
+        deadline = time.monotonic() + 10
+        while once_one_is_open and not self._open:
+            if time.monotonic() > deadline:
+                raise AssertionError("the proxy held no connection to cut within 10 s")
+            time.sleep(0.01)
         with self._lock:
             pairs, self._open = self._open, []
             self.cuts += 1

@@ -214,7 +214,7 @@ def test_a_cut_upload_is_retried_with_its_key_and_its_progress_starts_over(proxy
     def cut_once(sent: int, _size: int) -> None:
         progress.append(sent)
         if sent >= 2 * MB and proxy.cuts == 0:
-            proxy.cut()  # the network drops mid-body
+            proxy.cut(once_one_is_open=True)  # the network drops mid-body (the upload waits here meanwhile)
 
     with Client(proxy.url, api_key, retry=Retry(attempts=4, backoff=0.05)) as client:
         uploaded = client.datasets.upload(archive, on_progress=cut_once, idempotency_key="upload-once")
