@@ -45,6 +45,10 @@ def api_server(backend, tmp_path_factory) -> Iterator[ApiServer]:
         "FT_DATABASE_URL": backend.database_url,
         "FT_AUTH_ENABLED": "true",
         "FT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        # The server outlives its tests (one a session) and shares the backend's database with every later test:
+        # its periodic sweep would act on their rows (it once sent the retry that the webhooks test's own sweep
+        # was to send). No test here needs it.
+        "FT_SWEEP_INTERVAL_SECONDS": "86400",
     }
     if backend.redis_url:
         env |= {"FT_BROKER_URL": backend.redis_url, "FT_REDIS_URL": backend.redis_url, "FT_BROKER_KEY_PREFIX": prefix}
