@@ -21,10 +21,12 @@ from app.api.deps import reject_unknown_query
 from app.api.dry_runs import DryRunPool
 from app.api.errors import install_error_handlers
 from app.api.event_hub import EventHub
+from app.api.hot_reads import install_hot_reads
 from app.api.limits import BodyLimitMiddleware, HostAllowlistMiddleware
 from app.api.middleware import HttpMetrics, MetricsMiddleware, RequestIdMiddleware
 from app.console.routes import mount_console
 from app.context import Runtime
+from app.db.async_reads import AsyncReads
 from app.db.session import reads_engine
 from app.dispatch.sweep import sweep
 from app.observability.metrics import ServiceMetrics
@@ -56,6 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db_slots = asyncio.Semaphore(settings.db_pool_size)  # on the loop that serves
+        app.state.async_reads = AsyncReads.for_engine(runtime.engine, settings)  # on the loop that serves
+        if app.state.async_reads is not None:
+            await app.state.async_reads.open()
         sweeper = asyncio.create_task(sweep_forever(runtime))
         yield
         sweeper.cancel()
@@ -64,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await event_hub.aclose()
         if runtime.stream is not None:
             await runtime.stream.aclose()
+        if app.state.async_reads is not None:
+            await app.state.async_reads.close()
         service_metrics.close()
         dry_runs.close()
         runtime.close()
@@ -74,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         lifespan=lifespan,
         dependencies=[Depends(reject_unknown_query)],
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     app.state.settings = settings
@@ -85,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = runtime.queue
     app.state.stream = runtime.stream
     app.state.db_slots = asyncio.Semaphore(settings.db_pool_size)  # see app.api.deps.db_slot
+    app.state.async_reads = None  # the lifespan opens it (app.db.async_reads)
     registry = CollectorRegistry()
     http_registry = registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -108,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (datasets, jobs, sweeps, exports, live, downloads, backbones, spec, webhooks, openai_compat, health):
         app.include_router(module.router)
+    install_hot_reads(app.router.routes)  # first: answered before FastAPI's routing
     mount_console(app)  # after the API's routes: /v1, /healthz and /docs come first
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(http_registry))

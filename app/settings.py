@@ -217,11 +217,24 @@ class Settings(BaseSettings):
         description="API processes `finetune serve` runs (uvicorn workers) on one port. Default: one per CPU core, "
         "at most 8, in production; 1 in the embedded mode. Each keeps its own db_pool_size connections.",
     )
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's own OpenTelemetry spans and metrics of each request, sent to the providers the "
+        "process has (configured by `opentelemetry-instrument`, say). Off, FastAPI does not look for a provider "
+        "on each request (a tenth of a polled GET's CPU).",
+    )
     db_pool_size: int = Field(
         20,
         ge=1,
         description="Database connections each process keeps open; the API lets this many requests use the "
         "database at once (a request holds one connection) and queues the rest, so none opens one of its own.",
+    )
+    db_read_pool_size: int = Field(
+        4,
+        ge=0,
+        description="PostgreSQL connections each API process keeps, besides db_pool_size, for the polled reads "
+        "(GET /v1/jobs/{id}), awaited on the event loop rather than in a thread. 0: those reads use the "
+        "main pool from a thread, as every other request does.",
     )
     dry_run_threads: int = Field(2, ge=1, description="Threads of the dry-run executor (apart from other routes').")
     dry_run_timeout_seconds: float = Field(

@@ -22,6 +22,7 @@ from app.api.deps import (
 )
 from app.api.dry_runs import DryRunPool
 from app.api.errors import error_responses
+from app.api.hot_reads import read_job
 from app.api.pagination import After, Limit, list_page
 from app.api.responses import ModelJSONResponse
 from app.clock import from_unix_seconds
@@ -146,8 +147,9 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job", responses=error_responses(404))
 async def get_job(job_id: JobId, database: DatabaseDep) -> Response:
+    # A remembered caller's request without a query string is answered before this route (app.api.hot_reads).
     def read(session: Session, caller: Caller) -> ModelJSONResponse:
-        return ModelJSONResponse(Job.from_row(jobs.get_job(session, caller.project_id, job_id)))
+        return ModelJSONResponse(read_job(session.connection(), caller.project_id, job_id))
 
     return await database.read(read)
 

@@ -155,6 +155,10 @@ class Job(Base):
     def metadata_dict(self) -> dict[str, str]:
         return {item.key: item.value for item in self.metadata_items}
 
+    @property
+    def artifact_names(self) -> list[str]:
+        return [artifact.name for artifact in self.artifacts]
+
 
 class Sweep(Base):
     """A hyperparameter search: its trials are ordinary jobs (``jobs.sweep_id``); the sampling and pruning

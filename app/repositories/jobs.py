@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, exists, func, select, text, update
+from sqlalchemy import JSON, ColumnElement, Connection, bindparam, exists, func, select, text, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, joinedload
 
-from app.db.models import Job, JobMetadata, Project
+from app.db.async_reads import AsyncReads
+from app.db.driver_reads import DriverQuery
+from app.db.models import Artifact, Job, JobMetadata, Project
 from app.repositories.pagination import keyset_page
 from app.statuses import ACTIVE_JOB_STATUSES, OWNED_JOB_STATUSES, JobStatus
 
@@ -35,6 +38,99 @@ def get(session: Session, project_id: str, job_id: str) -> Job | None:
         .where(Job.id == job_id, Job.project_id == project_id)
     )
     return session.execute(query).unique().scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as the API shows it, read without the ORM: the polled routes' answer (``get_record``). It has
+    what ``app.schemas.jobs.Job.from_row`` reads of a ``Job`` row; ``spec`` is None when it was not asked for
+    (the API caches validated specs by job id, and a spec never changes once stored)."""
+
+    id: str
+    name: str | None
+    status: str
+    spec: dict[str, Any] | None
+    dataset_id: str | None
+    metadata_dict: dict[str, str]
+    attempt: int
+    max_attempts: int
+    total_epochs: int
+    epochs_completed: int
+    attempt_start_epoch: int
+    attempt_started_at: datetime | None
+    latest_metrics: dict[str, Any] | None
+    best_metrics: dict[str, Any] | None
+    final_metrics: dict[str, Any] | None
+    test_metrics: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    artifact_names: list[str]
+    integrations: list[dict[str, Any]] | None
+    sweep_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+_RECORD_COLUMNS = [
+    Job.id, Job.name, Job.status, Job.dataset_id, Job.attempt, Job.max_attempts, Job.total_epochs,
+    Job.epochs_completed, Job.attempt_start_epoch, Job.attempt_started_at, Job.latest_metrics, Job.best_metrics,
+    Job.final_metrics, Job.test_metrics, Job.error_code, Job.error_message, Job.integrations, Job.sweep_id,
+    Job.created_at, Job.updated_at, Job.started_at, Job.finished_at,
+]  # fmt: skip
+_RECORD_QUERIES: dict[tuple[str, bool], DriverQuery] = {}
+
+
+def _record_query(dialect: str, with_spec: bool) -> DriverQuery:
+    """One statement a job: its columns, its metadata as one JSON object and its artifacts' names as one
+    array (subqueries aggregated by the database: a join would repeat the job's row for each pair of them).
+    Built and compiled once per dialect, run on the driver's cursor (``app.db.driver_reads``)."""
+    found = _RECORD_QUERIES.get((dialect, with_spec))
+    if found is not None:
+        return found
+    if dialect == "postgresql":
+        metadata = select(func.json_object_agg(JobMetadata.key, JobMetadata.value, type_=JSON))
+        ordered_names = func.json_agg(aggregate_order_by(Artifact.name, Artifact.name), type_=JSON)
+        names = select(ordered_names).where(Artifact.job_id == Job.id)
+    else:  # SQLite: json_group_array keeps the order of the ordered subquery it reads
+        metadata = select(func.json_group_object(JobMetadata.key, JobMetadata.value, type_=JSON))
+        ordered = (
+            select(Artifact.name).where(Artifact.job_id == Job.id).order_by(Artifact.name).correlate(Job).subquery()
+        )
+        names = select(func.json_group_array(ordered.c.name, type_=JSON)).select_from(ordered)
+    columns: list[Any] = [
+        *_RECORD_COLUMNS,
+        metadata.where(JobMetadata.job_id == Job.id).scalar_subquery().label("metadata"),
+        names.scalar_subquery().label("names"),
+    ]
+    if with_spec:
+        columns.append(Job.spec)
+    query = select(*columns).where(Job.id == bindparam("job_id"), Job.project_id == bindparam("project_id"))
+    found = _RECORD_QUERIES[(dialect, with_spec)] = DriverQuery(query)
+    return found
+
+
+def get_record(connection: Connection, project_id: str, job_id: str, *, with_spec: bool) -> JobRecord | None:
+    """One job of the project, in one statement, or None."""
+    query = _record_query(connection.dialect.name, with_spec)
+    return _record(query.all(connection, {"job_id": job_id, "project_id": project_id}))
+
+
+async def get_record_on_loop(reads: AsyncReads, project_id: str, job_id: str, *, with_spec: bool) -> JobRecord | None:
+    """``get_record`` on the event loop's pool (``app.db.async_reads``); ReadUnavailable if it cannot answer."""
+    query = _record_query(reads.dialect.name, with_spec)
+    return _record(await reads.all(query, {"job_id": job_id, "project_id": project_id}))
+
+
+def _record(rows: list[dict[str, Any]]) -> JobRecord | None:
+    if not rows:
+        return None
+    values = rows[0]
+    values["metadata_dict"] = values.pop("metadata") or {}
+    values["artifact_names"] = values.pop("names") or []
+    values.setdefault("spec", None)
+    return JobRecord(**values)
 
 
 def get_any(session: Session, job_id: str) -> Job | None:

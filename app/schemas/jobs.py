@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the schemas import without SQLAlchemy: the client uses them
     from app.db.models import EpochMetrics as EpochRow
     from app.db.models import Job as JobRow
     from app.db.models import JobEvent as EventRow
+    from app.repositories.jobs import JobRecord
 
 MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
@@ -118,14 +119,20 @@ class Job(BaseModel):
         return self.status in TERMINAL_JOB_STATUSES
 
     @classmethod
-    def from_row(cls, row: JobRow, now: datetime | None = None) -> Job:
+    def from_row(cls, row: JobRow | JobRecord, now: datetime | None = None, spec: Spec | None = None) -> Job:
+        """The job as the API shows it, from its ORM row or its record (``app.repositories.jobs.get_record``);
+        ``spec``: the validated spec when the caller holds it (a record read without its stored spec)."""
+        if spec is None:
+            if row.spec is None:
+                raise ValueError(f"job {row.id} was read without its spec: pass the spec")
+            spec = _SPECS.get(row.id, row.spec)
         error = JobError(code=row.error_code, message=row.error_message or "") if row.error_code else None
         best = row.best_metrics
         return cls(
             id=row.id,
             name=row.name,
             status=JobStatus(row.status),
-            spec=_SPECS.get(row.id, row.spec),
+            spec=spec,
             dataset=row.dataset_id,
             metadata=row.metadata_dict,
             attempt=row.attempt,
@@ -139,7 +146,7 @@ class Job(BaseModel):
                 test=row.test_metrics,
             ),
             error=error,
-            result_artifacts=[artifact.name for artifact in row.artifacts],
+            result_artifacts=list(row.artifact_names),
             integrations=[MlflowIntegration.model_validate(item) for item in row.integrations or []],
             sweep_id=row.sweep_id,
             created_at=unix_seconds(row.created_at),
@@ -160,6 +167,10 @@ class _SpecCache:
         self.specs: OrderedDict[str, Spec] = OrderedDict()
         self.lock = threading.Lock()
 
+    def cached(self, job_id: str) -> Spec | None:
+        with self.lock:
+            return self.specs.get(job_id)
+
     def get(self, job_id: str, stored: dict[str, Any]) -> Spec:
         with self.lock:
             spec = self.specs.get(job_id)
@@ -177,7 +188,12 @@ class _SpecCache:
 _SPECS = _SpecCache(4096)
 
 
-def _progress(row: JobRow, now: datetime) -> JobProgress:
+def cached_spec(job_id: str) -> Spec | None:
+    """The job's validated spec if this process holds it: a reader may then leave the stored spec unread."""
+    return _SPECS.cached(job_id)
+
+
+def _progress(row: JobRow | JobRecord, now: datetime) -> JobProgress:
     total = max(row.total_epochs, 1)
     done = min(row.epochs_completed, total)
     status = JobStatus(row.status)
@@ -187,7 +203,7 @@ def _progress(row: JobRow, now: datetime) -> JobProgress:
     )
 
 
-def _eta(row: JobRow, status: JobStatus, done: int, total: int, now: datetime) -> float | None:
+def _eta(row: JobRow | JobRecord, status: JobStatus, done: int, total: int, now: datetime) -> float | None:
     """Seconds left: the pace of this attempt's epochs, or the last epoch's duration before one completes."""
     if status == JobStatus.SUCCEEDED:
         return 0.0

@@ -1,12 +1,25 @@
 """The polled routes' database work: ``GET /v1/jobs/{id}`` with a remembered key is one statement, run outside
-a transaction on PostgreSQL (no BEGIN and COMMIT round trips) and under a deferred BEGIN on SQLite (no write
-lock); its body is the job as the list and the submission show it."""
+a transaction (no BEGIN and COMMIT round trips, no write lock on SQLite); its body is the job as the list and
+the submission show it."""
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import event
+import asyncio
+import time
+from datetime import timedelta
 
+import httpx
+import pytest
+from sqlalchemy import event, text
+
+from app.api import hot_reads
+from app.clock import utcnow
+from app.db.async_reads import APPLICATION_NAME
+from app.db.models import Artifact, JobMetadata
+from app.db.session import transaction
+from app.ids import new_id
+from app.services.projects import create_api_key
+from tests.app.factories import make_job
 from tests.app.helpers import job_body, ready_dataset
 
 pytestmark = pytest.mark.anyio
@@ -32,10 +45,147 @@ async def test_reading_a_job_is_one_statement_without_a_write_transaction(client
     if app.state.engine.dialect.name == "postgresql":
         assert seen == [("SELECT", True)]  # autocommit: psycopg sends no BEGIN, the session's end no COMMIT
     else:
-        assert [statement for statement, _ in seen] == ["BEGIN", "SELECT"]  # deferred: not BEGIN IMMEDIATE
+        assert [statement for statement, _ in seen] == ["SELECT"]  # no BEGIN (IMMEDIATE would take the write lock)
     body = read.json()
     listed = (await client.get("/v1/jobs")).json()["data"]
     assert body == listed[0] | {"progress": body["progress"]}
     assert {key: value for key, value in body.items() if key not in ("progress", "updated_at")} == {
         key: value for key, value in job.items() if key not in ("progress", "updated_at")
     }
+
+
+@pytest.fixture
+def keys(app, settings):
+    settings.auth_enabled = True
+    with transaction(app.state.session_factory) as session:
+        _, alpha = create_api_key(session, "alpha")
+        _, beta = create_api_key(session, "beta")
+    return {"alpha": {"Authorization": f"Bearer {alpha}"}, "beta": {"Authorization": f"Bearer {beta}"}}
+
+
+def jobs_in_every_shape(app) -> list[str]:
+    """Queued; running, with an ETA; succeeded, with artifacts, metadata and an integration; failed."""
+    now = utcnow()
+    ids = []
+    with transaction(app.state.session_factory) as session:
+        for shape in ("queued", "running", "succeeded", "failed"):
+            job = make_job(session, project="alpha")
+            ids.append(job.id)
+            if shape == "running":
+                job.status, job.attempt, job.epochs_completed = "running", 1, 1
+                job.started_at = job.attempt_started_at = now - timedelta(seconds=90)
+                job.latest_metrics = {"epoch": 1, "val_acc": 0.5, "epoch_seconds": 80.0}
+            elif shape == "succeeded":
+                job.status, job.attempt, job.epochs_completed = "succeeded", 1, 3
+                job.name, job.finished_at = "cats ✓", now
+                job.best_metrics = {"epoch": 2, "val_acc": 0.9}
+                job.final_metrics = job.test_metrics = {"val_acc": 0.9, "nested": {"per_class": [0.8, 1.0]}}
+                job.integrations = [{"type": "mlflow", "mlflow": {"experiment": "e", "run_name": None, "tags": {}}}]
+                for key, value in {"team": "vision", "run": "7"}.items():
+                    session.add(JobMetadata(job_id=job.id, key=key, value=value))
+                for name in ("model.safetensors", "card.md"):
+                    artifact = Artifact(id=new_id("artifact"), job_id=job.id, name=name, store_key=name, bytes=1)
+                    session.add(artifact)
+                    artifact.sha256 = "0" * 64
+            elif shape == "failed":
+                job.status, job.error_code, job.error_message = "failed", "non_finite_loss", "loss was nan"
+    return ids
+
+
+async def routed(app, client, path: str, headers: dict[str, str]) -> httpx.Response:
+    """The answer of the route in app.api.jobs: a caller the process does not remember is passed on to it."""
+    app.state.callers._entries.clear()
+    return await client.get(path, headers=headers)
+
+
+def comparable(response: httpx.Response) -> dict:
+    """Status, headers and body, less what differs between two answers: the request id, and the ETA's
+    last seconds (and with it the length) of a running job."""
+    body = response.json()
+    if response.status_code != 200:
+        body["error"].pop("request_id", None)
+    elif body["progress"]["eta_seconds"] is not None:
+        body["progress"]["eta_seconds"] = round(body["progress"]["eta_seconds"], -1)
+    assert int(response.headers["content-length"]) == len(response.content)
+    headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "content-length")}
+    return {"status": response.status_code, "headers": headers, "body": body}
+
+
+async def test_the_hot_route_answers_as_the_route_does(app, client, keys, monkeypatch):
+    """Every shape of job, a missing one, another project's: the same status, headers and body either way."""
+    answered: list[str] = []
+    read = hot_reads._read
+    monkeypatch.setattr(hot_reads, "_read", lambda *args: answered.append(args[2]) or read(*args))
+    ids = jobs_in_every_shape(app)
+    for job_id in [*ids, "ftjob_01J0000000000000000000000", "x" * 64]:
+        path = f"/v1/jobs/{job_id}"
+        expected = comparable(await routed(app, client, path, keys["alpha"]))
+        assert comparable(await client.get(path, headers=keys["alpha"])) == expected  # the caller is remembered
+        assert answered[-1] == job_id  # and the hot route answered
+    shown = (await client.get(f"/v1/jobs/{ids[2]}", headers=keys["alpha"])).json()
+    assert shown["metadata"] == {"run": "7", "team": "vision"} and shown["result_artifacts"] == [
+        "card.md",
+        "model.safetensors",
+    ]
+    await client.get("/v1/jobs", headers=keys["beta"])  # remembered: the hot route answers its requests
+    for job_id in ids:
+        assert (await client.get(f"/v1/jobs/{job_id}", headers=keys["beta"])).status_code == 404
+        assert answered[-1] == job_id
+
+
+async def test_what_the_hot_route_does_not_answer_goes_to_the_route(app, client, keys, monkeypatch):
+    """No key, a wrong key, a query string, a HEAD, a longer id: the route's answers, the hot route not called."""
+    answered: list[str] = []
+    monkeypatch.setattr(hot_reads, "_read", lambda *args: answered.append(args[2]))
+    job_id = jobs_in_every_shape(app)[0]
+    await client.get("/v1/jobs", headers=keys["alpha"])  # the key is remembered
+    path = f"/v1/jobs/{job_id}"
+    assert (await client.get(path)).status_code == 401
+    assert (await client.get(path, headers={"Authorization": "Bearer ftk_wrong"})).status_code == 401
+    assert (await client.get(path, headers={"Authorization": "Basic dXNlcjpwYXNz"})).status_code == 401
+    unknown = await client.get(path, params={"expand": "all"}, headers=keys["alpha"])
+    assert unknown.status_code == 422 and "expand" in unknown.json()["error"]["message"]
+    assert (await client.get(f"/v1/jobs/{'x' * 65}", headers=keys["alpha"])).status_code == 422
+    head = await client.head(path, headers=keys["alpha"])
+    assert head.status_code == 405 and head.headers["allow"] == "GET"  # as before the hot route
+    assert answered == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_on_postgresql_it_reads_on_the_event_loop_and_outlives_its_connections(app, client, keys, monkeypatch):
+    """Served with its lifespan, the hot route reads on the event loop's own pool, and answers as the route
+    does; with that pool's connections killed by the server, the next read goes through the engine and
+    answers all the same, and the pool reconnects for the reads after it."""
+    on_loop: list[str] = []
+    in_thread: list[str] = []
+    read_on_loop, read = hot_reads.read_job_on_loop, hot_reads._read
+
+    async def spied_on_loop(reads, project_id, job_id):
+        job = await read_on_loop(reads, project_id, job_id)
+        on_loop.append(job_id)
+        return job
+
+    monkeypatch.setattr(hot_reads, "read_job_on_loop", spied_on_loop)
+    monkeypatch.setattr(hot_reads, "_read", lambda *args: in_thread.append(args[2]) or read(*args))
+    ids = jobs_in_every_shape(app)
+    async with app.router.lifespan_context(app):
+        await app.state.async_reads.pool.wait(timeout=10)
+        for job_id in ids:
+            expected = comparable(await routed(app, client, f"/v1/jobs/{job_id}", keys["alpha"]))
+            assert comparable(await client.get(f"/v1/jobs/{job_id}", headers=keys["alpha"])) == expected
+        assert on_loop == ids and in_thread == []
+        with app.state.engine.connect() as connection:
+            killed = connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": APPLICATION_NAME},
+            ).all()
+        assert killed and all(row[0] for row in killed)
+        lost = await client.get(f"/v1/jobs/{ids[2]}", headers=keys["alpha"])
+        assert lost.status_code == 200 and lost.json()["metadata"] == {"run": "7", "team": "vision"}
+        assert in_thread == [ids[2]]  # read through the engine
+        deadline = time.monotonic() + 10
+        while on_loop[-1:] != [ids[3]] and time.monotonic() < deadline:
+            assert (await client.get(f"/v1/jobs/{ids[3]}", headers=keys["alpha"])).status_code == 200
+            await asyncio.sleep(0.05)
+        assert on_loop[-1] == ids[3]  # on the loop again
+    assert app.state.async_reads.pool.closed

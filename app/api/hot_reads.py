@@ -1,0 +1,109 @@
+"""``GET /v1/jobs/{id}``, the route pipelines and the console poll, answered beside FastAPI's machinery.
+
+Under a polling load (``bench/api_bench.py --profile``) a profile of that route put most of its CPU outside
+the service's own work: FastAPI's routing through the included routers (it walks every router on each request
+to learn whether its routes changed), its dependency solving and exit stacks, and SQLAlchemy's ORM loading
+the job with its metadata and artifacts. ``HotJobRead`` is a plain Starlette route placed first in the app's
+router, inside the same middleware (request id, host allow-list, body limit, metrics) and the same error
+handlers. It answers the common case only: a GET without a query string, from a caller this process
+remembers (``app.api.callers.CallerCache``); any other request (no key, an unknown key, a query parameter)
+it passes on to the route in ``app.api.jobs``, which authenticates and has the last word. Both read the job
+with ``read_job`` (one Core statement, the stored spec left unread when this process holds it validated)
+and answer the same bytes, a missing job the same 404 (``tests/app/api/test_hot_routes.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from typing import Any
+
+import anyio.to_thread
+from fastapi.security.utils import get_authorization_scheme_param
+from sqlalchemy import Connection, Engine
+from starlette.datastructures import Headers
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
+
+from app.api.callers import Caller, CallerCache
+from app.api.responses import ModelJSONResponse
+from app.db.async_reads import AsyncReads, ReadUnavailable
+from app.errors import NotFound
+from app.repositories import jobs
+from app.schemas.jobs import Job, cached_spec
+from app.settings import Settings
+from training.spec import Spec
+
+PATH = "/v1/jobs/{job_id}"
+_PATH = re.compile(r"^/v1/jobs/([^/]{1,64})$")  # the route's path, its id at most 64 characters as it takes
+_PASSED_ON = "finetune.hot_read_passed_on"  # in the scope of a request this route handed to the router again
+
+
+def read_job(connection: Connection, project_id: str, job_id: str) -> Job:
+    """The project's job as the API shows it; NotFound (404) if it has none of that id."""
+    spec = cached_spec(job_id)
+    return _shown(job_id, jobs.get_record(connection, project_id, job_id, with_spec=spec is None), spec)
+
+
+async def read_job_on_loop(reads: AsyncReads, project_id: str, job_id: str) -> Job:
+    """``read_job`` on the event loop's pool; ReadUnavailable when that pool cannot answer."""
+    spec = cached_spec(job_id)
+    return _shown(job_id, await jobs.get_record_on_loop(reads, project_id, job_id, with_spec=spec is None), spec)
+
+
+def _shown(job_id: str, record: jobs.JobRecord | None, spec: Spec | None) -> Job:
+    if record is None:
+        raise NotFound(f"no job {job_id}", param="job_id")
+    return Job.from_row(record, spec=spec)
+
+
+class HotJobRead(BaseRoute):
+    """``GET /v1/jobs/{id}`` for a remembered caller; every other request to that path goes on to the router."""
+
+    path = PATH  # the metrics' route label, as for the route in app.api.jobs
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"] or _PASSED_ON in scope:
+            return Match.NONE, {}
+        found = _PATH.match(scope["path"])
+        if found is None:
+            return Match.NONE, {}
+        return Match.FULL, {"route": self, "path_params": {"job_id": found.group(1)}}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        settings: Settings = state.settings
+        callers: CallerCache = state.callers
+        caller = callers.caller(_bearer(scope), settings.auth_required)
+        if caller is None:  # authenticating (and its 401s) is the route's
+            scope[_PASSED_ON] = True
+            await scope["router"](scope, receive, send)
+            return
+        job_id: str = scope["path_params"]["job_id"]
+        on_loop: AsyncReads | None = state.async_reads
+        job = None
+        if on_loop is not None:
+            with contextlib.suppress(ReadUnavailable):  # then through the engine, whose errors are the API's
+                job = await read_job_on_loop(on_loop, caller.project_id, job_id)
+        if job is None:
+            reads: Engine = state.reads_engine
+            slots: asyncio.Semaphore = state.db_slots
+            async with slots:  # as every request's database work: see app.api.deps.get_session
+                job = await anyio.to_thread.run_sync(_read, reads, caller, job_id)
+        await ModelJSONResponse(job)(scope, receive, send)
+
+
+def _read(reads: Engine, caller: Caller, job_id: str) -> Job:
+    with reads.connect() as connection:
+        return read_job(connection, caller.project_id, job_id)
+
+
+def _bearer(scope: Scope) -> str | None:
+    """The bearer token as ``fastapi.security.HTTPBearer`` reads it (None where it finds none)."""
+    scheme, credentials = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
+    return credentials if scheme.lower() == "bearer" and credentials else None
+
+
+def install_hot_reads(routes: list[Any]) -> None:
+    """Put the hot routes first in the app's router (``app.router.routes``)."""
+    routes.insert(0, HotJobRead())
