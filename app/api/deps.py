@@ -4,7 +4,8 @@ so nothing opens a connection at import time and tests swap any of it with ``app
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
@@ -16,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.callers import Caller, CallerCache
+from app.db.async_reads import AsyncReads, ReadUnavailable
 from app.db.session import reading, transaction
 from app.dispatch.broker import TaskQueue
 from app.errors import Unprocessable
@@ -138,6 +140,17 @@ class Database:
         """``work`` in a session that only reads (``app.db.session.reading``: no BEGIN and COMMIT on PostgreSQL)."""
         state = self.request.app.state
         return await self._run(work, lambda: reading(state.session_factory, state.reads_engine))
+
+    async def read_on_loop(
+        self, on_loop: Callable[[AsyncReads, Caller], Awaitable[T]], work: Callable[[Session, Caller], T]
+    ) -> T:
+        """``on_loop`` awaited on the event loop's pool of reads where there is one (``app.db.async_reads``:
+        PostgreSQL), else, or when that pool cannot answer, ``work`` as ``read`` runs it."""
+        reads: AsyncReads | None = self.request.app.state.async_reads
+        if reads is not None:
+            with contextlib.suppress(ReadUnavailable):
+                return await on_loop(reads, self.caller)
+        return await self.read(work)
 
     async def write(self, work: Callable[[Session, Caller], T]) -> T:
         """``work`` in one transaction, committed before this returns (tasks it queued go out after)."""

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 import anyio.to_thread
+import orjson
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import Connection, Engine
 from starlette.datastructures import Headers
@@ -26,35 +27,84 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 
 from app.api.callers import Caller, CallerCache
-from app.api.responses import ModelJSONResponse
+from app.api.responses import JSONBytesResponse
+from app.clock import utcnow
 from app.db.async_reads import AsyncReads, ReadUnavailable
 from app.errors import NotFound
 from app.repositories import jobs
-from app.schemas.jobs import Job, cached_spec
+from app.repositories.jobs import JobFilters
+from app.schemas.jobs import CachedSpec, cached_spec, job_document, spec_of
 from app.settings import Settings
-from training.spec import Spec
 
 PATH = "/v1/jobs/{job_id}"
 _PATH = re.compile(r"^/v1/jobs/([^/]{1,64})$")  # the route's path, its id at most 64 characters as it takes
 _PASSED_ON = "finetune.hot_read_passed_on"  # in the scope of a request this route handed to the router again
 
 
-def read_job(connection: Connection, project_id: str, job_id: str) -> Job:
-    """The project's job as the API shows it; NotFound (404) if it has none of that id."""
-    spec = cached_spec(job_id)
-    return _shown(job_id, jobs.get_record(connection, project_id, job_id, with_spec=spec is None), spec)
+def read_job(connection: Connection, project_id: str, job_id: str) -> bytes:
+    """The project's job as the API shows it, as JSON; NotFound (404) if it has none of that id."""
+    cached = cached_spec(job_id)
+    return _shown(job_id, jobs.get_record(connection, project_id, job_id, with_spec=cached is None), cached)
 
 
-async def read_job_on_loop(reads: AsyncReads, project_id: str, job_id: str) -> Job:
+async def read_job_on_loop(reads: AsyncReads, project_id: str, job_id: str) -> bytes:
     """``read_job`` on the event loop's pool; ReadUnavailable when that pool cannot answer."""
-    spec = cached_spec(job_id)
-    return _shown(job_id, await jobs.get_record_on_loop(reads, project_id, job_id, with_spec=spec is None), spec)
+    cached = cached_spec(job_id)
+    record = await jobs.get_record_on_loop(reads, project_id, job_id, with_spec=cached is None)
+    return _shown(job_id, record, cached)
 
 
-def _shown(job_id: str, record: jobs.JobRecord | None, spec: Spec | None) -> Job:
+def _shown(job_id: str, record: jobs.JobRecord | None, cached: CachedSpec | None) -> bytes:
     if record is None:
         raise NotFound(f"no job {job_id}", param="job_id")
-    return Job.from_row(record, spec=spec)
+    if cached is None:
+        assert record.spec is not None  # read with it
+        cached = spec_of(record.id, record.spec)
+    return orjson.dumps(job_document(record, orjson.Fragment(cached.json)))
+
+
+def read_page(connection: Connection, project_id: str, filters: JobFilters, after: str | None, limit: int) -> bytes:
+    """A page of the project's jobs as the API shows it (``GET /v1/jobs``), as JSON: one statement, and one
+    more for the specs this process has not validated yet."""
+    records, has_more = jobs.page_records(connection, project_id, filters, after=after, limit=limit)
+    cached = {record.id: cached_spec(record.id) for record in records}
+    missing = [job_id for job_id, spec in cached.items() if spec is None]
+    return _listed(records, has_more, cached, jobs.stored_specs(connection, missing) if missing else {})
+
+
+async def read_page_on_loop(
+    reads: AsyncReads, project_id: str, filters: JobFilters, after: str | None, limit: int
+) -> bytes:
+    """``read_page`` on the event loop's pool; ReadUnavailable when that pool cannot answer."""
+    records, has_more = await jobs.page_records_on_loop(reads, project_id, filters, after=after, limit=limit)
+    cached = {record.id: cached_spec(record.id) for record in records}
+    missing = [job_id for job_id, spec in cached.items() if spec is None]
+    return _listed(records, has_more, cached, await jobs.stored_specs_on_loop(reads, missing) if missing else {})
+
+
+def _listed(
+    records: list[jobs.JobRecord],
+    has_more: bool,
+    cached: dict[str, CachedSpec | None],
+    stored: dict[str, dict[str, Any]],
+) -> bytes:
+    """The page (``JobList``'s fields, in order); a job gone between the two statements (its project deleted
+    meanwhile) is left out."""
+    now = utcnow()
+    shown = []
+    for record in records:
+        spec = cached[record.id] or (spec_of(record.id, stored[record.id]) if record.id in stored else None)
+        if spec is not None:
+            shown.append(job_document(record, orjson.Fragment(spec.json), now))
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": shown,
+            "has_more": has_more,
+            "first_id": shown[0]["id"] if shown else None,
+            "last_id": shown[-1]["id"] if shown else None,
+        }
+    )
 
 
 class HotJobRead(BaseRoute):
@@ -90,10 +140,10 @@ class HotJobRead(BaseRoute):
             slots: asyncio.Semaphore = state.db_slots
             async with slots:  # as every request's database work: see app.api.deps.get_session
                 job = await anyio.to_thread.run_sync(_read, reads, caller, job_id)
-        await ModelJSONResponse(job)(scope, receive, send)
+        await JSONBytesResponse(job)(scope, receive, send)
 
 
-def _read(reads: Engine, caller: Caller, job_id: str) -> Job:
+def _read(reads: Engine, caller: Caller, job_id: str) -> bytes:
     with reads.connect() as connection:
         return read_job(connection, caller.project_id, job_id)
 

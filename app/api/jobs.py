@@ -22,10 +22,11 @@ from app.api.deps import (
 )
 from app.api.dry_runs import DryRunPool
 from app.api.errors import error_responses
-from app.api.hot_reads import read_job
+from app.api.hot_reads import read_job, read_job_on_loop, read_page, read_page_on_loop
 from app.api.pagination import After, Limit, list_page
-from app.api.responses import ModelJSONResponse
+from app.api.responses import JSONBytesResponse, ModelJSONResponse
 from app.clock import from_unix_seconds
+from app.db.async_reads import AsyncReads
 from app.errors import Unprocessable
 from app.repositories.jobs import JobFilters
 from app.schemas.jobs import (
@@ -138,20 +139,25 @@ async def list_jobs(
         created_before=from_unix_seconds(created_before) if created_before is not None else None,
     )
 
-    def page(session: Session, caller: Caller) -> ModelJSONResponse:
-        rows, has_more = jobs.list_jobs(session, caller.project_id, filters, after=after, limit=limit)
-        return ModelJSONResponse(list_page(JobList, rows, has_more, Job.from_row))
+    async def on_loop(reads: AsyncReads, caller: Caller) -> bytes:
+        return await read_page_on_loop(reads, caller.project_id, filters, after, limit)
 
-    return await database.read(page)
+    def page(session: Session, caller: Caller) -> bytes:
+        return read_page(session.connection(), caller.project_id, filters, after, limit)
+
+    return JSONBytesResponse(await database.read_on_loop(on_loop, page))
 
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job", responses=error_responses(404))
 async def get_job(job_id: JobId, database: DatabaseDep) -> Response:
     # A remembered caller's request without a query string is answered before this route (app.api.hot_reads).
-    def read(session: Session, caller: Caller) -> ModelJSONResponse:
-        return ModelJSONResponse(read_job(session.connection(), caller.project_id, job_id))
+    async def on_loop(reads: AsyncReads, caller: Caller) -> bytes:
+        return await read_job_on_loop(reads, caller.project_id, job_id)
 
-    return await database.read(read)
+    def read(session: Session, caller: Caller) -> bytes:
+        return read_job(session.connection(), caller.project_id, job_id)
+
+    return JSONBytesResponse(await database.read_on_loop(on_loop, read))
 
 
 @router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a job", responses=error_responses(404, 409))

@@ -17,3 +17,9 @@ class ModelJSONResponse(Response):
     def __init__(self, model: BaseModel, status_code: int = 200) -> None:
         # What FastAPI sends for a response model: by alias, compact, UTF-8.
         super().__init__(model.model_dump_json(by_alias=True), status_code=status_code)
+
+
+class JSONBytesResponse(Response):
+    """JSON serialised already (``app.api.hot_reads``: the polled reads)."""
+
+    media_type = "application/json"

@@ -23,9 +23,19 @@ class Compiled:
     positions: tuple[str, ...] | None  # the parameters' order, for a positional paramstyle (SQLite's ?)
     names: tuple[str, ...]
     processors: tuple[Callable[[Any], Any] | None, ...]
+    binders: Mapping[str, Callable[[Any], Any]]  # the parameters' types' bind processors (UTC datetimes...)
+    defaults: Mapping[str, Any]  # the values of the parameters the compiler added (SQLite's OFFSET 0)
 
     def parameters(self, values: Mapping[str, Any]) -> Mapping[str, Any] | tuple[Any, ...]:
+        if self.defaults:
+            values = {**self.defaults, **values}
+        if self.binders:
+            values = {name: self._bound(name, value) for name, value in values.items()}
         return values if self.positions is None else tuple(values[name] for name in self.positions)
+
+    def _bound(self, name: str, value: Any) -> Any:
+        binder = self.binders.get(name)
+        return value if binder is None or value is None else binder(value)
 
     def convert(self, row: tuple[Any, ...]) -> dict[str, Any]:
         return {
@@ -35,7 +45,8 @@ class Compiled:
 
 
 class DriverQuery:
-    """``query``'s rows as dicts by column name, its parameters given by name (``bindparam``s, no defaults)."""
+    """``query``'s rows as dicts by column name; its parameters given by name (``bindparam``s, no defaults),
+    converted by their types' bind processors as SQLAlchemy would."""
 
     def __init__(self, query: Select[Any]) -> None:
         self.query = query
@@ -67,11 +78,16 @@ class DriverQuery:
             statement = self.query.compile(dialect=dialect)
             columns = self.query.selected_columns
             types = [column.type.dialect_impl(dialect) for column in columns]
+            binders = {
+                name: bind.type.dialect_impl(dialect).bind_processor(dialect) for name, bind in statement.binds.items()
+            }
             compiled = Compiled(
                 sql=str(statement),
                 positions=tuple(statement.positiontup or ()) if statement.positional else None,
                 names=tuple(str(column.key) for column in columns),
                 processors=tuple(type_.result_processor(dialect, None) for type_ in types),
+                binders={name: binder for name, binder in binders.items() if binder is not None},
+                defaults={name: bind.value for name, bind in statement.binds.items() if not bind.required},
             )
             self._compiled[dialect.name] = compiled
         return compiled

@@ -4,12 +4,24 @@ queued jobs' dispatch columns (``app.dispatch`` decides which job goes to the br
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Connection, bindparam, exists, func, select, text, update
+from sqlalchemy import (
+    JSON,
+    BindParameter,
+    ColumnElement,
+    Connection,
+    Select,
+    bindparam,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, joinedload
 
@@ -87,8 +99,14 @@ def _record_query(dialect: str, with_spec: bool) -> DriverQuery:
     array (subqueries aggregated by the database: a join would repeat the job's row for each pair of them).
     Built and compiled once per dialect, run on the driver's cursor (``app.db.driver_reads``)."""
     found = _RECORD_QUERIES.get((dialect, with_spec))
-    if found is not None:
-        return found
+    if found is None:
+        columns = _record_columns(dialect) + ([Job.spec] if with_spec else [])
+        query = select(*columns).where(Job.id == bindparam("job_id"), Job.project_id == bindparam("project_id"))
+        found = _RECORD_QUERIES[(dialect, with_spec)] = DriverQuery(query)
+    return found
+
+
+def _record_columns(dialect: str) -> list[Any]:
     if dialect == "postgresql":
         metadata = select(func.json_object_agg(JobMetadata.key, JobMetadata.value, type_=JSON))
         ordered_names = func.json_agg(aggregate_order_by(Artifact.name, Artifact.name), type_=JSON)
@@ -99,16 +117,11 @@ def _record_query(dialect: str, with_spec: bool) -> DriverQuery:
             select(Artifact.name).where(Artifact.job_id == Job.id).order_by(Artifact.name).correlate(Job).subquery()
         )
         names = select(func.json_group_array(ordered.c.name, type_=JSON)).select_from(ordered)
-    columns: list[Any] = [
+    return [
         *_RECORD_COLUMNS,
         metadata.where(JobMetadata.job_id == Job.id).scalar_subquery().label("metadata"),
         names.scalar_subquery().label("names"),
     ]
-    if with_spec:
-        columns.append(Job.spec)
-    query = select(*columns).where(Job.id == bindparam("job_id"), Job.project_id == bindparam("project_id"))
-    found = _RECORD_QUERIES[(dialect, with_spec)] = DriverQuery(query)
-    return found
 
 
 def get_record(connection: Connection, project_id: str, job_id: str, *, with_spec: bool) -> JobRecord | None:
@@ -124,13 +137,103 @@ async def get_record_on_loop(reads: AsyncReads, project_id: str, job_id: str, *,
 
 
 def _record(rows: list[dict[str, Any]]) -> JobRecord | None:
-    if not rows:
-        return None
-    values = rows[0]
+    return _as_record(rows[0]) if rows else None
+
+
+def _as_record(values: dict[str, Any]) -> JobRecord:
     values["metadata_dict"] = values.pop("metadata") or {}
     values["artifact_names"] = values.pop("names") or []
     values.setdefault("spec", None)
     return JobRecord(**values)
+
+
+_PAGE_QUERIES: dict[tuple[Any, ...], DriverQuery] = {}
+_SPEC_QUERIES: dict[tuple[str, int], DriverQuery] = {}
+
+
+def page_records(
+    connection: Connection, project_id: str, filters: JobFilters, *, after: str | None, limit: int
+) -> tuple[list[JobRecord], bool]:
+    """``page``'s jobs as records, without their specs, in one statement; and whether more follow."""
+    query, parameters = _page_query(connection.dialect.name, project_id, filters, after, limit)
+    return _page(query.all(connection, parameters), limit)
+
+
+async def page_records_on_loop(
+    reads: AsyncReads, project_id: str, filters: JobFilters, *, after: str | None, limit: int
+) -> tuple[list[JobRecord], bool]:
+    """``page_records`` on the event loop's pool; ReadUnavailable if it cannot answer."""
+    query, parameters = _page_query(reads.dialect.name, project_id, filters, after, limit)
+    return _page(await reads.all(query, parameters), limit)
+
+
+def stored_specs(connection: Connection, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The stored specs of these jobs, by id."""
+    query = _spec_query(connection.dialect.name, len(job_ids))
+    return _specs(query.all(connection, {f"id_{i}": job_id for i, job_id in enumerate(job_ids)}))
+
+
+async def stored_specs_on_loop(reads: AsyncReads, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    query = _spec_query(reads.dialect.name, len(job_ids))
+    return _specs(await reads.all(query, {f"id_{i}": job_id for i, job_id in enumerate(job_ids)}))
+
+
+def _page(rows: list[dict[str, Any]], limit: int) -> tuple[list[JobRecord], bool]:
+    return [_as_record(values) for values in rows[:limit]], len(rows) > limit
+
+
+def _specs(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {row["id"]: row["spec"] for row in rows}
+
+
+def _page_query(
+    dialect: str, project_id: str, filters: JobFilters, after: str | None, limit: int
+) -> tuple[DriverQuery, dict[str, Any]]:
+    """The statement of ``page`` for this combination of filters (compiled once per combination: which
+    filters are given, how many statuses and metadata pairs), and its parameters."""
+    statuses, pairs = list(filters.statuses), list(filters.metadata.items())
+    optional = {
+        "dataset": filters.dataset_id,
+        "created_after": filters.created_after,
+        "created_before": filters.created_before,
+        "after": after,
+    }
+    given = tuple(name for name, value in optional.items() if value is not None)
+    shape = (dialect, len(statuses), len(pairs), given)
+    query = _PAGE_QUERIES.get(shape)
+    if query is None:
+        query = _PAGE_QUERIES[shape] = DriverQuery(_page_select(dialect, len(statuses), len(pairs), given))
+    parameters: dict[str, Any] = {"project_id": project_id, "limit": limit + 1}
+    parameters |= {name: optional[name] for name in given}
+    parameters |= {f"status_{i}": str(status) for i, status in enumerate(statuses)}
+    for i, (key, value) in enumerate(pairs):
+        parameters |= {f"key_{i}": key, f"value_{i}": value}
+    return query, parameters
+
+
+def _page_select(dialect: str, statuses: int, pairs: int, given: tuple[str, ...]) -> Select[Any]:
+    query = select(*_record_columns(dialect)).where(Job.project_id == bindparam("project_id"))
+    if statuses:
+        query = query.where(Job.status.in_([bindparam(f"status_{i}") for i in range(statuses)]))
+    for i in range(pairs):
+        pair = (JobMetadata.key == bindparam(f"key_{i}")) & (JobMetadata.value == bindparam(f"value_{i}"))
+        query = query.where(exists().where(JobMetadata.job_id == Job.id, pair))
+    conditions = {
+        "dataset": Job.dataset_id == bindparam("dataset"),
+        "created_after": Job.created_at >= bindparam("created_after"),
+        "created_before": Job.created_at < bindparam("created_before"),
+        "after": Job.id < bindparam("after"),
+    }
+    query = query.where(*(conditions[name] for name in given))
+    return query.order_by(Job.id.desc()).limit(bindparam("limit"))
+
+
+def _spec_query(dialect: str, count: int) -> DriverQuery:
+    query = _SPEC_QUERIES.get((dialect, count))
+    if query is None:
+        ids: list[BindParameter[str]] = [bindparam(f"id_{i}") for i in range(count)]
+        query = _SPEC_QUERIES[(dialect, count)] = DriverQuery(select(Job.id, Job.spec).where(Job.id.in_(ids)))
+    return query
 
 
 def get_any(session: Session, job_id: str) -> Job | None:

@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import event, text
 
@@ -16,8 +17,11 @@ from app.api import hot_reads
 from app.clock import utcnow
 from app.db.async_reads import APPLICATION_NAME
 from app.db.models import Artifact, JobMetadata
+from app.db.models import Job as JobRow
 from app.db.session import transaction
 from app.ids import new_id
+from app.repositories import jobs as jobs_repository
+from app.schemas.jobs import Job, job_document, spec_of
 from app.services.projects import create_api_key
 from tests.app.factories import make_job
 from tests.app.helpers import job_body, ready_dataset
@@ -189,3 +193,27 @@ async def test_on_postgresql_it_reads_on_the_event_loop_and_outlives_its_connect
             await asyncio.sleep(0.05)
         assert on_loop[-1] == ids[3]  # on the loop again
     assert app.state.async_reads.pool.closed
+
+
+def test_a_jobs_document_is_its_models_json_byte_for_byte(app):
+    """``job_document`` (what the polled reads serialise) against ``Job.from_row`` (the model the OpenAPI
+    schema shows), for every shape of job, read by the ORM and as a record, with metrics of awkward numbers."""
+    ids = jobs_in_every_shape(app)
+    now = utcnow()
+    with transaction(app.state.session_factory) as session:
+        job = session.get(JobRow, ids[1])
+        metrics = {"epoch": 1, "epoch_seconds": 80.0, "tiny": 1e-7, "big": 1e16, "sum": 0.1 + 0.2}
+        job.latest_metrics = metrics | {
+            "zero": -0.0,
+            "int": 2**53,
+            "text": 'é ✓ "quoted" \\ \n',
+            "list": [1, 2.5, None],
+        }
+    with transaction(app.state.session_factory) as session:
+        for job_id in ids:
+            row = session.get(JobRow, job_id)
+            record = jobs_repository.get_record(session.connection(), row.project_id, job_id, with_spec=True)
+            spec = spec_of(job_id, row.spec)
+            expected = Job.from_row(row, now).model_dump_json(by_alias=True).encode()
+            for read in (row, record):
+                assert orjson.dumps(job_document(read, orjson.Fragment(spec.json), now)) == expected
