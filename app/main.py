@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.db_slots = asyncio.Semaphore(settings.db_pool_size)  # on the loop that serves
+        app.state.db_slots = asyncio.Semaphore(settings.db_connections)  # on the loop that serves
         app.state.async_reads = AsyncReads.for_engine(runtime.engine, settings)  # on the loop that serves
         if app.state.async_reads is not None:
             await app.state.async_reads.open()
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = runtime.store
     app.state.queue = runtime.queue
     app.state.stream = runtime.stream
-    app.state.db_slots = asyncio.Semaphore(settings.db_pool_size)  # see app.api.deps.db_slot
+    app.state.db_slots = asyncio.Semaphore(settings.db_connections)  # see app.api.deps.db_slot
     app.state.async_reads = None  # the lifespan opens it (app.db.async_reads)
     registry = CollectorRegistry()
     http_registry = registry

@@ -223,11 +223,13 @@ class Settings(BaseSettings):
         "process has (configured by `opentelemetry-instrument`, say). Off, FastAPI does not look for a provider "
         "on each request (a tenth of a polled GET's CPU).",
     )
-    db_pool_size: int = Field(
-        20,
+    db_pool_size: int | None = Field(
+        None,
         ge=1,
         description="Database connections each process keeps open; the API lets this many requests use the "
-        "database at once (a request holds one connection) and queues the rest, so none opens one of its own.",
+        "database at once (a request holds one connection) and queues the rest, so none opens one of its own. "
+        "Default: 20 on PostgreSQL; 8 on SQLite (the embedded mode), which works in the API's own process, where "
+        "more threads at once only contend for it.",
     )
     db_read_pool_size: int = Field(
         4,
@@ -348,6 +350,13 @@ class Settings(BaseSettings):
             return self.api_processes
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return 1 if self.is_embedded else max(1, min(cores, 8))
+
+    @property
+    def db_connections(self) -> int:
+        """``db_pool_size``, or its default for the database in use."""
+        if self.db_pool_size is not None:
+            return self.db_pool_size
+        return 8 if self.sqlalchemy_url.startswith("sqlite") else 20
 
     @property
     def logs_as(self) -> Literal["json", "text"]:

@@ -86,7 +86,7 @@ def engine_for(settings: Settings) -> Engine:
     once: ``app.api.deps.db_slot``); the overflow serves the background tasks (the sweeper)."""
     if settings.database_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
-    pool: dict[str, Any] = {"pool_size": settings.db_pool_size, "max_overflow": POOL_OVERFLOW}
+    pool: dict[str, Any] = {"pool_size": settings.db_connections, "max_overflow": POOL_OVERFLOW}
     if not settings.sqlalchemy_url.startswith("postgresql"):
         return create_db_engine(settings.sqlalchemy_url, **pool)
     return create_db_engine(settings.sqlalchemy_url, connect_args=postgres_connect_args(settings), **pool)
