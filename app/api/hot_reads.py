@@ -1,4 +1,5 @@
-"""``GET /v1/jobs/{id}``, the route pipelines and the console poll, answered beside FastAPI's machinery.
+"""The polled reads: ``GET /v1/jobs/{id}`` (what pipelines and the console poll) answered beside FastAPI's
+machinery, and the job and the page of jobs both routes serialise (``read_job``, ``read_page``).
 
 Under a polling load (``bench/api_bench.py --profile``) a profile of that route put most of its CPU outside
 the service's own work: FastAPI's routing through the included routers (it walks every router on each request
@@ -8,8 +9,10 @@ router, inside the same middleware (request id, host allow-list, body limit, met
 handlers. It answers the common case only: a GET without a query string, from a caller this process
 remembers (``app.api.callers.CallerCache``); any other request (no key, an unknown key, a query parameter)
 it passes on to the route in ``app.api.jobs``, which authenticates and has the last word. Both read the job
-with ``read_job`` (one Core statement, the stored spec left unread when this process holds it validated)
-and answer the same bytes, a missing job the same 404 (``tests/app/api/test_hot_routes.py``)."""
+with ``read_job`` (one Core statement, the stored spec left unread when this process holds it validated;
+awaited on the event loop on PostgreSQL, ``app.db.async_reads``) and answer the same bytes, a missing job the
+same 404 (``tests/app/api/test_hot_routes.py``). The answers are serialised from the jobs' fields
+(``app.schemas.jobs.job_document``), not through the response models."""
 
 from __future__ import annotations
 
