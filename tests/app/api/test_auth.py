@@ -7,19 +7,10 @@ from sqlalchemy import select
 
 from app.db.models import ApiKey
 from app.db.session import transaction
-from app.services.projects import create_api_key, hash_key
+from app.services.projects import hash_key
 from tests.app.helpers import job_body, ready_dataset
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def keys(app, settings):
-    settings.auth_enabled = True
-    with transaction(app.state.session_factory) as session:
-        _, alpha = create_api_key(session, "alpha")
-        _, beta = create_api_key(session, "beta")
-    return {"alpha": {"Authorization": f"Bearer {alpha}"}, "beta": {"Authorization": f"Bearer {beta}"}}
 
 
 async def test_requests_without_a_valid_key_are_401(client, keys):

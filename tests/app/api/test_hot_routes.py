@@ -23,7 +23,6 @@ from app.db.session import transaction
 from app.ids import new_id
 from app.repositories import jobs as jobs_repository
 from app.schemas.jobs import Job, job_document, spec_of
-from app.services.projects import create_api_key
 from tests.app.factories import make_job
 from tests.app.helpers import job_body, ready_dataset
 
@@ -57,15 +56,6 @@ async def test_reading_a_job_is_one_statement_without_a_write_transaction(client
     assert {key: value for key, value in body.items() if key not in ("progress", "updated_at")} == {
         key: value for key, value in job.items() if key not in ("progress", "updated_at")
     }
-
-
-@pytest.fixture
-def keys(app, settings):
-    settings.auth_enabled = True
-    with transaction(app.state.session_factory) as session:
-        _, alpha = create_api_key(session, "alpha")
-        _, beta = create_api_key(session, "beta")
-    return {"alpha": {"Authorization": f"Bearer {alpha}"}, "beta": {"Authorization": f"Bearer {beta}"}}
 
 
 def jobs_in_every_shape(app) -> list[str]:
