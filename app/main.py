@@ -58,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db_slots = asyncio.Semaphore(settings.db_connections)  # on the loop that serves
-        app.state.async_reads = AsyncReads.for_engine(runtime.engine, settings)  # on the loop that serves
+        unavailable = http_metrics.loop_reads_unavailable
+        app.state.async_reads = AsyncReads.for_engine(  # on the loop that serves
+            runtime.engine, settings, lambda reason: unavailable.labels(reason).inc()
+        )
         if app.state.async_reads is not None:
             await app.state.async_reads.open()
         sweeper = asyncio.create_task(sweep_forever(runtime))
@@ -105,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=registry)
+    http_metrics = HttpMetrics(http_registry)
     service_metrics = ServiceMetrics(runtime)  # jobs, queues, durations, heartbeats, throughput: at scrape time
     registry.register(service_metrics)
     app.state.metrics_registry = registry
@@ -120,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_hot_reads(app.router.routes)  # first: answered before FastAPI's routing
     mount_console(app)  # after the API's routes: /v1, /healthz and /docs come first
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(http_registry))
+    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)  # before parsing and auth
     app.add_middleware(HostAllowlistMiddleware, allowed=settings.host_allowlist)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response, a 500 included, carries the id

@@ -64,7 +64,8 @@ class RequestIdMiddleware:
 
 
 class HttpMetrics:
-    """HTTP request counts and latencies by method, route template and status (never the raw path)."""
+    """HTTP request counts and latencies by method, route template and status (never the raw path); the polled
+    reads that went through the engine for want of the event loop's pool."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -76,6 +77,13 @@ class HttpMetrics:
             ["method", "route"],
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
+        self.loop_reads_unavailable = Counter(
+            "finetune_api_loop_reads_unavailable",
+            "Polled reads that the event loop's pool could not serve and that went through the engine instead "
+            "(app.db.async_reads), by reason: timeout (no connection in time) or error (a lost connection...).",
+            ["reason"],
+            registry=registry,
         )
 
 

@@ -17,7 +17,7 @@ connection is discarded when it returns, and the pool connects again in the back
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
@@ -38,8 +38,9 @@ class ReadUnavailable(Exception):
 
 
 class AsyncReads:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, unavailable: Callable[[str], None] = lambda _: None) -> None:
         self.dialect = engine.dialect
+        self.unavailable = unavailable  # told "timeout" or "error" for each read this pool could not serve
         conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.pool = AsyncConnectionPool(
             conninfo,
@@ -51,11 +52,13 @@ class AsyncReads:
         )
 
     @classmethod
-    def for_engine(cls, engine: Engine, settings: Settings) -> AsyncReads | None:
+    def for_engine(
+        cls, engine: Engine, settings: Settings, unavailable: Callable[[str], None] = lambda _: None
+    ) -> AsyncReads | None:
         """A pool for a PostgreSQL engine when ``db_read_pool_size`` allows one; None otherwise."""
         if engine.dialect.name != "postgresql" or settings.db_read_pool_size == 0:
             return None
-        return cls(engine, settings)
+        return cls(engine, settings, unavailable)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)  # connects in the background: a server not up yet delays nothing
@@ -72,5 +75,6 @@ class AsyncReads:
                 rows = await cursor.fetchall()
         except (PoolTimeout, psycopg.Error) as error:
             log.debug("a read on the event loop's pool failed: %s", error)
+            self.unavailable("timeout" if isinstance(error, PoolTimeout) else "error")
             raise ReadUnavailable from error
         return [compiled.convert(tuple(row)) for row in rows]

@@ -206,6 +206,8 @@ async def test_on_postgresql_it_reads_on_the_event_loop_and_outlives_its_connect
         lost = await client.get(f"/v1/jobs/{ids[2]}", headers=keys["alpha"])
         assert lost.status_code == 200 and lost.json()["metadata"] == {"run": "7", "team": "vision"}
         assert in_thread == [ids[2]]  # read through the engine
+        scraped = (await client.get("/metrics")).text
+        assert 'finetune_api_loop_reads_unavailable_total{reason="error"} 1.0' in scraped
         deadline = time.monotonic() + 10
         while on_loop[-1:] != [ids[3]] and time.monotonic() < deadline:
             assert (await client.get(f"/v1/jobs/{ids[3]}", headers=keys["alpha"])).status_code == 200
