@@ -25,6 +25,7 @@ import anyio.to_thread
 import orjson
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import Connection, Engine
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
@@ -118,7 +119,7 @@ class HotJobRead(BaseRoute):
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"] or _PASSED_ON in scope:
             return Match.NONE, {}
-        found = _PATH.match(scope["path"])
+        found = _PATH.match(get_route_path(scope))  # as Starlette's routes match: less a --root-path
         if found is None:
             return Match.NONE, {}
         return Match.FULL, {"route": self, "path_params": {"job_id": found.group(1)}}

@@ -238,3 +238,16 @@ def test_a_jobs_document_is_its_models_json_byte_for_byte(app):
             expected = Job.from_row(row, now).model_dump_json(by_alias=True).encode()
             for read in (row, record):
                 assert orjson.dumps(job_document(read, orjson.Fragment(spec.json), now)) == expected
+
+
+async def test_behind_a_root_path_the_hot_route_still_answers(app, keys, monkeypatch):
+    """Served under a prefix (uvicorn --root-path /api, a proxy's path), the path it matches is the route's."""
+    answered: list[str] = []
+    read = hot_reads._read
+    monkeypatch.setattr(hot_reads, "_read", lambda *args: answered.append(args[2]) or read(*args))
+    job_id = jobs_in_every_shape(app)[0]
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://finetune.test", headers=keys["alpha"]) as http:
+        assert (await http.get("/api/v1/jobs")).status_code == 200  # the key is remembered
+        shown = await http.get(f"/api/v1/jobs/{job_id}")
+    assert shown.status_code == 200 and shown.json()["id"] == job_id and answered == [job_id]
