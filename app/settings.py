@@ -235,7 +235,7 @@ class Settings(BaseSettings):
         4,
         ge=0,
         description="PostgreSQL connections each API process keeps, besides db_pool_size, for the polled reads "
-        "(GET /v1/jobs/{id}), awaited on the event loop rather than in a thread. 0: those reads use the "
+        "(GET /v1/jobs/{id}, GET /v1/jobs), awaited on the event loop rather than in a thread. 0: those reads use the "
         "main pool from a thread, as every other request does.",
     )
     dry_run_threads: int = Field(2, ge=1, description="Threads of the dry-run executor (apart from other routes').")
