@@ -215,8 +215,6 @@ def job_document(row: JobRow | JobRecord, spec: Any, now: datetime | None = None
     without building the models (they cost most of a page of jobs' CPU); ``spec`` goes in as given (the
     polled reads put the cached spec's JSON there). ``tests/app/api/test_hot_routes.py`` holds the two to the
     same bytes for every shape of job."""
-    total = max(row.total_epochs, 1)
-    done = min(row.epochs_completed, total)
     status = JobStatus(row.status)
     best = row.best_metrics
     integrations = row.integrations or []
@@ -230,12 +228,7 @@ def job_document(row: JobRow | JobRecord, spec: Any, now: datetime | None = None
         "metadata": row.metadata_dict,
         "attempt": row.attempt,
         "max_attempts": row.max_attempts,
-        "progress": {
-            "epoch": done,
-            "total_epochs": row.total_epochs,
-            "fraction": 1.0 if status == JobStatus.SUCCEEDED else done / total,
-            "eta_seconds": _eta(row, status, done, total, now or utcnow()),
-        },
+        "progress": _progress_values(row, now or utcnow()),
         "metrics": {
             "latest": row.latest_metrics,
             "best": best,
@@ -255,13 +248,16 @@ def job_document(row: JobRow | JobRecord, spec: Any, now: datetime | None = None
 
 
 def _progress(row: JobRow | JobRecord, now: datetime) -> JobProgress:
+    return JobProgress(**_progress_values(row, now))
+
+
+def _progress_values(row: JobRow | JobRecord, now: datetime) -> dict[str, Any]:
     total = max(row.total_epochs, 1)
     done = min(row.epochs_completed, total)
     status = JobStatus(row.status)
     fraction = 1.0 if status == JobStatus.SUCCEEDED else done / total
-    return JobProgress(
-        epoch=done, total_epochs=row.total_epochs, fraction=fraction, eta_seconds=_eta(row, status, done, total, now)
-    )
+    eta = _eta(row, status, done, total, now)
+    return {"epoch": done, "total_epochs": row.total_epochs, "fraction": fraction, "eta_seconds": eta}
 
 
 def _eta(row: JobRow | JobRecord, status: JobStatus, done: int, total: int, now: datetime) -> float | None:
