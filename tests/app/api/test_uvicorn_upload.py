@@ -148,8 +148,13 @@ def test_a_download_the_client_drops_midway_leaves_nothing_open(server, settings
     stored = (server.home / "artifacts" / "jobs" / job_id / "model.safetensors").resolve()
 
     def open_copies() -> int:
-        fds = Path(f"/proc/{server.process.pid}/fd")
-        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(stored))
+        copies = 0
+        for fd in Path(f"/proc/{server.process.pid}/fd").iterdir():
+            try:
+                copies += str(fd.readlink()) == str(stored)
+            except FileNotFoundError:  # closed between the listing and the look: not open, then
+                continue
+        return copies
 
     # A small receive window, as a slow client's: the kernel's buffers would otherwise take tens of MiB at once.
     transport = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)])
