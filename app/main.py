@@ -17,6 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.api import backbones, datasets, downloads, exports, health, jobs, live, spec
 from app.api.callers import CallerCache
+from app.api.create_batches import CreateBatches
 from app.api.deps import reject_unknown_query
 from app.api.dry_runs import DryRunPool
 from app.api.errors import install_error_handlers
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stream = runtime.stream
     app.state.db_slots = asyncio.Semaphore(settings.db_connections)  # see app.api.deps.db_slot
     app.state.async_reads = None  # the lifespan opens it (app.db.async_reads)
+    app.state.create_batches = CreateBatches(runtime.factory, runtime.queue, settings, lambda: app.state.db_slots)
     registry = CollectorRegistry()
     http_registry = registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

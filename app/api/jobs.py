@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
+from app.api.create_batches import CreateBatches
 from app.api.deps import (
     Caller,
     CallerDep,
@@ -87,6 +88,7 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 
 @router.post("", status_code=201, response_model=Job, summary="Submit a job", responses=error_responses(404, 409))
 async def create_job(
+    request: Request,
     body: JobCreate,
     database: DatabaseDep,
     settings: SettingsDep,
@@ -94,10 +96,11 @@ async def create_job(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Validates the spec, fills its defaults, stores it and queues the job."""
-    key = None
-    if idempotency_key is not None:
-        digest = request_hash(body.model_dump(mode="json"))
-        key = IdempotencyKey(idempotency_key, "jobs.create", digest, settings.idempotency_ttl_seconds)
+    if idempotency_key is None:  # written with the other submissions arriving meanwhile (one transaction)
+        batches: CreateBatches = request.app.state.create_batches
+        return JSONBytesResponse(await batches.create(database.caller.project_id, body), status_code=201)
+    digest = request_hash(body.model_dump(mode="json"))
+    key = IdempotencyKey(idempotency_key, "jobs.create", digest, settings.idempotency_ttl_seconds)
 
     def create(session: Session, caller: Caller) -> ModelJSONResponse:
         row, status = jobs.create_job(session, queue, settings, caller.project_id, body, key)

@@ -51,9 +51,13 @@ def limits_of(session: Session, settings: Settings, project_id: str) -> Limits:
 
 
 def _limits(settings: Settings, project: Project | None) -> Limits:
-    running = project.max_running_jobs if project is not None else None
-    queued = project.max_queued_jobs if project is not None else None
-    stored = project.max_stored_bytes if project is not None else None
+    if project is None:
+        return _own_limits(settings, None, None, None)
+    return _own_limits(settings, project.max_running_jobs, project.max_queued_jobs, project.max_stored_bytes)
+
+
+def _own_limits(settings: Settings, running: int | None, queued: int | None, stored: int | None) -> Limits:
+    """A project's limits from its own columns (None: the setting's)."""
     return Limits(
         running_jobs=running if running is not None else settings.project_max_running_jobs,
         queued_jobs=queued if queued is not None else settings.project_max_queued_jobs,
@@ -82,18 +86,42 @@ def check_storage(
         )
 
 
-def admit_job(session: Session, settings: Settings, project_id: str) -> None:
-    """A new job may wait in the queue: under the project's queued limit and its storage limit, or 429."""
-    limits = limits_of(session, settings, project_id)
-    waiting = jobs.queued_count(session, project_id)
-    if waiting >= limits.queued_jobs:
-        raise _refuse(
-            "queued_jobs",
-            limits.queued_jobs,
-            waiting,
-            f"the project has {waiting} jobs queued, its limit: wait for some to start, or cancel some",
-        )
-    check_storage(session, settings, project_id, limits=limits)
+@dataclass
+class Admission:
+    """A project's room for new jobs, read in one statement (``projects.admission_state``): its limits, the
+    jobs it has queued and the bytes it stores. A batch of creations (``app.services.jobs.create_jobs``)
+    reads it once and counts each job it admits."""
+
+    limits: Limits
+    queued: int
+    stored: int
+
+    def check(self) -> None:
+        """A new job may wait in the queue: under the queued limit and the storage limit, or 429."""
+        if self.queued >= self.limits.queued_jobs:
+            raise _refuse(
+                "queued_jobs",
+                self.limits.queued_jobs,
+                self.queued,
+                f"the project has {self.queued} jobs queued, its limit: wait for some to start, or cancel some",
+            )
+        if self.stored >= self.limits.stored_bytes:
+            limit = self.limits.stored_bytes
+            raise _refuse(
+                "stored_bytes",
+                limit,
+                self.stored,
+                f"the project stores {self.stored} bytes of its {limit}: delete data sets or jobs before adding more",
+            )
+
+    def admitted(self) -> None:
+        self.queued += 1
+
+
+def admission_of(session: Session, settings: Settings, project_id: str) -> Admission:
+    state = projects.admission_state(session, project_id)
+    limits = _own_limits(settings, state.max_running_jobs, state.max_queued_jobs, state.max_stored_bytes)
+    return Admission(limits, state.queued, state.stored_bytes)
 
 
 def queue_for_training(session: Session, queue: TaskQueue, job_id: str) -> None:

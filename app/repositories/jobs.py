@@ -260,11 +260,6 @@ def page(
     return keyset_page(session, query, Job.id, after=after, limit=limit)
 
 
-def add(session: Session, job: Job) -> None:
-    session.add(job)
-    session.flush()
-
-
 def compare_and_set(
     session: Session,
     job_id: str,
@@ -334,11 +329,6 @@ def try_dispatch_turn(session: Session) -> bool:
     if session.get_bind().dialect.name != "postgresql":
         return True
     return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _DISPATCH_LOCK}))
-
-
-def queued_count(session: Session, project_id: str) -> int:
-    query = select(func.count()).select_from(Job).where(Job.project_id == project_id, Job.status == JobStatus.QUEUED)
-    return int(session.scalar(query) or 0)
 
 
 def _sent_or_being_sent(since: datetime) -> ColumnElement[bool]:

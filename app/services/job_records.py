@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
+from app.db.base import insert_all
 from app.db.models import Artifact, Checkpoint, EpochMetrics, Job, JobEvent
 from app.errors import LeaseLost, NotFound
 from app.events import mirror_after_commit
@@ -31,7 +32,23 @@ def append_event(
     seq = jobs.next_event_seq(session, job_id)
     if seq is None:
         raise NotFound(f"no job {job_id}")
-    event = JobEvent(
+    event = _event(job_id, seq, type, data, message)
+    job_records.add(session, event)
+    mirror_after_commit(session, event)  # to the job's live stream, once committed
+    return event
+
+
+def first_events(session: Session, job_ids: list[str], type: EventType, data: dict[str, Any], message: str) -> None:
+    """New jobs' first events, ``seq`` 1 (their rows, inserted before, have ``event_seq`` 1), in one statement;
+    each goes to its job's live stream once committed."""
+    events = [_event(job_id, 1, type, data, message) for job_id in job_ids]
+    insert_all(session, events)
+    for event in events:
+        mirror_after_commit(session, event)
+
+
+def _event(job_id: str, seq: int, type: EventType, data: dict[str, Any] | None, message: str) -> JobEvent:
+    return JobEvent(
         id=new_id("event"),
         job_id=job_id,
         seq=seq,
@@ -41,9 +58,6 @@ def append_event(
         data=data,
         created_at=utcnow(),
     )
-    job_records.add(session, event)
-    mirror_after_commit(session, event)  # to the job's live stream, once committed
-    return event
 
 
 def _owned_job(session: Session, job_id: str, owner: str | None) -> Job:

@@ -27,7 +27,7 @@ and the next claim resumes from its last checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,9 +39,9 @@ from app.clock import utcnow
 from app.db.models import Job
 from app.errors import Conflict, NotFound
 from app.repositories import jobs
-from app.services.job_records import append_event
+from app.services.job_records import append_event, first_events
 from app.statuses import TERMINAL_JOB_STATUSES, EventType, JobStatus
-from app.webhooks.outbox import record_job_status
+from app.webhooks.outbox import has_subscribers, record_job_status
 
 QUEUED, RUNNING, CANCELLING = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING
 SUCCEEDED, FAILED, CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
@@ -104,10 +104,15 @@ def _transition(
     return None
 
 
-def record_created(session: Session, job: Job) -> None:
-    """The first status event of a new job (written by ``app.services.jobs.create_job``)."""
-    append_event(session, job.id, EventType.STATUS, {"from": None, "to": str(QUEUED)}, "job queued")
-    record_job_status(session, job.id, QUEUED, job.project_id)
+def record_created(session: Session, new: Sequence[Job]) -> None:
+    """The first status event of new jobs (``app.services.jobs``, which writes their rows with ``event_seq``
+    1), and their webhook deliveries: the subscriptions read once a project."""
+    first_events(session, [job.id for job in new], EventType.STATUS, {"from": None, "to": str(QUEUED)}, "job queued")
+    for project_id in dict.fromkeys(job.project_id for job in new):
+        if has_subscribers(session, project_id, QUEUED):
+            for job in new:
+                if job.project_id == project_id:
+                    record_job_status(session, job.id, QUEUED, project_id)
 
 
 def claim_job(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:

@@ -4,6 +4,7 @@ lists, cancel, and the dry run. Status changes go through ``app.services.job_sta
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,11 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
+from app.db.base import insert_all
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
-from app.dispatch.admission import admit_job, dispatch_after_commit
+from app.dispatch.admission import Admission, admission_of, dispatch_after_commit
 from app.dispatch.broker import TaskQueue
-from app.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable, Unprocessable
+from app.errors import Conflict, InvalidSpec, NotFound, ServiceError, ServiceUnavailable, Unprocessable
 from app.ids import is_id, new_id
 from app.repositories import datasets, job_records, jobs
 from app.repositories.jobs import JobFilters
@@ -182,15 +184,27 @@ def check_planned_steps(settings: Settings, spec: Spec, train_counts: list[int],
 
 
 def check_spec(
-    session: Session, settings: Settings, project_id: str, spec: Spec, *, lock_dataset: bool = False
+    session: Session,
+    settings: Settings,
+    project_id: str,
+    spec: Spec,
+    *,
+    lock_dataset: bool = False,
+    known: dict[tuple[str, str], Dataset] | None = None,
 ) -> CheckedSpec:
     """What the engine would refuse later, refused now: a run longer than the operator allows, a data set
     that is missing or not ready, a host path outside the allowed folders, pretrained weights this server
-    cannot get, a bad ``init_from``."""
+    cannot get, a bad ``init_from``. ``known``: the data sets this transaction has read and checked already
+    (by project and id), and where this one goes."""
     check_run_length(settings, spec)
     dataset = None
     if spec.data.dataset is not None:
-        dataset = _check_dataset(session, project_id, spec.data.dataset, lock=lock_dataset)
+        place = (project_id, spec.data.dataset)
+        dataset = known.get(place) if known is not None else None
+        if dataset is None:
+            dataset = _check_dataset(session, project_id, spec.data.dataset, lock=lock_dataset)
+            if known is not None:
+                known[place] = dataset
         check_planned_steps(settings, spec, *_dataset_counts(dataset))
         _check_monitors(spec, dataset)
     elif spec.data.path is not None:
@@ -215,6 +229,21 @@ def _check_integrations(settings: Settings, request: JobCreate) -> list[dict[str
 # --- jobs -----------------------------------------------------------------------------------
 
 
+class Submissions:
+    """What a transaction's job creations read once and share: each project's admission (counting the jobs
+    admitted since), each data set's row (locked against deletion until the commit)."""
+
+    def __init__(self) -> None:
+        self.admissions: dict[str, Admission] = {}
+        self.datasets: dict[tuple[str, str], Dataset] = {}
+
+    def admission(self, session: Session, settings: Settings, project_id: str) -> Admission:
+        found = self.admissions.get(project_id)
+        if found is None:
+            found = self.admissions[project_id] = admission_of(session, settings, project_id)
+        return found
+
+
 def create_job(
     session: Session,
     queue: TaskQueue,
@@ -231,11 +260,40 @@ def create_job(
     record = record or idempotency.claim(session, project_id, idempotency_key, job_id, 201)
     if record is not None:
         return get_job(session, project_id, record.resource_id), record.status_code
+    job = _admitted(session, settings, project_id, request, job_id, Submissions())
+    _store_new(session, queue, settings, [job])
+    return job, 201
+
+
+def create_jobs(
+    session: Session, queue: TaskQueue, settings: Settings, requests: Sequence[tuple[str, JobCreate]]
+) -> list[Job | ServiceError]:
+    """Submissions without an Idempotency-Key, ``(project id, request)``, in ``session``'s one transaction,
+    each checked as ``create_job`` checks one: a refused request is its error in the answer and the others go
+    on. The admissions and the data sets are read once, the new rows written in one flush, and each
+    project's dispatch look runs once after the commit (``app.api.create_batches``: concurrent requests)."""
+    reads = Submissions()
+    made: list[Job | ServiceError] = []
+    for project_id, request in requests:
+        try:
+            made.append(_admitted(session, settings, project_id, request, new_id("job"), reads))
+        except ServiceError as error:
+            made.append(error)
+    _store_new(session, queue, settings, [job for job in made if isinstance(job, Job)])
+    return made
+
+
+def _admitted(
+    session: Session, settings: Settings, project_id: str, request: JobCreate, job_id: str, reads: Submissions
+) -> Job:
+    """The new job's row, not yet added: its project has room for it and its spec passed every check."""
     integrations = _check_integrations(settings, request)
-    admit_job(session, settings, project_id)
-    checked = check_spec(session, settings, project_id, request.spec, lock_dataset=True)
+    admission = reads.admission(session, settings, project_id)
+    admission.check()
+    checked = check_spec(session, settings, project_id, request.spec, lock_dataset=True, known=reads.datasets)
+    admission.admitted()
     now = utcnow()
-    job = Job(
+    return Job(
         id=job_id,
         project_id=project_id,
         dataset_id=checked.dataset.id if checked.dataset else None,
@@ -246,20 +304,27 @@ def create_job(
         status=JobStatus.QUEUED,
         attempt=0,
         max_attempts=settings.job_max_attempts,
-        event_seq=0,
+        event_seq=1,  # its first event, written with it (job_state.record_created)
         epochs_completed=0,
         attempt_start_epoch=0,
         total_epochs=checked.spec.training.epochs,
         created_at=now,
         updated_at=now,
-        metadata_items=[JobMetadata(key=k, value=v) for k, v in (request.metadata or {}).items()],
+        metadata_items=[JobMetadata(job_id=job_id, key=k, value=v) for k, v in (request.metadata or {}).items()],
         artifacts=[],
     )
-    jobs.add(session, job)
-    job_state.record_created(session, job)
-    session.flush()
-    dispatch_after_commit(session, queue, settings, project_id)  # once committed, if the project has a free slot
-    return job, 201
+
+
+def _store_new(session: Session, queue: TaskQueue, settings: Settings, new: list[Job]) -> None:
+    """Add new jobs with their first events and webhook deliveries (one flush), and look for their projects'
+    free slots once committed (a pass sends the train tasks if there are)."""
+    if not new:
+        return
+    insert_all(session, new)  # the objects stay out of the session: the answers are made from them
+    insert_all(session, [item for job in new for item in job.metadata_items])
+    job_state.record_created(session, new)
+    for project_id in dict.fromkeys(job.project_id for job in new):
+        dispatch_after_commit(session, queue, settings, project_id)
 
 
 def get_job(session: Session, project_id: str, job_id: str) -> Job:

@@ -41,6 +41,12 @@ def event_body(event_type: str, job: Job) -> dict[str, Any]:
     }
 
 
+def has_subscribers(session: Session, project_id: str, status: JobStatus) -> bool:
+    """Whether any of the project's endpoints asked for the event of a job entering ``status``."""
+    event_type = event_for_status(status)
+    return event_type is not None and bool(repository.subscribed(session, project_id, event_type))
+
+
 def record_job_status(session: Session, job_id: str, status: JobStatus, project_id: str | None = None) -> list[str]:
     """Queue the webhook deliveries of ``job_id`` entering ``status``, in ``session``'s transaction (its
     project's id, when the caller has it, saves a query)."""

@@ -46,7 +46,7 @@ def make_job(session: Session, *, project: str = "default", max_attempts: int = 
         status=JobStatus.QUEUED,
         attempt=0,
         max_attempts=max_attempts,
-        event_seq=0,
+        event_seq=1,  # its first event, written below
         epochs_completed=0,
         attempt_start_epoch=0,
         total_epochs=epochs,
@@ -55,5 +55,5 @@ def make_job(session: Session, *, project: str = "default", max_attempts: int = 
     )
     session.add(job)
     session.flush()
-    job_state.record_created(session, job)
+    job_state.record_created(session, [job])
     return job

@@ -1,0 +1,157 @@
+"""Concurrent submissions written in one transaction (``app.api.create_batches``): each request still gets its
+own job or its own error, and the jobs, their first events, their webhook deliveries and the project's limits
+are what one submission at a time would have left."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from app.api import create_batches
+from app.db.models import Job, JobEvent, WebhookDelivery
+from app.db.session import transaction
+from app.ids import new_id
+from app.services import jobs as job_service
+from app.settings import Settings
+from app.statuses import JobStatus
+from tests.app.api.test_integrations import MLFLOW
+from tests.app.helpers import job_body, ready_dataset
+from tests.app.webhooks.receiver import running_receiver
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The webhook receiver listens on 127.0.0.1: allowlisted."""
+    return settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8"]})
+
+
+@pytest.fixture
+def batches(app, monkeypatch) -> Iterator[list[int]]:
+    """The size of each batch written; the first is held until ``held`` requests wait behind it, so that those
+    go together in the second (one writer: ``WRITERS`` 1 here)."""
+    sizes: list[int] = []
+    monkeypatch.setattr(create_batches, "WRITERS", 1)
+    write = job_service.create_jobs
+
+    def counted(session, queue, settings, requests):
+        sizes.append(len(requests))
+        return write(session, queue, settings, requests)
+
+    monkeypatch.setattr(job_service, "create_jobs", counted)
+    yield sizes
+
+
+async def _together(client: httpx.AsyncClient, app, bodies: list[dict]) -> list[httpx.Response]:
+    """The bodies submitted at once, behind a first submission whose batch is held until all of them wait: they
+    are written as one batch."""
+    batcher: create_batches.CreateBatches = app.state.create_batches
+    release = threading.Event()
+    write = batcher._write
+
+    def held(batch):
+        release.wait(30)
+        return write(batch)
+
+    batcher._write = held  # type: ignore[method-assign]
+    first = asyncio.create_task(client.post("/v1/jobs", json=bodies[0]))
+    while not batcher.writers:
+        await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(client.post("/v1/jobs", json=body)) for body in bodies[1:]]
+    while len(batcher.waiting) + sum(task.done() for task in rest) < len(rest):  # a 422 never waits
+        await asyncio.sleep(0.01)
+    batcher._write = write  # type: ignore[method-assign]
+    release.set()
+    return [await first, *[await task for task in rest]]
+
+
+async def test_submissions_arriving_together_are_one_transaction_each_answered_with_its_own_job(
+    client, app, settings, batches
+):
+    dataset = await ready_dataset(client, app, settings)
+    bodies = [{**job_body(dataset["id"]), "name": f"run-{i}", "metadata": {"i": str(i)}} for i in range(12)]
+    bodies[3] = job_body(new_id("dataset"))  # a data set this project does not have
+    bodies[7] = {**job_body(dataset["id"]), "integrations": [MLFLOW]}  # this server has no MLflow
+    answers = await _together(client, app, bodies)
+
+    assert batches == [1, 11]
+    assert answers[3].status_code == 404 and answers[3].json()["error"]["code"] == "dataset_not_found"
+    assert answers[7].status_code == 422 and answers[7].json()["error"]["code"] == "integration_unavailable"
+    created = [answer.json() for i, answer in enumerate(answers) if i not in (3, 7)]
+    assert all(answer.status_code == 201 for i, answer in enumerate(answers) if i not in (3, 7))
+    assert [job["name"] for job in created] == [f"run-{i}" for i in range(12) if i not in (3, 7)]
+    assert [job["metadata"] for job in created] == [{"i": str(i)} for i in range(12) if i not in (3, 7)]
+    assert len({job["id"] for job in created}) == 10
+    for job in created:  # the answer is the job as it reads back
+        shown = await client.get(f"/v1/jobs/{job['id']}")
+        assert shown.json() == {**job, "progress": shown.json()["progress"]}
+        assert job["status"] == JobStatus.QUEUED
+    with transaction(app.state.session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 10
+        rows = session.scalars(select(JobEvent).order_by(JobEvent.job_id)).all()
+        assert sorted(row.job_id for row in rows) == sorted(job["id"] for job in created)
+        assert {(row.seq, row.type, row.message) for row in rows} == {(1, "status", "job queued")}
+        assert set(session.scalars(select(Job.event_seq))) == {1}
+
+    cancelled = await client.post(f"/v1/jobs/{created[0]['id']}/cancel")  # the next event follows the first
+    assert cancelled.status_code == 200, cancelled.text
+    events = (await client.get(f"/v1/jobs/{created[0]['id']}/events")).json()["data"]
+    assert [event["seq"] for event in events] == [1, 2]
+
+
+async def test_a_batch_admits_no_more_than_the_projects_queued_limit(client, app, settings, batches):
+    settings.project_max_queued_jobs = 5
+    dataset = await ready_dataset(client, app, settings)
+    answers = await _together(client, app, [job_body(dataset["id"]) for _ in range(9)])
+
+    assert batches == [1, 8]
+    assert [answer.status_code for answer in answers] == [201] * 5 + [429] * 4
+    refused = answers[-1].json()["error"]
+    assert refused["code"] == "quota_exceeded" and refused["param"] == "queued_jobs"
+    with transaction(app.state.session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 5
+
+
+async def test_every_job_of_a_batch_gets_its_webhook_delivery(client, app, settings, batches):
+    dataset = await ready_dataset(client, app, settings)
+    with running_receiver() as receiver:
+        body = {"url": receiver.url, "events": ["job.queued"]}
+        assert (await client.post("/v1/webhooks", json=body)).status_code == 201
+        answers = await _together(client, app, [job_body(dataset["id"]) for _ in range(6)])
+    assert [answer.status_code for answer in answers] == [201] * 6
+    with transaction(app.state.session_factory) as session:
+        delivered = session.scalars(select(WebhookDelivery.job_id)).all()
+    assert sorted(delivered) == sorted(answer.json()["id"] for answer in answers)
+
+
+async def test_a_batch_that_fails_is_written_again_one_submission_at_a_time(
+    client, app, settings, batches, monkeypatch
+):
+    """A submission that breaks its batch's transaction (here a constraint the checks did not foresee) fails
+    alone: the others are written again, each in a transaction of its own."""
+    dataset = await ready_dataset(client, app, settings)
+    insert = job_service.insert_all
+
+    def refusing(session, rows):
+        if any(isinstance(row, Job) and row.name == "poison" for row in rows):
+            raise IntegrityError("INSERT INTO jobs", {}, Exception("a constraint"))
+        insert(session, rows)
+
+    monkeypatch.setattr(job_service, "insert_all", refusing)
+    bodies = [{**job_body(dataset["id"]), "name": "poison" if i == 2 else f"run-{i}"} for i in range(5)]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://finetune.test") as unraised:
+        answers = await _together(unraised, app, bodies)
+
+    assert batches == [1, 4, 1, 1, 1, 1]  # the batch of four, then each alone
+    assert [answer.status_code for answer in answers] == [201, 201, 500, 201, 201]
+    with transaction(app.state.session_factory) as session:
+        names = set(session.scalars(select(Job.name)))
+    assert names == {"run-0", "run-1", "run-3", "run-4"}
