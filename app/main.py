@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.api import backbones, datasets, downloads, exports, health, jobs, live, spec
 from app.api.callers import CallerCache
-from app.api.create_batches import CreateBatches
+from app.api.create_batches import CreateBatches, install_hot_create
 from app.api.deps import reject_unknown_query
 from app.api.dry_runs import DryRunPool
 from app.api.errors import install_error_handlers
@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stream = runtime.stream
     app.state.db_slots = asyncio.Semaphore(settings.db_connections)  # see app.api.deps.db_slot
     app.state.async_reads = None  # the lifespan opens it (app.db.async_reads)
-    app.state.create_batches = CreateBatches(runtime.factory, runtime.queue, settings, lambda: app.state.db_slots)
+    app.state.create_batches = CreateBatches(app.state)
     registry = CollectorRegistry()
     http_registry = registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (datasets, jobs, sweeps, exports, live, downloads, backbones, spec, webhooks, openai_compat, health):
         app.include_router(module.router)
     install_hot_reads(app.router.routes)  # first: answered before FastAPI's routing
+    install_hot_create(app.router.routes)
     mount_console(app)  # after the API's routes: /v1, /healthz and /docs come first
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=http_metrics)

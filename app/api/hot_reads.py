@@ -42,7 +42,7 @@ from app.settings import Settings
 
 PATH = "/v1/jobs/{job_id}"
 _PATH = re.compile(r"^/v1/jobs/([^/]{1,64})$")  # the route's path, its id at most 64 characters as it takes
-_PASSED_ON = "finetune.hot_read_passed_on"  # in the scope of a request this route handed to the router again
+PASSED_ON = "finetune.hot_route_passed_on"  # in the scope of a request a hot route handed to the router again
 
 
 def read_job(connection: Connection, project_id: str, job_id: str) -> bytes:
@@ -117,7 +117,7 @@ class HotJobRead(BaseRoute):
     path = PATH  # the metrics' route label, as for the route in app.api.jobs
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"] or _PASSED_ON in scope:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"] or PASSED_ON in scope:
             return Match.NONE, {}
         found = _PATH.match(get_route_path(scope))  # as Starlette's routes match: less a --root-path
         if found is None:
@@ -128,10 +128,9 @@ class HotJobRead(BaseRoute):
         state = scope["app"].state
         settings: Settings = state.settings
         callers: CallerCache = state.callers
-        caller = callers.caller(_bearer(scope), settings.auth_required)
+        caller = callers.caller(bearer(scope), settings.auth_required)
         if caller is None:  # authenticating (and its 401s) is the route's
-            scope[_PASSED_ON] = True
-            await scope["router"](scope, receive, send)
+            await pass_on(scope, receive, send)
             return
         job_id: str = scope["path_params"]["job_id"]
         on_loop: AsyncReads | None = state.async_reads
@@ -152,7 +151,13 @@ def _read(reads: Engine, caller: Caller, job_id: str) -> bytes:
         return read_job(connection, caller.project_id, job_id)
 
 
-def _bearer(scope: Scope) -> str | None:
+async def pass_on(scope: Scope, receive: Receive, send: Send) -> None:
+    """The request to the app's router again, which this time skips the hot routes."""
+    scope[PASSED_ON] = True
+    await scope["router"](scope, receive, send)
+
+
+def bearer(scope: Scope) -> str | None:
     """The bearer token as ``fastapi.security.HTTPBearer`` reads it (None where it finds none)."""
     scheme, credentials = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
     return credentials if scheme.lower() == "bearer" and credentials else None

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, Dialect, MetaData, insert, inspect
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -59,3 +59,11 @@ def insert_all(session: Session, rows: Sequence[Base]) -> None:
     model = type(rows[0])
     keys = [attribute.key for attribute in inspect(model).column_attrs]
     session.execute(insert(model), [{key: row.__dict__[key] for key in keys if key in row.__dict__} for row in rows])
+
+
+def attach(session: Session, rows: Sequence[Base]) -> None:
+    """Rows ``insert_all`` wrote, into ``session`` as if it had loaded them: a later change to one is an UPDATE.
+    Every row an object refers to must be among them (a job's metadata), or the flush would insert it again."""
+    for row in rows:
+        make_transient_to_detached(row)
+    session.add_all(rows)

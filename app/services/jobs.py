@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.clock import utcnow
-from app.db.base import insert_all
+from app.db.base import attach, insert_all
 from app.db.models import Artifact, Checkpoint, Dataset, EpochMetrics, Job, JobEvent, JobMetadata
 from app.dispatch.admission import Admission, admission_of, dispatch_after_commit
 from app.dispatch.broker import TaskQueue
@@ -262,6 +262,7 @@ def create_job(
         return get_job(session, project_id, record.resource_id), record.status_code
     job = _admitted(session, settings, project_id, request, job_id, Submissions())
     _store_new(session, queue, settings, [job])
+    attach(session, [*job.metadata_items, job])  # a caller may change it (a sweep's trial: its sweep's id)
     return job, 201
 
 

@@ -21,10 +21,12 @@ from app.services import jobs as job_service
 from app.settings import Settings
 from app.statuses import JobStatus
 from tests.app.api.test_integrations import MLFLOW
+from tests.app.factories import make_ready_dataset
 from tests.app.helpers import job_body, ready_dataset
 from tests.app.webhooks.receiver import running_receiver
 
 pytestmark = pytest.mark.anyio
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -155,3 +157,76 @@ async def test_a_batch_that_fails_is_written_again_one_submission_at_a_time(
     with transaction(app.state.session_factory) as session:
         names = set(session.scalars(select(Job.name)))
     assert names == {"run-0", "run-1", "run-3", "run-4"}
+
+
+def _alphas_dataset(app) -> dict[str, str]:
+    with transaction(app.state.session_factory) as session:
+        return {"id": make_ready_dataset(session, project="alpha", per_class={"cat": 4, "dog": 4}).id}
+
+
+@pytest.fixture
+def passed_on(monkeypatch) -> list[str]:
+    """The submissions the hot route handed to FastAPI's route: the reason each time (its request's body)."""
+    handed: list[str] = []
+    hand = create_batches.pass_on
+
+    async def counted(scope, receive, send):
+        handed.append(scope["method"])
+        await hand(scope, receive, send)
+
+    monkeypatch.setattr(create_batches, "pass_on", counted)
+    return handed
+
+
+async def test_a_remembered_callers_submission_is_answered_beside_fastapi_as_the_route_answers(
+    client, app, settings, keys, passed_on
+):
+    dataset = _alphas_dataset(app)
+    body = {**job_body(dataset["id"]), "name": "first", "metadata": {"team": "vision"}}
+    routed = await client.post("/v1/jobs", json=body, headers=keys["alpha"])  # remembered from here on
+    assert passed_on == ["POST"] and routed.status_code == 201, routed.text
+    hot = await client.post("/v1/jobs", json={**body, "name": "second"}, headers=keys["alpha"])
+    assert passed_on == ["POST"] and hot.status_code == 201, hot.text
+
+    def comparable(response: httpx.Response) -> dict:
+        job = {key: value for key, value in response.json().items() if key not in ("id", "name") and key[-3:] != "_at"}
+        headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "content-length")}
+        return {"headers": headers, "job": job}
+
+    assert comparable(hot) == comparable(routed)
+    assert (await client.get(f"/v1/jobs/{hot.json()['id']}", headers=keys["alpha"])).json() == hot.json()
+
+
+async def test_what_the_hot_submission_does_not_take_goes_to_the_route_with_its_body(
+    client, app, settings, keys, passed_on
+):
+    """Each answer is the route's (FastAPI's 422s, the key's 401, the Idempotency-Key's replay): the hot route
+    passes the request on, with the body it read."""
+    dataset = _alphas_dataset(app)
+    alpha = keys["alpha"]
+    assert (await client.post("/v1/jobs", json=job_body(dataset["id"]), headers=alpha)).status_code == 201
+    handed = len(passed_on)
+    bad_epochs = job_body(dataset["id"], training={"epochs": 0})
+    cases = [
+        (await client.post("/v1/jobs", json=bad_epochs, headers=alpha), 422, "spec.training.epochs"),
+        (await client.post("/v1/jobs", json={**bad_epochs, "colour": 1}, headers=alpha), 422, None),
+        (await client.post("/v1/jobs", content=b'{"spec": ', headers={**alpha, **JSON}), 400, "not valid JSON"),
+        (await client.post("/v1/jobs", content=b"{}", headers=alpha), 422, None),  # no Content-Type
+        (await client.post("/v1/jobs", content=b"\xff\xfe", headers={**alpha, **JSON}), 400, None),
+        (await client.post("/v1/jobs", content=b"", headers={**alpha, **JSON}), 422, None),
+        (await client.post("/v1/jobs", content=b"{}", headers={**alpha, "content-type": "text/plain"}), 422, None),
+        (
+            await client.post("/v1/jobs", json=job_body(dataset["id"]), headers={"Authorization": "Bearer no"}),
+            401,
+            None,
+        ),
+    ]
+    for response, status, param in cases:
+        assert response.status_code == status, (cases.index((response, status, param)), response.text)
+        if param is not None:
+            assert param in response.text
+    keyed = {**alpha, "Idempotency-Key": "run-7"}
+    first = await client.post("/v1/jobs", json=job_body(dataset["id"]), headers=keyed)
+    again = await client.post("/v1/jobs", json=job_body(dataset["id"]), headers=keyed)
+    assert first.status_code == again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert len(passed_on) == handed + len(cases) + 2
