@@ -75,20 +75,23 @@ class CreateBatches:
             writer = asyncio.create_task(self._write_waiting())
             self.writers.add(writer)
             writer.add_done_callback(self.writers.discard)
-        # A request cancelled here (its client gone) cancels only its wait: its job is written all the same,
-        # as a create that reached its transaction always was.
+        # A request cancelled here (its client gone) is not written if its batch has not begun; once it has,
+        # its job is written all the same, as a create that reached its transaction always was.
         return await answer
 
     async def _write_waiting(self) -> None:
         while self.waiting:
-            batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
-            try:
-                async with self.state.db_slots:  # as every request's database work (app.api.deps)
+            async with self.state.db_slots:  # as every request's database work (app.api.deps)
+                batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
+                batch = [item for item in batch if not item.answer.done()]  # its client gone before its batch
+                if not batch:
+                    continue
+                try:
                     answers = await run_in_threadpool(self._write, batch)  # runs to its end even if cancelled
-            except asyncio.CancelledError:  # the loop is closing: no request may wait forever
-                stopped = "the server stopped while writing this job: list your jobs before submitting it again"
-                _answer(batch, [ServiceUnavailable(stopped) for _ in batch])
-                raise
+                except asyncio.CancelledError:  # the loop is closing: no request may wait forever
+                    stopped = "the server stopped while writing this job: list your jobs before submitting it again"
+                    _answer(batch, [ServiceUnavailable(stopped) for _ in batch])
+                    raise
             _answer(batch, answers)
 
     def _write(self, batch: list[_Submission]) -> list[bytes | Exception]:

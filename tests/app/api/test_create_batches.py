@@ -230,3 +230,33 @@ async def test_what_the_hot_submission_does_not_take_goes_to_the_route_with_its_
     again = await client.post("/v1/jobs", json=job_body(dataset["id"]), headers=keyed)
     assert first.status_code == again.status_code == 201 and again.json()["id"] == first.json()["id"]
     assert len(passed_on) == handed + len(cases) + 2
+
+
+async def test_a_submission_whose_client_left_before_its_batch_began_is_not_written(client, app, settings, batches):
+    dataset = await ready_dataset(client, app, settings)
+    batcher: create_batches.CreateBatches = app.state.create_batches
+    release = threading.Event()
+    write = batcher._write
+
+    def held(batch):
+        release.wait(30)
+        return write(batch)
+
+    batcher._write = held  # type: ignore[method-assign]
+    first = asyncio.create_task(client.post("/v1/jobs", json={**job_body(dataset["id"]), "name": "kept"}))
+    while not batcher.writers:
+        await asyncio.sleep(0.01)
+    gone = asyncio.create_task(client.post("/v1/jobs", json={**job_body(dataset["id"]), "name": "gone"}))
+    while not batcher.waiting:
+        await asyncio.sleep(0.01)
+    gone.cancel()  # as uvicorn cancels a request whose client disconnected
+    batcher._write = write  # type: ignore[method-assign]
+    release.set()
+    assert (await first).status_code == 201
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    while batcher.writers:
+        await asyncio.sleep(0.01)
+    with transaction(app.state.session_factory) as session:
+        assert list(session.scalars(select(Job.name))) == ["kept"]
+    assert batches == [1]
