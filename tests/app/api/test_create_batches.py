@@ -51,25 +51,31 @@ def batches(app, monkeypatch) -> Iterator[list[int]]:
     yield sizes
 
 
-async def _together(client: httpx.AsyncClient, app, bodies: list[dict]) -> list[httpx.Response]:
-    """The bodies submitted at once, behind a first submission whose batch is held until all of them wait: they
-    are written as one batch."""
-    batcher: create_batches.CreateBatches = app.state.create_batches
+def _hold_next_write(batcher: create_batches.CreateBatches) -> threading.Event:
+    """The next batch's writing held until the event is set (30 s at most); the batches after it go as usual."""
     release = threading.Event()
     write = batcher._write
 
     def held(batch):
+        batcher._write = write  # type: ignore[method-assign]
         release.wait(30)
         return write(batch)
 
     batcher._write = held  # type: ignore[method-assign]
+    return release
+
+
+async def _together(client: httpx.AsyncClient, app, bodies: list[dict]) -> list[httpx.Response]:
+    """The bodies submitted at once, behind a first submission whose batch is held until all of them wait: they
+    are written as one batch."""
+    batcher: create_batches.CreateBatches = app.state.create_batches
+    release = _hold_next_write(batcher)
     first = asyncio.create_task(client.post("/v1/jobs", json=bodies[0]))
     while not batcher.writers:
         await asyncio.sleep(0.01)
     rest = [asyncio.create_task(client.post("/v1/jobs", json=body)) for body in bodies[1:]]
     while len(batcher.waiting) + sum(task.done() for task in rest) < len(rest):  # a 422 never waits
         await asyncio.sleep(0.01)
-    batcher._write = write  # type: ignore[method-assign]
     release.set()
     return [await first, *[await task for task in rest]]
 
@@ -235,14 +241,7 @@ async def test_what_the_hot_submission_does_not_take_goes_to_the_route_with_its_
 async def test_a_submission_whose_client_left_before_its_batch_began_is_not_written(client, app, settings, batches):
     dataset = await ready_dataset(client, app, settings)
     batcher: create_batches.CreateBatches = app.state.create_batches
-    release = threading.Event()
-    write = batcher._write
-
-    def held(batch):
-        release.wait(30)
-        return write(batch)
-
-    batcher._write = held  # type: ignore[method-assign]
+    release = _hold_next_write(batcher)
     first = asyncio.create_task(client.post("/v1/jobs", json={**job_body(dataset["id"]), "name": "kept"}))
     while not batcher.writers:
         await asyncio.sleep(0.01)
@@ -250,7 +249,6 @@ async def test_a_submission_whose_client_left_before_its_batch_began_is_not_writ
     while not batcher.waiting:
         await asyncio.sleep(0.01)
     gone.cancel()  # as uvicorn cancels a request whose client disconnected
-    batcher._write = write  # type: ignore[method-assign]
     release.set()
     assert (await first).status_code == 201
     with pytest.raises(asyncio.CancelledError):
