@@ -271,7 +271,7 @@ def create_jobs(
 ) -> list[Job | ServiceError]:
     """Submissions without an Idempotency-Key, ``(project id, request)``, in ``session``'s one transaction,
     each checked as ``create_job`` checks one: a refused request is its error in the answer and the others go
-    on. The admissions and the data sets are read once, the new rows written in one flush, and each
+    on. The admissions and the data sets are read once, the new rows inserted a table at a time, and each
     project's dispatch look runs once after the commit (``app.api.create_batches``: concurrent requests)."""
     reads = Submissions()
     made: list[Job | ServiceError] = []
@@ -317,8 +317,8 @@ def _admitted(
 
 
 def _store_new(session: Session, queue: TaskQueue, settings: Settings, new: list[Job]) -> None:
-    """Add new jobs with their first events and webhook deliveries (one flush), and look for their projects'
-    free slots once committed (a pass sends the train tasks if there are)."""
+    """Insert new jobs with their metadata, first events and webhook deliveries (a statement a table), and
+    look for their projects' free slots once committed (a pass sends the train tasks if there are)."""
     if not new:
         return
     insert_all(session, new)  # the objects stay out of the session: the answers are made from them
