@@ -6,7 +6,9 @@ request: on a machine other work loads, what each request costs the server is st
 
 Goals (issue 14): GET /v1/jobs/{id} >= 50% of the bare rate with p99 < 100 ms; GET /v1/jobs (a page of 20)
 >= 25%; POST /v1/jobs >= 20% with p99 < 250 ms and every request answered; the embedded mode (``--embedded``:
-SQLite and the file broker) within 2x of those.
+SQLite and the file broker) within 2x of those. ``POST /v1/jobs (keyed)`` measures, without a goal, creates
+that each carry a new Idempotency-Key, as the Python client and the CLI send them (they are written one at a
+time, not batched: ``app.api.create_batches``).
 
     .venv/bin/python bench/api_bench.py [--seconds 10] [--connections 32] [--embedded] [--profile DIR]
 
@@ -66,6 +68,22 @@ wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "{auth}"
 """
+KEYED_SCRIPT = (  # each request a new Idempotency-Key, as the Python client and the CLI send one with every create
+    POST_SCRIPT
+    + """
+local started = 0
+function setup(thread)
+    started = started + 1
+    thread:set("id", started .. "-" .. os.time())
+end
+local counter = 0
+function request()
+    counter = counter + 1
+    wrk.headers["Idempotency-Key"] = "bench-" .. id .. "-" .. counter
+    return wrk.format(nil, nil, nil, nil)
+end
+"""
+)
 GOALS = {"GET /v1/jobs/{id}": (0.50, 100.0), "GET /v1/jobs": (0.25, None), "POST /v1/jobs": (0.20, 250.0)}
 
 
@@ -238,14 +256,14 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy flame graphs of each load, here")
     parser.add_argument("--embedded", action="store_true", help="the embedded mode (SQLite) instead of PostgreSQL")
-    parser.add_argument("--only", default="", help="comma-separated subset: bare,get,list,post")
+    parser.add_argument("--only", default="", help="comma-separated subset: bare,get,list,post,keyed")
     parser.add_argument(
         "--api-processes", type=int, default=None, help="FT_API_PROCESSES (default: the setting's, one per core)"
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
-    wanted = set(args.only.split(",")) if args.only else {"bare", "get", "list", "post"}
+    wanted = set(args.only.split(",")) if args.only else {"bare", "get", "list", "post", "keyed"}
     home = Path(tempfile.mkdtemp(prefix="api-bench-"))
     loads: list[Load] = []
     try:
@@ -257,13 +275,15 @@ def main() -> None:
             auth = stack.headers["Authorization"]
             job_id, sample = seed(stack.env, stack.url, stack.headers, jobs=25)
             bare, bare_url = bare_server(sample["job"], home)
-            script = home / "post.lua"
+            script, keyed = home / "post.lua", home / "post-keyed.lua"
             script.write_text(POST_SCRIPT.format(body=json.dumps(json.dumps(sample["body"])), auth=auth))
+            keyed.write_text(KEYED_SCRIPT.format(body=json.dumps(json.dumps(sample["body"])), auth=auth))
             plan = [
                 ("bare", "GET /bare", f"{bare_url}/bare", {}, None, bare.pid),
                 ("get", "GET /v1/jobs/{id}", f"{stack.url}/v1/jobs/{job_id}", stack.headers, None, stack.api.pid),
                 ("list", "GET /v1/jobs", f"{stack.url}/v1/jobs?limit=20", stack.headers, None, stack.api.pid),
                 ("post", "POST /v1/jobs", f"{stack.url}/v1/jobs", {}, script, stack.api.pid),
+                ("keyed", "POST /v1/jobs (keyed)", f"{stack.url}/v1/jobs", {}, keyed, stack.api.pid),
             ]
             try:
                 for key, name, url, headers, lua, pid in plan:

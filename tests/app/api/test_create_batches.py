@@ -5,6 +5,7 @@ are what one submission at a time would have left."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 
@@ -258,3 +259,42 @@ async def test_a_submission_whose_client_left_before_its_batch_began_is_not_writ
     with transaction(app.state.session_factory) as session:
         assert list(session.scalars(select(Job.name))) == ["kept"]
     assert batches == [1]
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+async def test_a_submission_arriving_as_the_writer_leaves_starts_a_writer(client, app, keys, monkeypatch):
+    """The moment between a writer's last look at the queue (nothing waiting) and its task's end: a request that
+    arrives then must start a writer, or it waits forever (it did). Called on the ASGI app directly, whose
+    ``send`` here never yields to the loop, on uvloop (as uvicorn serves), each submission comes in that
+    moment."""
+    monkeypatch.setattr(create_batches, "WRITERS", 1)
+    body = json.dumps(job_body(_alphas_dataset(app)["id"])).encode()
+    authorization = keys["alpha"]["Authorization"].encode()
+
+    async def submit() -> list[int]:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/v1/jobs", "raw_path": b"/v1/jobs", "root_path": "", "query_string": b"",
+            "headers": [(b"host", b"t"), (b"content-type", b"application/json"), (b"authorization", authorization)],
+            "client": ("127.0.0.1", 1), "server": ("finetune.test", 80),
+        }  # fmt: skip
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        statuses: list[int] = []
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()  # the client never leaves
+            raise AssertionError
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        return statuses
+
+    async def one_after_another() -> list[list[int]]:  # in one task: the next comes in the turn the last ended
+        return [await submit() for _ in range(5)]
+
+    assert await asyncio.wait_for(one_after_another(), 30) == [[201]] * 5
