@@ -5,16 +5,16 @@ writes every job in it (``app.services.jobs.create_jobs``), each request answere
 own error. The batch shares what a create costs besides its own row: the transaction and its commit, the
 project's admission read, the data set's row and lock, the flush, the webhook subscriptions and the dispatch
 look after the commit. On the bench machine a round trip to PostgreSQL costs about 0.1 ms of CPU in system
-calls alone and a create made eleven; under 32 concurrent clients one API process served 50 creates a
-second, a tenth of what its reads serve (``bench/api_bench.py``).
+calls alone and a create made eleven: under 32 concurrent clients one API process served 85 creates a second
+one at a time, and serves about 400 in batches (``bench/api_bench.py``, the README's measured section).
 
 ``HotJobCreate`` takes the common submission (a remembered caller, a JSON body the model accepts, no query
 string, no Idempotency-Key) beside FastAPI's routing and dependency solving, which were a fifth of a batched
 create's CPU; any other request, a body the model refuses included, goes on to the route in ``app.api.jobs``,
 which has the last word (its 401s, its 422s) and joins the same batches.
 
-A lone request is a batch of one and waits for nothing. ``WRITERS`` batches are written at once; what
-arrives meanwhile waits for a writer to be free and then goes in one batch (at most ``MAX_BATCH``). A
+A request that finds the writer idle is written at once, a batch of one; what arrives while a batch is being
+written waits for it, and then goes in the next (at most ``MAX_BATCH``; ``WRITERS`` batches at once). A
 request with an Idempotency-Key goes alone (``app.services.jobs.create_job``): its key is claimed first,
 and a racing twin waits for that claim's commit, which must not hold up the other requests of a batch."""
 
