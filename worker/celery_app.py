@@ -54,6 +54,10 @@ def reliability_settings(settings: Settings) -> dict[str, Any]:
         "task_default_queue": GPU_QUEUE,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
+        # A new pool child imports torch and the engine before it reports ready (worker.tasks.warm_up): seconds
+        # of CPU, more on a loaded host. Celery's default of 4 s killed such children over and over (seen in
+        # CI on two loaded cores: 72 children killed in a row, a job received and never run).
+        "worker_proc_alive_timeout": 120,
     }
 
 
