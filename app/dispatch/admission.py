@@ -70,20 +70,17 @@ def _refuse(limit: str, value: int, current: int, message: str) -> TooManyReques
     return TooManyRequests(message, code="quota_exceeded", param=limit, details=[detail])
 
 
-def check_storage(
-    session: Session, settings: Settings, project_id: str, adding: int = 0, *, limits: Limits | None = None
-) -> None:
-    """Refuse (429, ``stored_bytes``) when the project stores its limit already, or would with ``adding`` more
-    (``limits``: the project's, when the caller has them already)."""
-    limit = (limits or limits_of(session, settings, project_id)).stored_bytes
+def check_storage(session: Session, settings: Settings, project_id: str, adding: int = 0) -> None:
+    """Refuse (429, ``stored_bytes``) when the project stores its limit already, or would with ``adding`` more."""
+    limit = limits_of(session, settings, project_id).stored_bytes
     current = projects.stored_bytes(session, project_id)
     if current + adding > limit or current >= limit:
-        raise _refuse(
-            "stored_bytes",
-            limit,
-            current,
-            f"the project stores {current} bytes of its {limit}: delete data sets or jobs before adding more",
-        )
+        raise _over_storage(limit, current)
+
+
+def _over_storage(limit: int, current: int) -> TooManyRequests:
+    message = f"the project stores {current} bytes of its {limit}: delete data sets or jobs before adding more"
+    return _refuse("stored_bytes", limit, current, message)
 
 
 @dataclass
@@ -106,13 +103,7 @@ class Admission:
                 f"the project has {self.queued} jobs queued, its limit: wait for some to start, or cancel some",
             )
         if self.stored >= self.limits.stored_bytes:
-            limit = self.limits.stored_bytes
-            raise _refuse(
-                "stored_bytes",
-                limit,
-                self.stored,
-                f"the project stores {self.stored} bytes of its {limit}: delete data sets or jobs before adding more",
-            )
+            raise _over_storage(self.limits.stored_bytes, self.stored)
 
     def admitted(self) -> None:
         self.queued += 1
